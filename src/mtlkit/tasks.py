@@ -1,0 +1,201 @@
+"""Tasks: what a multi-task model must learn, and how to check what it is given.
+
+A :class:`Task` names one prediction problem: its kind (which fixes the head, the default loss
+and the default metrics), its output size, its loss, its metrics and its static weight. Task
+kinds are registered in :data:`TASK_KINDS`, so new kinds (token tagging, dense maps) plug in
+the same way as the built-in ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.losses import IGNORE_INDEX, LOSSES, LossFn
+from mtlkit.metrics import METRICS, Metric
+from mtlkit.registry import Registry
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What a kind of task expects: loss and metrics by default, target dtype, output layout.
+
+    ``integer_targets`` says whether targets are class indices (checked to lie in
+    ``[0, num_outputs)`` or equal the ignore value ``-100``); otherwise they are floats.
+    ``class_dim`` says whether the output has a class/channel dimension 1 that the target lacks.
+    """
+
+    name: str
+    loss: str
+    metrics: tuple[str, ...]
+    integer_targets: bool
+    class_dim: bool
+    binary_targets: bool = False
+
+    def expected_output_shape(self, target: Tensor, num_outputs: int) -> tuple[int, ...]:
+        """The head output shape that fits ``target``."""
+        if self.class_dim:
+            return (target.shape[0], num_outputs, *target.shape[1:])
+        return tuple(target.shape)
+
+
+TASK_KINDS: Registry[TaskKind] = Registry("task kind")
+for _kind in (
+    TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True),
+    TaskKind("binary", "bce", ("accuracy", "auroc"), False, False, binary_targets=True),
+    TaskKind("multilabel", "bce", ("macro_f1_multilabel",), False, False, binary_targets=True),
+    TaskKind("regression", "mse", ("mae", "rmse", "r2"), False, False),
+):
+    TASK_KINDS.register(_kind.name, _kind)
+
+
+@dataclass
+class Task:
+    """One task of a multi-task model.
+
+    Args:
+        name: unique name, the key of the task in outputs, targets and losses.
+        kind: a registered task kind (``classification``, ``binary``, ``multilabel``,
+            ``regression``, ...).
+        num_outputs: number of classes (classification), labels (multi-label) or target
+            dimensions (regression; 1 means a target of shape ``(B,)``).
+        loss: a registered loss name or a callable ``(output, target) -> scalar``;
+            the kind's default when omitted.
+        metrics: registered metric names; the kind's defaults when omitted. The first is the
+            task's primary metric.
+        weight: the static weight α in L = Σ α_i L_i.
+        auxiliary: trained, but left out of model selection and of Δm.
+        head: a registered head name, and ``head_params`` its options.
+    """
+
+    name: str
+    kind: str
+    num_outputs: int = 1
+    loss: str | LossFn | None = None
+    metrics: Sequence[str] | None = None
+    weight: float = 1.0
+    auxiliary: bool = False
+    head: str = "linear"
+    head_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"task '{self.name}'"
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError("a task needs a non-empty string name")
+        self.spec: TaskKind = _lookup(TASK_KINDS, self.kind, f"{where}: field 'kind'")
+        if self.num_outputs < 1:
+            raise ConfigError(f"{where}: field 'num_outputs' must be ≥ 1, got {self.num_outputs}")
+        if self.spec.class_dim and self.num_outputs < 2:
+            raise ConfigError(f"{where}: a {self.kind} task needs num_outputs ≥ 2 classes")
+        if not (self.weight >= 0.0 and self.weight < float("inf")):
+            raise ConfigError(f"{where}: field 'weight' must be finite and ≥ 0, got {self.weight}")
+        loss = self.loss if self.loss is not None else self.spec.loss
+        self.loss_fn: LossFn = (
+            loss if callable(loss) else _lookup(LOSSES, loss, f"{where}: field 'loss'")
+        )
+        names = list(self.metrics) if self.metrics is not None else list(self.spec.metrics)
+        self.metrics = names
+        self.metric_fns: dict[str, Metric] = {
+            m: _lookup(METRICS, m, f"{where}: field 'metrics'") for m in names
+        }
+
+    @property
+    def primary_metric(self) -> str | None:
+        """The first metric, used by default for model selection."""
+        return self.metrics[0] if self.metrics else None
+
+    # ------------------------------------------------------------------ checks at the boundary
+
+    def check(self, output: Tensor, target: Tensor) -> None:
+        """Raise :class:`TaskDataError` when ``output`` or ``target`` does not fit this task."""
+        where = f"task '{self.name}'"
+        if not isinstance(target, Tensor):
+            raise TaskDataError(f"{where}: target is a {type(target).__name__}, not a tensor")
+        if not isinstance(output, Tensor):
+            raise TaskDataError(f"{where}: head output is a {type(output).__name__}")
+        if self.spec.integer_targets:
+            if target.is_floating_point() or target.dtype == torch.bool:
+                raise TaskDataError(
+                    f"{where}: target dtype {target.dtype} is not an integer class index "
+                    f"(a {self.kind} task needs int64 labels)"
+                )
+        elif not (target.is_floating_point() or target.dtype == torch.bool) and not (
+            self.spec.binary_targets
+        ):
+            raise TaskDataError(
+                f"{where}: target dtype {target.dtype} is not floating point "
+                f"(a {self.kind} task needs float targets)"
+            )
+        if not output.is_floating_point():
+            raise TaskDataError(f"{where}: head output dtype {output.dtype} is not floating point")
+        expected = self.spec.expected_output_shape(target, self.num_outputs)
+        fits = tuple(output.shape) == expected or (
+            not self.spec.class_dim
+            and output.dim() == target.dim() + 1
+            and output.shape[-1] == 1
+            and tuple(output.shape[:-1]) == tuple(target.shape)
+        )
+        if not fits:
+            raise TaskDataError(
+                f"{where}: target shape {tuple(target.shape)} does not fit head output "
+                f"{tuple(output.shape)} (expected output {expected})"
+            )
+        if self.spec.integer_targets and target.numel():
+            valid = target[target != IGNORE_INDEX]
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_outputs):
+                bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
+                raise TaskDataError(
+                    f"{where}: class label {bad} is out of range [0, {self.num_outputs}) "
+                    f"(use {IGNORE_INDEX} for a missing label)"
+                )
+        if self.spec.binary_targets and target.numel():
+            finite = target[torch.isfinite(target.float())].float()
+            if finite.numel() and not bool(((finite == 0) | (finite == 1)).all()):
+                raise TaskDataError(f"{where}: a {self.kind} target must hold only 0 and 1")
+
+    def compute_loss(self, output: Tensor, target: Tensor, check: bool = True) -> Tensor:
+        """This task's loss on one batch, after checking shapes, dtypes and label range."""
+        if check:
+            self.check(output, target)
+        loss = self.loss_fn(output, target)
+        if loss.dim() != 0:
+            raise TaskDataError(
+                f"task '{self.name}': loss has shape {tuple(loss.shape)}, expected a scalar"
+            )
+        return loss
+
+    def compute_metrics(self, output: Tensor, target: Tensor) -> dict[str, float]:
+        """Every metric of this task over a whole split."""
+        return {name: fn(output, target) for name, fn in self.metric_fns.items()}
+
+
+def _lookup(registry: Registry[Any], name: Any, where: str) -> Any:
+    try:
+        return registry.lookup(name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def check_task_names(tasks: Sequence[Task]) -> None:
+    """Raise a ConfigError when task names repeat or no task is given."""
+    if not tasks:
+        raise ConfigError("no tasks: a multi-task model needs at least one task")
+    seen: set[str] = set()
+    for task in tasks:
+        if task.name in seen:
+            raise ConfigError(f"task '{task.name}' is defined twice")
+        seen.add(task.name)
+
+
+def task_map(tasks: Sequence[Task]) -> dict[str, Task]:
+    """Tasks keyed by name, after checking the names."""
+    check_task_names(tasks)
+    return {t.name: t for t in tasks}
+
+
+HeadFactory = Callable[[int, Task], nn.Module]

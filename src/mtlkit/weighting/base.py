@@ -1,0 +1,224 @@
+"""The loss-balancing interface and its registry.
+
+A weighting method turns ``dict[task_name, loss]`` into gradients on a model's parameters::
+
+    method = mtlkit.weighting.get("ew")
+    record = method.backward(losses, model)   # fills .grad
+    optimizer.step()
+
+It works in any training loop; the Trainer calls nothing else. ``backward`` returns a
+:class:`StepRecord` with what the method decided (task weights, and for gradient methods the
+pairwise cosines and norms of the task gradients) for logging.
+
+Scale convention: the update is a *sum* over tasks. Equal weighting gives Σ_i ∇L_i (weights 1,
+so for a Jacobian J = I the update is the sum of the rows), and static weighting Σ_i α_i ∇L_i,
+matching L = Σ α_i L_i. Methods whose weights live on the simplex (MGDA, ...) say so in their
+docstring.
+
+Two families share the interface:
+
+- loss-based methods (:class:`LossWeighting`) combine the losses into one scalar and run one
+  backward pass;
+- gradient-based methods combine the per-task gradients of the shared parameters (the Jacobian)
+  into one update.
+
+A method that keeps state across steps sets ``stateful = True`` and implements
+:meth:`Weighting.state_dict`, :meth:`Weighting.load_state_dict` and :meth:`Weighting.reset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.registry import Registry
+
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting method")
+
+
+@dataclass
+class StepRecord:
+    """What a weighting method decided at one step.
+
+    ``weights`` maps each task to the weight its loss (or gradient) received. Gradient methods
+    also fill ``norms`` (each task gradient's L2 norm) and ``cosines`` (the T×T matrix of
+    pairwise cosine similarities, in task order). ``extra`` holds method-specific scalars.
+    """
+
+    weights: dict[str, float]
+    norms: dict[str, float] | None = None
+    cosines: list[list[float]] | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_log(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``weight/<task>``, ``grad_norm/<task>``, ``cosine/<a>/<b>``."""
+        log: dict[str, Any] = {f"weight/{t}": w for t, w in self.weights.items()}
+        if self.norms is not None:
+            log.update({f"grad_norm/{t}": n for t, n in self.norms.items()})
+        if self.cosines is not None:
+            names = list(self.weights)
+            for i, a in enumerate(names):
+                for j in range(i + 1, len(names)):
+                    log[f"cosine/{a}/{names[j]}"] = self.cosines[i][j]
+        log.update(self.extra)
+        return log
+
+
+class Weighting:
+    """Base class of every loss-balancing method (see the module docstring)."""
+
+    stateful: ClassVar[bool] = False
+    #: a short name for logs and test ids; set by subclasses
+    name: ClassVar[str] = "weighting"
+
+    def __init__(self) -> None:
+        self.tasks: list[str] | None = None
+
+    # ------------------------------------------------------------------ the interface
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        model: nn.Module,
+        *,
+        representation: Tensor | None = None,
+        loss_scale: float = 1.0,
+    ) -> StepRecord:
+        """Fill ``.grad`` on ``model``'s parameters from the task ``losses``.
+
+        ``representation`` is the shared representation the losses were computed from, for
+        methods with ``needs_representation``. ``loss_scale`` multiplies the gradients that are
+        written (for fp16 gradient scaling); the method's decisions use the unscaled losses.
+        """
+        raise NotImplementedError
+
+    @property
+    def needs_representation(self) -> bool:
+        """Whether :meth:`backward` needs the shared representation."""
+        return False
+
+    def bind(self, tasks: Sequence[str]) -> None:
+        """Fix the task order. Called by :meth:`backward` on first use; later calls must name
+        the same tasks."""
+        tasks = list(tasks)
+        if self.tasks is None:
+            if not tasks:
+                raise ConfigError(f"{self}: no tasks to balance")
+            self.tasks = tasks
+            self.on_bind()
+        elif sorted(tasks) != sorted(self.tasks):
+            missing = sorted(set(self.tasks) - set(tasks))
+            extra = sorted(set(tasks) - set(self.tasks))
+            parts = []
+            if missing:
+                parts.append(f"missing task(s) {', '.join(missing)}")
+            if extra:
+                parts.append(f"unknown task(s) {', '.join(extra)}")
+            raise TaskDataError(
+                f"{self}: the losses do not match the tasks it was built for "
+                f"({', '.join(self.tasks)}): {'; '.join(parts)}"
+            )
+
+    def on_bind(self) -> None:
+        """Hook: called once the task order is known (size state per task here)."""
+
+    def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
+        """Hook: called by training loops after each epoch with each task's mean training loss
+        (methods such as DWA use it)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The method's own learnable parameters, to be optimised with the model's."""
+        return []
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state: JSON-ready values and tensors (saved with checkpoints)."""
+        return {"tasks": self.tasks}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        tasks = state.get("tasks")
+        self.tasks = None
+        if tasks is not None:
+            self.bind(tasks)
+
+    def reset(self) -> None:
+        """Forget all state gathered during training."""
+        self.tasks = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def stack_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The losses as a vector in task order, after checking each is a finite scalar."""
+        if not isinstance(losses, Mapping) or not losses:
+            raise TaskDataError(f"{self}: losses must be a non-empty dict of task → scalar loss")
+        for task, loss in losses.items():
+            if not isinstance(loss, Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise TaskDataError(f"task '{task}': loss must be a scalar tensor, got {shape}")
+        self.bind(list(losses))
+        assert self.tasks is not None
+        return torch.stack([losses[t] for t in self.tasks])
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments, shown by ``repr``."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+    def __str__(self) -> str:
+        return type(self).__name__
+
+
+class LossWeighting(Weighting):
+    """A loss-based method: one backward pass of a combination of the losses.
+
+    Subclasses implement :meth:`weights` (a weight per task from the detached losses), or
+    override :meth:`combine` when the objective is not a weighted sum (uncertainty weighting's
+    regulariser, geometric means, ...).
+    """
+
+    def weights(self, losses: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """A weight per task, in task order, from the detached loss vector."""
+        raise NotImplementedError
+
+    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """The scalar objective to differentiate, and the weight each task received."""
+        w = self.weights(losses.detach()).to(losses.dtype)
+        return (w * losses).sum(), w
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        model: nn.Module,
+        *,
+        representation: Tensor | None = None,
+        loss_scale: float = 1.0,
+    ) -> StepRecord:
+        stacked = self.stack_losses(losses)
+        total, w = self.combine(stacked)
+        (total * loss_scale).backward()
+        assert self.tasks is not None
+        return StepRecord(weights=dict(zip(self.tasks, w.detach().tolist(), strict=True)))
+
+
+def get(name: str, /, **params: Any) -> Weighting:
+    """A weighting method by registered name, with its hyper-parameters.
+
+    >>> get("static", weights={"a": 2.0, "b": 1.0})
+    Static(weights={'a': 2.0, 'b': 1.0})
+    """
+    return WEIGHTINGS.build(name, **params)
+
+
+def available() -> list[str]:
+    """The registered method names."""
+    return WEIGHTINGS.names()

@@ -1,0 +1,19 @@
+"""Equal weighting (EW): L = Σ_i L_i, the baseline every method is measured against."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+
+
+@WEIGHTINGS.register("ew")
+class EW(LossWeighting):
+    """Equal weights: every task's loss has weight 1, so the update is the sum of the task
+    gradients. One backward pass; the lower bound of a step's cost."""
+
+    name = "ew"
+
+    def weights(self, losses: Tensor) -> Tensor:
+        return torch.ones_like(losses)
