@@ -11,10 +11,20 @@ from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StepRecord, Weighti
 from mtlkit.weighting.ew import EW
 from mtlkit.weighting.static import Static
 
-# gradient-based methods (one module each)
+# ---- loss-based methods added by the loss-methods work (keep one import per line)
+
+# ---- gradient-based base and engine
+from mtlkit.weighting.gradient import GradientWeighting, GramianWeighting, JacobianAggregator
+
+# ---- gradient methods defined by optimisation problems (solvers)
+
+# ---- gradient methods by projection / manipulation
 
 __all__ = [
     "EW",
+    "GradientWeighting",
+    "GramianWeighting",
+    "JacobianAggregator",
     "WEIGHTINGS",
     "LossWeighting",
     "Static",
