@@ -39,6 +39,5 @@ class MissingExtraError(MtlkitError, ImportError):
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
         super().__init__(
-            f"{purpose} needs the optional package '{package}': "
-            f"pip install 'mtlkit[{extra}]'"
+            f"{purpose} needs the optional package '{package}': pip install 'mtlkit[{extra}]'"
         )

@@ -1,6 +1,7 @@
 """Loss registry: name → ``(output, target) -> scalar`` functions, each ignoring missing labels.
 
-Missing labels are ``-100`` for integer targets and NaN for float targets; a loss over a batch
+Missing labels are ``-100`` for integer targets and NaN for float targets (an infinite
+target is bad data, not a missing label, and makes the loss infinite); a loss over a batch
 whose labels are all missing is an exact zero that still depends on ``output`` (so backward
 works and sends zero gradient).
 """
@@ -35,7 +36,7 @@ def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
 
 def _masked_float(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     out = output.float().reshape(target.shape)
-    keep = torch.isfinite(target)
+    keep = ~torch.isnan(target)  # NaN marks a missing label; inf is bad data and stays
     return out[keep], target[keep].float()
 
 

@@ -36,6 +36,8 @@ class TaskKind:
     integer_targets: bool
     class_dim: bool
     binary_targets: bool = False
+    #: integer labels that mark a missing label (never range-checked)
+    ignore_labels: tuple[int, ...] = (IGNORE_INDEX,)
 
     def expected_output_shape(self, target: Tensor, num_outputs: int) -> tuple[int, ...]:
         """The head output shape that fits ``target``."""
@@ -146,7 +148,10 @@ class Task:
                 f"{tuple(output.shape)} (expected output {expected})"
             )
         if self.spec.integer_targets and target.numel():
-            valid = target[target != IGNORE_INDEX]
+            ignored = torch.isin(
+                target, torch.tensor(self.spec.ignore_labels, device=target.device)
+            )
+            valid = target[~ignored]
             if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_outputs):
                 bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
                 raise TaskDataError(

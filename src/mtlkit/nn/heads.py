@@ -1,4 +1,10 @@
-"""Task-specific heads: each maps the shared representation to one task's output."""
+"""Task-specific heads: each maps the shared representation to one task's output.
+
+``linear`` and ``mlp`` act on the last dimension, so they serve per-sample representations
+``(B, D)`` (classification, multi-label, regression) and per-token ones ``(B, L, D)`` (token
+tagging, giving ``(B, L, C)``) alike. ``dense`` maps a feature map ``(B, C, h, w)`` to a
+per-pixel prediction (segmentation, depth, surface normals); see :mod:`mtlkit.nn.dense`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.nn.dense import DenseHead
 from mtlkit.registry import Registry
 
 HEADS: Registry[type[nn.Module]] = Registry("head")
+HEADS.register("dense", DenseHead)
 
 
 @HEADS.register("linear")

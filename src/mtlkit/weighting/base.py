@@ -102,6 +102,12 @@ class Weighting:
         """Whether :meth:`backward` needs the shared representation."""
         return False
 
+    @property
+    def uses_representation(self) -> bool:
+        """Whether :meth:`backward` is faster when given the shared representation (it then
+        back-propagates each task through its head alone and the encoder once, batched)."""
+        return self.needs_representation
+
     def bind(self, tasks: Sequence[str]) -> None:
         """Fix the task order. Called by :meth:`backward` on first use; later calls must name
         the same tasks."""

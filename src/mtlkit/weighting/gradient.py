@@ -2,20 +2,39 @@
 
 The per-task gradients form the Jacobian J (T × P): row i is ∇_θ L_i over the shared
 parameters θ. A method turns J into one update vector of length P (:meth:`aggregate`);
-task-specific parameters always receive their own task's gradient.
+task-specific parameters always receive their own task's gradient (of Σ_i L_i).
 
 Two kinds of method:
 
 - :class:`GramianWeighting` needs only the Gram matrix G = J Jᵀ: it computes task weights
-  α = f(G) and the update is Jᵀα (MGDA, IMTL-G, CAGrad, Nash-MTL, UPGrad, ...);
-- :class:`JacobianAggregator` needs J itself (PCGrad, GradDrop, GradVac, ConFIG, ...).
+  α = f(G) and the update is Jᵀα (MGDA, IMTL-G, CAGrad, Nash-MTL, UPGrad, ...). J is never
+  formed: G is built layer by layer (:func:`mtlkit.weighting.jacobian.compute_gramian`) and
+  the update is applied as one extra backward pass of Σ_i α_i L_i;
+- :class:`JacobianAggregator` needs J itself (PCGrad, GradDrop, GradVac, ConFIG, ...); J comes
+  from one vectorised backward pass.
 
 Where the Jacobian is taken is one knob for every method, ``jacobian``:
 
 - ``"shared"`` (default): all shared parameters;
+- ``"last_shared"``: the parameters of the last shared layer only
+  (``model.last_shared_parameters()``, else the last module whose parameters are all shared).
+  The method's weights are then applied to all shared parameters as one backward pass of
+  Σ_i α_i L_i. A :class:`JacobianAggregator` has no weights of its own: its update u on the
+  last layer is turned into least-squares effective weights w (Jᵀw ≈ u, minimum norm), which
+  are applied the same way;
 - ``"representation"``: the shared representation the heads read (MGDA-UB, Sener & Koltun
-  2018); the update on the representation is back-propagated into the shared parameters;
-  the cheapest mode.
+  2018, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS); the update on the
+  representation is back-propagated into the shared parameters; the cheapest mode.
+
+``update_every`` = k > 1 reuses the last weights for k − 1 steps in between: the Gram matrix,
+the solver and the per-task gradients are skipped and the step is one backward pass of
+Σ_i α_i L_i with the cached α, the cost of equal weighting. For a JacobianAggregator the
+cached weights are the least-squares effective weights of its last update. Records of reused
+steps carry the weights, no norms or cosines, and ``extra['reused_weights'] = 1``.
+
+Pass ``representation=`` to :meth:`GradientWeighting.backward` whenever the model has one
+(``model.forward_with_representation``), in every mode: each task is then back-propagated
+through its own head only and the T rows cross the shared encoder together, batched.
 """
 
 from __future__ import annotations
@@ -28,8 +47,26 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import StepRecord, Weighting
+from mtlkit.weighting.jacobian import (
+    compute_gramian,
+    effective_weights,
+    gram_statistics,
+    head_gradients,
+    last_shared_parameters,
+    task_jacobian,
+)
 
-JACOBIAN_MODES = ("shared", "representation")
+JACOBIAN_MODES = ("shared", "last_shared", "representation")
+
+__all__ = [
+    "JACOBIAN_MODES",
+    "GradientWeighting",
+    "GramianWeighting",
+    "JacobianAggregator",
+    "gram_statistics",
+    "shared_params_of",
+    "task_jacobian",
+]
 
 
 def shared_params_of(model: nn.Module, method: object) -> list[nn.Parameter]:
@@ -49,32 +86,19 @@ def shared_params_of(model: nn.Module, method: object) -> list[nn.Parameter]:
     return params
 
 
-def task_jacobian(losses: Tensor, inputs: Sequence[Tensor]) -> Tensor:
-    """The T × P Jacobian of the loss vector with respect to ``inputs`` (flattened, concatenated).
-
-    One vectorised backward pass (``is_grads_batched``); unused inputs give zero columns.
-    """
-    t = losses.shape[0]
-    eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
-    grads = torch.autograd.grad(
-        losses, list(inputs), grad_outputs=eye, retain_graph=True,
-        is_grads_batched=True, allow_unused=True,
-    )
-    rows = [
-        (g if g is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device))
-        .reshape(t, -1)
-        for g, x in zip(grads, inputs, strict=True)
-    ]
-    return torch.cat(rows, dim=1)
+def _own_params(model: nn.Module, shared: Sequence[Tensor]) -> list[nn.Parameter]:
+    shared_ids = {id(p) for p in shared}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
 
 
-def gram_statistics(gram: Tensor, tasks: Sequence[str]) -> tuple[dict[str, float], list[list[float]]]:
-    """Task-gradient norms and pairwise cosines from the Gram matrix G = J Jᵀ."""
-    g = gram.double()
-    norms = g.diagonal().clamp_min(0).sqrt()
-    denom = torch.outer(norms, norms)
-    cos = torch.where(denom > 0, g / denom.clamp_min(1e-300), torch.zeros_like(g))
-    return dict(zip(tasks, norms.tolist(), strict=True)), cos.tolist()
+def _accumulate(params: Sequence[Tensor], flat: Tensor) -> None:
+    """Add the slices of the flat vector ``flat`` to the ``.grad`` of ``params``."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad + g
+        offset += n
 
 
 class GradientWeighting(Weighting):
@@ -91,16 +115,26 @@ class GradientWeighting(Weighting):
                 f"{type(self).__name__}: option 'jacobian' must be one of "
                 f"{', '.join(JACOBIAN_MODES)}, got '{jacobian}'"
             )
-        if int(update_every) < 1:
+        if isinstance(update_every, bool) or int(update_every) != update_every or update_every < 1:
             raise ConfigError(
-                f"{type(self).__name__}: option 'update_every' must be ≥ 1, got {update_every}"
+                f"{type(self).__name__}: option 'update_every' must be an integer ≥ 1, "
+                f"got {update_every}"
             )
         self.jacobian = jacobian
         self.update_every = int(update_every)
+        if self.update_every > 1:
+            self.stateful = True  # type: ignore[misc]  # the cached weights and step count
+        self._step = 0
+        self._cached: Tensor | None = None
+        self._per_task: list[Tensor] = []  # this step's task losses, while backward runs
 
     @property
     def needs_representation(self) -> bool:
         return self.jacobian == "representation"
+
+    @property
+    def uses_representation(self) -> bool:
+        return True
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:  # pragma: no cover - abstract
         """The update vector (length P) from the T × P Jacobian."""
@@ -109,6 +143,8 @@ class GradientWeighting(Weighting):
     def last_weights(self) -> Tensor | None:
         """The task weights of the last :meth:`aggregate` call, when the method has them."""
         return getattr(self, "_last_weights", None)
+
+    # ------------------------------------------------------------------ backward
 
     def backward(
         self,
@@ -121,45 +157,138 @@ class GradientWeighting(Weighting):
         stacked = self.stack_losses(losses)
         assert self.tasks is not None
         shared = shared_params_of(model, self)
-        if self.jacobian == "representation":
-            if representation is None:
-                raise ConfigError(
-                    f"{self}: jacobian 'representation' needs the shared representation; "
-                    "pass representation= (model.forward_with_representation gives it)"
-                )
-            wrt: list[Tensor] = [representation]
+        own = _own_params(model, shared)
+        if self.jacobian == "representation" and representation is None:
+            raise ConfigError(
+                f"{self}: jacobian 'representation' needs the shared representation; "
+                "pass representation= (model.forward_with_representation gives it)"
+            )
+        step, self._step = self._step, self._step + 1
+        if self._cached is not None and step % self.update_every != 0:
+            self._apply(stacked, self._cached, own, shared, representation, None, loss_scale)
+            return StepRecord(
+                weights=self._record_weights(self._cached), extra={"reused_weights": 1.0}
+            )
+        self._per_task = [losses[t] for t in self.tasks]
+        if self.jacobian == "shared":
+            weights, gram = self._shared_step(
+                stacked, model, own, shared, representation, loss_scale
+            )
         else:
-            wrt = list(shared)
-        jac = task_jacobian(stacked, wrt)
+            weights, gram = self._partial_step(
+                stacked, model, own, shared, representation, loss_scale
+            )
+        self._per_task = []  # do not hold the step's graph
+        if self.update_every > 1:
+            self._cached = weights.detach().double()
+        norms, cosines = gram_statistics(gram, self.tasks)
+        return StepRecord(weights=self._record_weights(weights), norms=norms, cosines=cosines)
+
+    def _shared_step(
+        self,
+        stacked: Tensor,
+        model: nn.Module,
+        own: Sequence[Tensor],
+        shared: Sequence[Tensor],
+        representation: Tensor | None,
+        loss_scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        """Mode 'shared' for a method that needs J: the update is written directly."""
+        per_task = self._per_task
+        rows = None if representation is None else head_gradients(per_task, representation)
+        jac = task_jacobian(stacked, shared, representation=representation, head_rows=rows)
         update = self.aggregate(jac)
         gram = jac @ jac.T
         weights = self.last_weights()
-        if weights is None:
-            weights = torch.linalg.lstsq(jac.T.double(), update.double().unsqueeze(1)).solution[:, 0]
-        # task-specific parameters: each task's own gradient (Σ_i L_i restricted to them)
-        shared_ids = {id(p) for p in shared}
-        own = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
+        if weights is None or not self.gives_weights:
+            weights = effective_weights(gram, jac, update)
+        if own:
+            (stacked.sum() * loss_scale).backward(inputs=list(own))
+        _accumulate(shared, update * loss_scale)
+        return weights, gram
+
+    def _partial_step(
+        self,
+        stacked: Tensor,
+        model: nn.Module,
+        own: Sequence[Tensor],
+        shared: Sequence[Tensor],
+        representation: Tensor | None,
+        loss_scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        """Modes 'last_shared' and 'representation': J of a small part, weights for all."""
+        per_task = self._per_task
+        rows = None if representation is None else head_gradients(per_task, representation)
         if self.jacobian == "representation":
-            torch.autograd.backward(
-                [stacked.sum() * loss_scale, representation],
-                [None, (update * loss_scale).view_as(representation).to(representation.dtype)],
-                inputs=own + shared,
+            assert rows is not None and representation is not None
+            jac = rows.reshape(rows.shape[0], -1)
+        else:
+            last = last_shared_parameters(model, shared)
+            if not last:
+                raise ConfigError(
+                    f"{self}: jacobian 'last_shared' found no shared layer in "
+                    f"{type(model).__name__}; define last_shared_parameters() on the model"
+                )
+            jac = task_jacobian(stacked, last, representation=representation, head_rows=rows)
+        update = self.aggregate(jac)
+        gram = jac @ jac.T
+        weights = self.last_weights()
+        if weights is None or not self.gives_weights:
+            weights = effective_weights(gram, jac, update)
+        if self.jacobian == "representation":
+            assert representation is not None
+            if own:
+                (stacked.sum() * loss_scale).backward(inputs=list(own), retain_graph=True)
+            representation.backward(
+                (update * loss_scale).view_as(representation).to(representation.dtype),
+                inputs=list(shared),
             )
         else:
-            if own:
-                (stacked.sum() * loss_scale).backward(inputs=own)
-            offset = 0
-            for p in shared:
-                n = p.numel()
-                g = (update[offset : offset + n] * loss_scale).view_as(p).to(p.dtype)
-                p.grad = g if p.grad is None else p.grad + g
-                offset += n
-        norms, cosines = gram_statistics(gram.detach(), self.tasks)
-        return StepRecord(
-            weights=dict(zip(self.tasks, weights.tolist(), strict=True)),
-            norms=norms,
-            cosines=cosines,
-        )
+            self._apply(stacked, weights, own, shared, representation, rows, loss_scale)
+        return weights, gram
+
+    def _apply(
+        self,
+        stacked: Tensor,
+        weights: Tensor,
+        own: Sequence[Tensor],
+        shared: Sequence[Tensor],
+        representation: Tensor | None,
+        rows: Tensor | None,
+        loss_scale: float,
+    ) -> None:
+        """Task parameters get ∇ Σ_i L_i, shared ones ∇ Σ_i α_i L_i (one backward each)."""
+        w = weights.detach().to(stacked.dtype)
+        if own:
+            (stacked.sum() * loss_scale).backward(inputs=list(own), retain_graph=True)
+        if rows is not None and representation is not None:
+            seed = (w @ rows.reshape(rows.shape[0], -1)).view_as(representation)
+            representation.backward(seed * loss_scale, inputs=list(shared))
+        else:
+            ((w * stacked).sum() * loss_scale).backward(inputs=list(shared))
+
+    def _record_weights(self, weights: Tensor) -> dict[str, float]:
+        assert self.tasks is not None
+        return dict(zip(self.tasks, weights.detach().double().tolist(), strict=True))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["step"] = self._step
+        state["cached_weights"] = None if self._cached is None else self._cached.tolist()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._step = int(state.get("step", 0))
+        cached = state.get("cached_weights")
+        self._cached = None if cached is None else torch.tensor(cached, dtype=torch.float64)
+
+    def reset(self) -> None:
+        super().reset()
+        self._step = 0
+        self._cached = None
 
     def hyperparameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -171,7 +300,12 @@ class GradientWeighting(Weighting):
 
 
 class GramianWeighting(GradientWeighting):
-    """A gradient method whose weights depend on the Gram matrix alone: α = f(J Jᵀ)."""
+    """A gradient method whose weights depend on the Gram matrix alone: α = f(J Jᵀ).
+
+    Subclasses implement :meth:`weights_from_gram`. In mode 'shared', :meth:`backward` never
+    forms J: G is built layer by layer and the update Jᵀα is applied as one backward pass of
+    Σ_i α_i L_i.
+    """
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:  # pragma: no cover - abstract
         """Task weights α (length T) from the T × T Gram matrix."""
@@ -181,6 +315,25 @@ class GramianWeighting(GradientWeighting):
         alpha = self.weights_from_gram(jacobian @ jacobian.T)
         self._last_weights = alpha.detach()
         return alpha.to(jacobian.dtype) @ jacobian
+
+    def _shared_step(
+        self,
+        stacked: Tensor,
+        model: nn.Module,
+        own: Sequence[Tensor],
+        shared: Sequence[Tensor],
+        representation: Tensor | None,
+        loss_scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        per_task = self._per_task
+        rows = None if representation is None else head_gradients(per_task, representation)
+        gram = compute_gramian(
+            stacked, model, shared, representation=representation, head_rows=rows
+        )
+        alpha = self.weights_from_gram(gram).detach()
+        self._last_weights = alpha
+        self._apply(stacked, alpha, own, shared, representation, rows, loss_scale)
+        return alpha, gram
 
 
 class JacobianAggregator(GradientWeighting):

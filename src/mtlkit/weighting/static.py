@@ -28,8 +28,10 @@ class Static(LossWeighting):
         self.default = float(default)
         for task, value in [*self.alpha.items(), ("(default)", self.default)]:
             if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"weighting 'static': weight of task '{task}' is {value}; "
-                                  "weights must be finite and ≥ 0")
+                raise ConfigError(
+                    f"weighting 'static': weight of task '{task}' is {value}; "
+                    "weights must be finite and ≥ 0"
+                )
 
     def on_bind(self) -> None:
         assert self.tasks is not None

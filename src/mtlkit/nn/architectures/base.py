@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
@@ -48,6 +49,24 @@ class MTLModel(nn.Module):
             f"architecture {type(self).__name__} has no single shared representation; "
             "use a gradient method with jacobian: shared (the default)"
         )
+
+    def regularization(self) -> Tensor:
+        """An extra loss term the training loop adds to the task losses (0 by default).
+
+        Architectures with a regulariser of their own (DSelect-k's entropy term) override it;
+        the value refers to the last forward pass. It never depends on the shared
+        representation's graph, so ``model.regularization().backward()`` may run before or
+        after the weighting method's backward.
+        """
+        first = next(iter(self.parameters()), None)
+        return torch.zeros((), device=first.device if first is not None else None)
+
+    @property
+    def has_representation(self) -> bool:
+        """Whether :meth:`forward_with_representation` is implemented: every task's output is
+        computed from one shared tensor, and the losses reach the shared parameters only
+        through it."""
+        return type(self).forward_with_representation is not MTLModel.forward_with_representation
 
     def check_partition(self) -> None:
         """Raise when a trainable parameter is neither shared nor owned by exactly one task."""

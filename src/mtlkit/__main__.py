@@ -1,0 +1,5 @@
+"""``python -m mtlkit`` runs the command line (also under torchrun)."""
+
+from mtlkit.cli import entry
+
+entry()

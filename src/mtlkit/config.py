@@ -1,0 +1,142 @@
+"""The schema of a run, validated by pydantic: YAML in, typed config out.
+
+Every error names the field at fault (``field 'train.epochs': ...``); component names are
+checked against their registries when the run is built (:mod:`mtlkit.experiments.run`), and an
+unknown name lists the available ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mtlkit.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """A config section that rejects unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(Strict):
+    """A registered component and its options."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Component):
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class TaskConfig(Strict):
+    """Selects one of the dataset's tasks and overrides some of its fields."""
+
+    name: str
+    weight: float | None = Field(None, ge=0)
+    metrics: list[str] | None = None
+    loss: str | None = None
+    auxiliary: bool | None = None
+    head: str | None = None
+    head_params: dict[str, Any] | None = None
+
+
+class ModelConfig(Strict):
+    architecture: str = "hps"
+    params: dict[str, Any] = Field(default_factory=dict)
+    encoder: Component | None = None
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    monitor: str = "loss"
+    patience: int | None = Field(None, ge=1)
+    amp: bool | Literal["bf16", "fp16"] = False
+    device: str = "auto"
+    deterministic: bool = True
+    log_every: int = Field(10, ge=1)
+    check_inputs: bool = True
+
+
+class RunConfig(Strict):
+    """A whole run: data, tasks, model, loss balancing, optimisation."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig
+    tasks: list[TaskConfig] | None = None
+    weights: dict[str, float] | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    weighting: Component = Field(default_factory=lambda: Component(name="ew"))
+    aggregator: Component | None = None
+    optimizer: Component = Field(
+        default_factory=lambda: Component(name="adam", params={"lr": 1e-3})
+    )
+    scheduler: Component = Field(default_factory=lambda: Component(name="none"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> RunConfig:
+        if self.tasks is not None:
+            names = [t.name for t in self.tasks]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"task(s) {', '.join(dupes)} listed twice")
+        for task, value in (self.weights or {}).items():
+            if not value >= 0:
+                raise ValueError(f"weight of task '{task}' must be ≥ 0, got {value}")
+        return self
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"field '{where}': {e['msg']}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a config mapping; a ConfigError names each field at fault."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML config file, with optional dotted-key overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return parse_config(data)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "train.epochs", 3)`` sets ``d["train"]["epochs"] = 3``."""
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    node[last] = value
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

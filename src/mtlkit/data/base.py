@@ -1,0 +1,154 @@
+"""In-memory multi-task datasets, a fast batch loader, and the dataset registry.
+
+A batch is ``(inputs, targets)``: ``inputs`` a tensor or a dict of tensors, ``targets`` a dict
+``task name → tensor``. Any iterable of such batches (a torch DataLoader included) works with
+the Trainer; :class:`TensorLoader` is a fast one for datasets held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlkit.errors import DatasetError
+from mtlkit.registry import Registry
+from mtlkit.tasks import Task
+
+Inputs = Tensor | dict[str, Tensor]
+Batch = tuple[Inputs, dict[str, Tensor]]
+
+DATASETS: Registry[Any] = Registry("dataset")
+
+
+def _length(inputs: Inputs) -> int:
+    if isinstance(inputs, Mapping):
+        sizes = {k: v.shape[0] for k, v in inputs.items()}
+        if len(set(sizes.values())) > 1:
+            raise DatasetError(f"input tensors disagree on the number of samples: {sizes}")
+        return next(iter(sizes.values()))
+    return inputs.shape[0]
+
+
+def _index(inputs: Inputs, idx: Tensor) -> Inputs:
+    if isinstance(inputs, Mapping):
+        return {k: v[idx] for k, v in inputs.items()}
+    return inputs[idx]
+
+
+@dataclass
+class TensorSplit:
+    """One split held in memory: inputs and a target tensor per task, all with N rows."""
+
+    inputs: Inputs
+    targets: dict[str, Tensor]
+    name: str = "split"
+
+    def __post_init__(self) -> None:
+        n = _length(self.inputs)
+        for task, target in self.targets.items():
+            if target.shape[0] != n:
+                raise DatasetError(
+                    f"{self.name} split: task '{task}' has {target.shape[0]} targets for {n} inputs"
+                )
+
+    def __len__(self) -> int:
+        return _length(self.inputs)
+
+    def __getitem__(self, idx: Tensor | slice | int) -> Batch:
+        index = torch.as_tensor(idx) if not isinstance(idx, slice) else idx
+        return _index(self.inputs, index), {t: y[index] for t, y in self.targets.items()}
+
+
+class TensorLoader:
+    """Batches of a :class:`TensorSplit`, shuffled with the global torch RNG when asked.
+
+    Drawing the permutation from the global generator (as torch's RandomSampler does) makes a
+    seeded run reproducible and a resumed run continue exactly, since the Trainer saves and
+    restores that generator.
+    """
+
+    def __init__(
+        self, split: TensorSplit, batch_size: int, shuffle: bool = False, drop_last: bool = False
+    ) -> None:
+        if batch_size < 1:
+            raise DatasetError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.split)
+        order = torch.randperm(n) if self.shuffle else torch.arange(n)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            yield self.split[order[start : start + self.batch_size]]
+
+
+@dataclass
+class DataBundle:
+    """A dataset's splits, its tasks, and the encoder that suits its inputs.
+
+    ``encoder`` is ``(name, options)`` for the encoder registry, e.g.
+    ``("mlp", {"in_features": 5, "cardinalities": [3, 7]})``.
+    """
+
+    name: str
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    tasks: list[Task]
+    encoder: tuple[str, dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in (self.train, self.val, self.test):
+            if len(split) == 0:
+                raise DatasetError(f"dataset '{self.name}': the {split.name} split is empty")
+
+    def split(self, name: str) -> TensorSplit:
+        """The split called ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"unknown split '{name}'; available: train, val, test")
+        return getattr(self, name)
+
+    def loader(self, name: str, batch_size: int, shuffle: bool | None = None) -> TensorLoader:
+        """A loader over one split; shuffled by default for ``train`` only."""
+        return TensorLoader(
+            self.split(name), batch_size, shuffle=(name == "train") if shuffle is None else shuffle
+        )
+
+    def select_tasks(self, names: list[str]) -> DataBundle:
+        """The same data restricted to the tasks in ``names`` (for single-task baselines)."""
+        unknown = sorted(set(names) - {t.name for t in self.tasks})
+        if unknown:
+            raise DatasetError(
+                f"dataset '{self.name}' has no task(s) {', '.join(unknown)}; "
+                f"its tasks are {', '.join(t.name for t in self.tasks)}"
+            )
+
+        def keep(split: TensorSplit) -> TensorSplit:
+            return TensorSplit(split.inputs, {t: split.targets[t] for t in names}, split.name)
+
+        return DataBundle(
+            self.name,
+            keep(self.train),
+            keep(self.val),
+            keep(self.test),
+            [t for t in self.tasks if t.name in names],
+            self.encoder,
+            dict(self.info),
+        )
+
+
+def load_dataset(name: str, /, **params: Any) -> DataBundle:
+    """Build a registered dataset by name."""
+    return DATASETS.build(name, **params)

@@ -1,0 +1,1 @@
+"""Experiments built on the library: runs from configs, the demo, comparisons, benchmarks."""

@@ -1,0 +1,229 @@
+"""Build a run from a config, train it into a run folder, evaluate a finished run.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (per-step and
+per-epoch records), ``checkpoint/`` (the latest state, for ``--resume``), ``best/`` (the
+weights of the epoch selected on validation) and ``results.json`` (validation and test
+metrics of the selected model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mtlkit.config import RunConfig, dump_config, parse_config
+from mtlkit.data import DataBundle, load_dataset
+from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.nn import ENCODERS, MTLModel, build_model
+from mtlkit.tasks import Task
+from mtlkit.train import Trainer
+from mtlkit.train.checkpoint import atomic_write_text, load_model_weights
+from mtlkit.weighting import Weighting, compose, get
+
+
+@dataclass
+class Run:
+    """Everything a config resolves to, ready to train."""
+
+    config: RunConfig
+    data: DataBundle
+    tasks: list[Task]
+    model: MTLModel
+    weighting: Weighting
+
+    def trainer(self, run_dir: Path | None = None, progress: bool = True) -> Trainer:
+        """A Trainer for this run (seeded again, so the run is reproducible)."""
+        cfg = self.config
+        t = cfg.train
+        return Trainer(
+            self.model,
+            self.tasks,
+            self.weighting,
+            optimizer=cfg.optimizer.name,
+            optimizer_params=cfg.optimizer.params,
+            scheduler=cfg.scheduler.name,
+            scheduler_params=cfg.scheduler.params,
+            epochs=t.epochs,
+            grad_clip=t.grad_clip,
+            monitor=t.monitor,
+            patience=t.patience,
+            amp=t.amp,
+            device=t.device,
+            seed=cfg.seed,
+            deterministic=t.deterministic,
+            run_dir=run_dir,
+            log_every=t.log_every,
+            check_inputs=t.check_inputs,
+            progress=progress,
+        )
+
+    def loader(self, split: str, train: bool = False) -> Any:
+        size = self.config.data.batch_size if train else self.config.data.eval_batch_size
+        return self.data.loader(split, size, shuffle=train)
+
+
+def resolve_tasks(config: RunConfig, data: DataBundle) -> list[Task]:
+    """The dataset's tasks, selected and overridden by the config's ``tasks`` and ``weights``."""
+    available = {t.name: t for t in data.tasks}
+    chosen = config.tasks if config.tasks is not None else [None] * 0
+    names = [t.name for t in chosen] if config.tasks is not None else list(available)
+    for name in [*names, *(config.weights or {})]:
+        if name not in available:
+            raise ConfigError(
+                f"task '{name}' is not a task of dataset '{data.name}' "
+                f"(its tasks: {', '.join(available)})"
+            )
+    overrides = {t.name: t for t in chosen}
+    tasks = []
+    for name in names:
+        base = available[name]
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        override = overrides.get(name)
+        if override is not None:
+            fields.update(override.model_dump(exclude_none=True, exclude={"name"}))
+        if config.weights and name in config.weights:
+            fields["weight"] = config.weights[name]
+        tasks.append(Task(**fields))
+    return tasks
+
+
+def build_weighting(config: RunConfig, tasks: list[Task]) -> Weighting:
+    """The loss-balancing method, composed with an aggregator when the config names one.
+
+    Task weights (``tasks[].weight`` or ``weights:``) are the α of ``weighting: static``;
+    with any other method they would be ignored, so they are an error there.
+    """
+    params = dict(config.weighting.params)
+    weighted = {t.name: t.weight for t in tasks if t.weight != 1.0}
+    if config.weighting.name == "static":
+        params.setdefault("weights", {t.name: t.weight for t in tasks})
+        unknown = sorted(set(params["weights"]) - {t.name for t in tasks})
+        if unknown:
+            raise ConfigError(
+                f"field 'weighting.params.weights': unknown task(s) {', '.join(unknown)}; "
+                f"the tasks are {', '.join(t.name for t in tasks)}"
+            )
+    elif weighted:
+        raise ConfigError(
+            f"task weights {weighted} are only used by 'weighting: static'; "
+            f"'{config.weighting.name}' sets its own weights"
+        )
+    method = get(config.weighting.name, **params)
+    if config.aggregator is None:
+        return method
+    return compose(method, get(config.aggregator.name, **config.aggregator.params))
+
+
+def build_run(config: RunConfig | dict[str, Any]) -> Run:
+    """Resolve a config into data, tasks, model and weighting (seeded by ``config.seed``)."""
+    if not isinstance(config, RunConfig):
+        config = parse_config(config)
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.data.name, **config.data.params)
+    tasks = resolve_tasks(config, data)
+    if len(tasks) < len(data.tasks):
+        data = data.select_tasks([t.name for t in tasks])
+    enc_name, enc_params = data.encoder
+    if config.model.encoder is not None:
+        if config.model.encoder.name == enc_name:
+            enc_params = {**enc_params, **config.model.encoder.params}
+        else:
+            enc_name, enc_params = config.model.encoder.name, config.model.encoder.params
+    try:
+        encoder = ENCODERS.build(enc_name, **enc_params)
+    except ConfigError as err:
+        raise ConfigError(f"field 'model.encoder': {err}") from None
+    model = build_model(config.model.architecture, encoder, tasks, **config.model.params)
+    return Run(config, data, tasks, model, build_weighting(config, tasks))
+
+
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """A fresh folder ``root/<name>-<timestamp>`` (with a suffix if it exists)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def train_run(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train the configured run into ``run_dir``; returns (and writes) ``results.json``."""
+    run_dir = Path(run_dir)
+    if resume:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise MtlkitError(f"cannot resume: {run_dir} has no config.yaml")
+        previous = parse_config(yaml.safe_load(saved.read_text(encoding="utf-8")))
+        differing = _differences(previous.model_dump(), config.model_dump(), skip={"train.epochs"})
+        if differing:
+            raise ConfigError(
+                f"cannot resume {run_dir}: the config differs from the saved one in "
+                f"{', '.join(differing)}"
+            )
+    run = build_run(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    trainer = run.trainer(run_dir, progress=progress)
+    started = time.perf_counter()
+    fit = trainer.fit(
+        run.loader("train", train=True),
+        run.loader("val"),
+        resume=run_dir if resume else None,
+        stop_after=stop_after,
+    )
+    results = {
+        "name": config.name,
+        "best_epoch": fit.best_epoch,
+        "monitor": {"name": config.train.monitor, "value": fit.best_value},
+        "stopped_early": fit.stopped_early,
+        "val": trainer.evaluate(run.loader("val")),
+        "test": trainer.evaluate(run.loader("test")),
+        "train_seconds": time.perf_counter() - started,
+        "tasks": {
+            t.name: {"kind": t.kind, "metrics": list(t.metrics or []), "auxiliary": t.auxiliary}
+            for t in run.tasks
+        },
+    }
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    return results
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
+    """Evaluate the selected (``best/``) or latest weights of a finished run on ``split``."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MtlkitError(f"{run_dir} is not a run folder (no config.yaml)")
+    config = parse_config(yaml.safe_load(saved.read_text(encoding="utf-8")))
+    run = build_run(config)
+    weights = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "checkpoint"
+    load_model_weights(weights, run.model)
+    trainer = run.trainer(None, progress=False)
+    return trainer.evaluate(run.loader(split))
+
+
+def _differences(a: Any, b: Any, skip: set[str], prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if path not in skip:
+                out += _differences(a.get(key), b.get(key), skip, path)
+        return out
+    return [] if a == b else [prefix or "(root)"]

@@ -1,0 +1,85 @@
+"""Uncertainty weighting (UW): learned homoscedastic task uncertainty.
+
+Kendall, Gal & Cipolla (2018), "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
+Geometry and Semantics", CVPR 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError
+from mtlkit.weighting._loss_common import check_real, follow_device, task_parameter
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+
+
+@WEIGHTINGS.register("uw")
+class UW(LossWeighting):
+    """Uncertainty weighting: L = Σ_i L_i / (2σ_i²) + log σ_i, with s_i = log σ_i² learned.
+
+    Written in s_i: L = Σ_i ½ (e^{−s_i} L_i + s_i). For a fixed loss the objective is minimised
+    at σ_i² = L_i, where each weighted loss is ½; the gradient in s_i is ½ (1 − e^{−s_i} L_i).
+    The s_i are :meth:`parameters` of the method: add them to the optimiser (call
+    ``bind(task_names)`` first, as the Trainer does, since there is one per task).
+
+    Deviation: the paper's classification form (L_i/σ_i² + log σ_i) is not used; every task
+    takes the regression form above, as is usual in MTL libraries. Scale: task i has weight
+    e^{−s_i}/2, i.e. ½ at the start (half of EW's weight 1).
+
+    Args:
+        init_log_var: initial s_i = log σ_i² (0: σ = 1).
+    """
+
+    name = "uw"
+    stateful = True
+
+    def __init__(self, init_log_var: float = 0.0) -> None:
+        super().__init__()
+        self.init_log_var = check_real("UW", "init_log_var", init_log_var)
+        self.log_vars: nn.Parameter | None = None
+
+    def on_bind(self) -> None:
+        assert self.tasks is not None
+        if self.log_vars is None or self.log_vars.numel() != len(self.tasks):
+            self.log_vars = task_parameter(len(self.tasks), self.init_log_var)
+
+    def parameters(self) -> list[nn.Parameter]:
+        if self.log_vars is None:
+            raise ConfigError(
+                "UW: its log-variances are created per task; call bind(task_names) before "
+                "parameters() so the optimiser gets them"
+            )
+        return [self.log_vars]
+
+    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.log_vars is not None
+        follow_device(self.log_vars, losses)
+        s = self.log_vars.to(losses.dtype)
+        objective = 0.5 * (torch.exp(-s) * losses + s).sum()
+        return objective, 0.5 * torch.exp(-s.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.log_vars is not None:
+            state["log_vars"] = self.log_vars.detach().clone()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "log_vars" in state:
+            assert self.log_vars is not None
+            with torch.no_grad():
+                self.log_vars.copy_(torch.as_tensor(state["log_vars"]))
+
+    def reset(self) -> None:
+        super().reset()
+        if self.log_vars is not None:
+            with torch.no_grad():
+                self.log_vars.fill_(self.init_log_var)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"init_log_var": self.init_log_var}

@@ -1,0 +1,85 @@
+"""Metrics and Δm on hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from mtlkit.errors import ConfigError
+from mtlkit.metrics import METRICS, delta_m, delta_m_per_task, get_metric, mean_std
+
+
+def test_directions() -> None:
+    assert get_metric("accuracy").direction == "max"
+    assert get_metric("macro_f1").direction == "max"
+    assert get_metric("auroc").direction == "max"
+    assert get_metric("r2").direction == "max"
+    assert get_metric("mae").direction == "min"
+    assert get_metric("rmse").direction == "min"
+    assert {"accuracy", "macro_f1", "auroc", "mae", "rmse", "r2"} <= set(METRICS.names())
+
+
+def test_accuracy_and_macro_f1_by_hand() -> None:
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    target = torch.tensor([0, 1, 2, 2])  # predictions 0, 1, 1, 2
+    assert get_metric("accuracy")(logits, target) == pytest.approx(0.75)
+    # class 0: F1 1; class 1: tp1 fp1 fn0 → 2/3; class 2: tp1 fp0 fn1 → 2/3
+    assert get_metric("macro_f1")(logits, target) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_accuracy_ignores_missing_labels_and_binary_logits() -> None:
+    logits = torch.tensor([1.0, -1.0, 2.0, -3.0])
+    target = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    assert get_metric("accuracy")(logits, target) == pytest.approx(0.75)
+    multi = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    assert get_metric("accuracy")(multi, torch.tensor([0, -100, 0])) == pytest.approx(0.5)
+
+
+def test_auroc_binary_by_hand() -> None:
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    target = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    # positives (0.35, 0.8) vs negatives (0.1, 0.4): 3 of 4 pairs ordered → 0.75
+    assert get_metric("auroc")(torch.logit(scores), target) == pytest.approx(0.75)
+
+
+def test_regression_metrics_by_hand() -> None:
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    target = torch.tensor([1.0, 3.0, 3.0, 2.0])  # errors 0, -1, 0, 2
+    assert get_metric("mae")(pred, target) == pytest.approx(0.75)
+    assert get_metric("rmse")(pred, target) == pytest.approx(math.sqrt(5 / 4))
+    # SS_res = 5, mean 2.25, SS_tot = 1.5625 + 0.5625 + 0.5625 + 0.0625 = 2.75
+    assert get_metric("r2")(pred, target) == pytest.approx(1 - 5 / 2.75)
+    nan_target = torch.tensor([1.0, float("nan"), 3.0, 2.0])
+    assert get_metric("mae")(pred, nan_target) == pytest.approx(2 / 3)
+
+
+def test_delta_m_by_hand() -> None:
+    baseline = {"a": {"accuracy": 0.80}, "b": {"mae": 2.0, "r2": 0.5}}
+    mtl = {"a": {"accuracy": 0.88}, "b": {"mae": 1.5, "r2": 0.45}}
+    # +10 % (acc up), +25 % (mae down is better), −10 % (r2 down) → mean 25/3 %
+    assert delta_m(mtl, baseline) == pytest.approx(25 / 3)
+    per_task = delta_m_per_task(mtl, baseline)
+    assert per_task["a"] == pytest.approx(10.0)
+    assert per_task["b"] == pytest.approx(7.5)
+    assert delta_m(baseline, baseline) == 0.0
+
+
+def test_delta_m_sign_follows_direction() -> None:
+    worse = delta_m({"t": {"rmse": 1.1}}, {"t": {"rmse": 1.0}})
+    assert worse == pytest.approx(-10.0)
+
+
+def test_delta_m_errors_name_task_and_metric() -> None:
+    with pytest.raises(ConfigError, match="task 'b'"):
+        delta_m({"a": {"accuracy": 1.0}}, {"a": {"accuracy": 1.0}, "b": {"accuracy": 1.0}})
+    with pytest.raises(ConfigError, match="metric 'mae'"):
+        delta_m({"a": {"accuracy": 1.0}}, {"a": {"mae": 1.0}})
+    with pytest.raises(ConfigError, match="non-zero baseline"):
+        delta_m({"a": {"mae": 1.0}}, {"a": {"mae": 0.0}})
+
+
+def test_mean_std() -> None:
+    mean, std = mean_std([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert std == pytest.approx(1.0)
+    assert mean_std([4.0]) == (4.0, 0.0)

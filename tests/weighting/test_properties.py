@@ -1,0 +1,170 @@
+"""Properties every registered weighting method must have, applied to each one in turn.
+
+The methods are read from ``mtlkit.weighting.WEIGHTINGS`` (after importing every module of the
+package), so a method registered later is tested without editing this file. ``BUILD_ARGS``
+lists the hyper-parameters a method needs to be constructed; a method whose constructor takes
+``seed`` is randomised, and is exempt from permutation equivariance only.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import pkgutil
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import mtlkit.weighting as weighting_pkg
+from mtlkit.weighting import WEIGHTINGS
+from mtlkit.weighting.base import Weighting
+from mtlkit.weighting.gradient import GradientWeighting
+from mtlkit.weighting.jacobian import task_jacobian
+from tests.weighting.test_engine import TinyHPS, mlp_model, shared_grad
+
+for _info in pkgutil.iter_modules(weighting_pkg.__path__):
+    importlib.import_module(f"mtlkit.weighting.{_info.name}")
+
+
+def _first_gradient_method() -> str:
+    return next(n for n in WEIGHTINGS.names() if issubclass_safe(WEIGHTINGS.lookup(n)))
+
+
+def issubclass_safe(obj: object) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, GradientWeighting)
+
+
+#: documented exceptions: the hyper-parameters a method needs to be built
+BUILD_ARGS: dict[str, Callable[[], dict[str, Any]]] = {
+    "compose": lambda: {"weighting": "uw", "aggregator": _first_gradient_method()},
+}
+
+
+def _db_mtl_log(losses: Tensor) -> Tensor:
+    from mtlkit.weighting.db_mtl import LOG_EPS
+
+    return torch.log(losses + LOG_EPS)
+
+
+#: documented exceptions: methods whose Jacobian is of transformed losses (DB-MTL: log L_i)
+LOSS_TRANSFORM: dict[str, Callable[[Tensor], Tensor]] = {"db_mtl": _db_mtl_log}
+
+METHODS = WEIGHTINGS.names()
+SUM_SCALE = re.compile(r"identical gradients g(?:,)? (?:give|the update is) T·g\b")
+
+
+def make(name: str) -> Weighting:
+    return WEIGHTINGS.build(name, **BUILD_ARGS.get(name, dict)())
+
+
+def is_gradient(method: Weighting) -> bool:
+    return isinstance(method, GradientWeighting)
+
+
+def randomised(name: str) -> bool:
+    return "seed" in inspect.signature(WEIGHTINGS.lookup(name)).parameters
+
+
+def losses_of(model: TinyHPS, x: Tensor, order: list[str] | None = None) -> dict[str, Tensor]:
+    outs = model(x)
+    losses = {t: (k + 1) * o.pow(2).mean() for k, (t, o) in enumerate(outs.items())}
+    return {t: losses[t] for t in (order or list(losses))}
+
+
+def step(method: Weighting, model: TinyHPS, losses: dict[str, Tensor]) -> tuple[Any, Tensor]:
+    model.zero_grad()
+    record = method.backward(losses, model)
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+    return record, grads
+
+
+def bound(method: Weighting, model: TinyHPS) -> Weighting:
+    method.bind(model.task_names)
+    return method
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_permutation_equivariance(name: str) -> None:
+    """Listing the tasks in another order changes nothing: same weights by task, same update."""
+    if randomised(name):
+        pytest.skip("randomised method: its draws follow the task order")
+    model, x = mlp_model()
+    rec_a, grads_a = step(make(name), model, losses_of(model, x))
+    rec_b, grads_b = step(make(name), model, losses_of(model, x, ["t2", "t0", "t1"]))
+    torch.testing.assert_close(grads_b, grads_a, rtol=1e-6, atol=1e-9)
+    for t in model.task_names:
+        assert rec_b.weights[t] == pytest.approx(rec_a.weights[t], rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_equal_gradients_give_the_common_direction(name: str) -> None:
+    """T identical task gradients g give c·g with c > 0 (c = T where the method says so)."""
+    model, x = mlp_model()
+    for head in model.heads[1:]:
+        head.load_state_dict(model.heads[0].state_dict())
+    method = make(name)
+    outs = model(x)
+    losses = {t: o.pow(2).mean() for t, o in outs.items()}
+    (g,) = torch.autograd.grad(losses["t0"], model.encoder[0].weight, retain_graph=True)
+    step(method, model, losses)
+    got = model.encoder[0].weight.grad
+    c = float((got * g).sum() / (g * g).sum())
+    assert c > 0
+    torch.testing.assert_close(got, c * g, rtol=1e-6, atol=1e-10)
+    doc = inspect.getdoc(type(method.aggregator if name == "compose" else method)) or ""
+    if SUM_SCALE.search(doc):
+        assert c == pytest.approx(3.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if issubclass_safe(WEIGHTINGS.lookup(n))])
+def test_backward_equals_aggregate_of_the_explicit_jacobian(name: str) -> None:
+    """On a tiny HPS model, backward's shared gradient is aggregate(J) of the explicit J."""
+    model, x = mlp_model()
+    method = make(name)
+    twin = copy.deepcopy(method)  # same state (and random generator) for aggregate
+    for _ in range(2):  # the second step exercises the recorded-layer Gramian path
+        losses = losses_of(model, x)
+        stacked = torch.stack(list(losses.values()))
+        bound(twin, model)
+        if hasattr(twin, "observe_losses"):  # methods that read the losses too (GradNorm)
+            twin.observe_losses(stacked.detach())
+        stacked = LOSS_TRANSFORM.get(name, lambda v: v)(stacked)
+        jac = task_jacobian(stacked, model.shared_parameters())
+        want = twin.aggregate(jac)
+        step(method, model, losses)
+        torch.testing.assert_close(shared_grad(model), want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_round_trip(name: str) -> None:
+    """A method restored from its state dict takes the same next step as the original."""
+    model, x = mlp_model()
+    method = make(name)
+    for k in range(2):
+        step(method, model, losses_of(model, x + 0.1 * k))
+    method.on_epoch_end(0, {t: 1.0 + i for i, t in enumerate(model.task_names)})
+    restored = make(name)
+    restored.load_state_dict(copy.deepcopy(method.state_dict()))
+    rec_a, grads_a = step(method, model, losses_of(model, x + 0.5))
+    rec_b, grads_b = step(restored, model, losses_of(model, x + 0.5))
+    torch.testing.assert_close(grads_b, grads_a)
+    assert rec_b.weights == pytest.approx(rec_a.weights)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_zero_gradient_task_gives_no_nan(name: str) -> None:
+    """A task whose loss does not depend on the parameters leaves every gradient finite."""
+    model, x = mlp_model()
+    method = make(name)
+    for _ in range(2):
+        outs = model(x)
+        losses = {t: o.pow(2).mean() for t, o in outs.items()}
+        losses["t1"] = 0.0 * outs["t1"].sum() + 1.0
+        record, grads = step(method, model, losses)
+        assert torch.isfinite(grads).all()
+        assert all(torch.isfinite(torch.tensor(list(record.weights.values()))))
