@@ -83,3 +83,17 @@ def test_mean_std() -> None:
     assert mean == pytest.approx(2.0)
     assert std == pytest.approx(1.0)
     assert mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_class_dimension_last_for_per_token_outputs() -> None:
+    # (B=1, L=3, C=4) per-token logits; argmax over the last dimension → 2, 0, 3
+    out = torch.tensor([[[0.0, 0, 5, 0], [5, 0, 0, 0], [0, 0, 0, 5]]])
+    target = torch.tensor([[2, 0, 1]])
+    assert get_metric("accuracy")(out, target) == pytest.approx(2 / 3)
+    # the same logits channel-first (B, C, L) give the same answer
+    assert get_metric("accuracy")(out.transpose(1, 2), target) == pytest.approx(2 / 3)
+    assert get_metric("macro_f1")(out, target) == get_metric("macro_f1")(
+        out.transpose(1, 2), target
+    )
+    with pytest.raises(Exception, match="no class dimension"):
+        get_metric("accuracy")(torch.zeros(1, 5, 7), target)

@@ -64,17 +64,27 @@ def train(
         int | None, typer.Option(help="Stop after this epoch; continue later with --resume.")
     ] = None,
 ) -> None:
-    """Train the model a config describes, into a run folder."""
+    """Train the model a config describes, into a run folder (under torchrun: on every rank,
+    data-parallel; see docs/distributed.md)."""
     from mtlkit.config import load_config
     from mtlkit.experiments.run import new_run_dir, train_run
+    from mtlkit.train.distributed import init_distributed, launched_by_torchrun, teardown
 
     cfg = load_config(config, _overrides(set_))
     if resume is not None and out is not None and resume != out:
         raise MtlkitError("give either --resume RUN_DIR or --out RUN_DIR, not both")
-    run_dir = resume or out or new_run_dir("runs", cfg.name)
-    results = train_run(cfg, Path(run_dir), resume=resume is not None, stop_after=stop_after)
-    _print_metrics(results["test"], f"Test metrics (best epoch {results['best_epoch']})")
-    console.print(f"Run folder: {run_dir}")
+    ctx = init_distributed() if launched_by_torchrun() else None
+    try:
+        if ctx is None or ctx.is_main:
+            run_dir = resume or out or new_run_dir("runs", cfg.name)
+        if ctx is not None:  # one folder for all ranks: rank 0's
+            run_dir = ctx.broadcast_object(str(run_dir) if ctx.is_main else None)
+        results = train_run(cfg, Path(run_dir), resume=resume is not None, stop_after=stop_after)
+    finally:
+        teardown()
+    if ctx is None or ctx.is_main:
+        _print_metrics(results["test"], f"Test metrics (best epoch {results['best_epoch']})")
+        console.print(f"Run folder: {run_dir}")
 
 
 @app.command("eval")
@@ -122,6 +132,150 @@ def bench(
         memory=memory,
         torchjd=torchjd,
     )
+
+
+@app.command()
+def affinity(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of the short training run.")] = 1,
+    steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 10,
+    lr: Annotated[float | None, typer.Option(help="Lookahead step (default: the lr).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Gradient cosines, conflicts and TAG lookahead affinity of every task pair."""
+    from mtlkit.analysis.affinity import run_affinity
+    from mtlkit.config import load_config
+    from mtlkit.experiments.run import new_run_dir
+
+    cfg = load_config(config, _overrides(set_))
+    out_dir = out or new_run_dir("runs", f"{cfg.name}-affinity")
+    result = run_affinity(cfg, out_dir, epochs=epochs, steps=steps, every=every, lr=lr)
+    for measure in ("cosine", "conflict", "tag"):
+        table = Table(title=f"{measure} (row i → column j)")
+        table.add_column("")
+        for t in result.tasks:
+            table.add_column(t, justify="right")
+        for t, row in zip(result.tasks, result.matrix(measure), strict=True):
+            table.add_row(t, *(f"{v:+.3g}" for v in row))
+        console.print(table)
+    cost = result.seconds["measure_per_step_vs_train_step"]
+    console.print(
+        f"{result.steps} measured steps; measuring cost {cost:.2f}× a training step per step "
+        f"(every {every} steps). Written to {out_dir}"
+    )
+
+
+@app.command()
+def group(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    models: Annotated[int, typer.Option("--models", "-k", help="At most this many models.")] = 2,
+    affinity_file: Annotated[
+        Path | None, typer.Option("--affinity", help="affinity.json (default: measure it).")
+    ] = None,
+    measure: Annotated[str, typer.Option(help="tag or cosine.")] = "tag",
+    verify: Annotated[bool, typer.Option(help="Train the grouping, all-in-one and STL.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Choose which tasks to train together in at most k models."""
+    from mtlkit.config import load_config
+    from mtlkit.experiments.compare import run_group
+    from mtlkit.experiments.run import new_run_dir
+
+    cfg = load_config(config, _overrides(set_))
+    out_dir = out or new_run_dir("runs", f"{cfg.name}-group")
+    result = run_group(cfg, out_dir, models, affinity_file, measure, verify, console)
+    grouping = result["grouping"]
+    table = Table(title=f"Best grouping into ≤ {models} model(s) ({measure})")
+    for column in ("model", "trained on", "serves", "scores"):
+        table.add_column(column)
+    for i, (g, s) in enumerate(zip(grouping["groups"], grouping["serves"], strict=True)):
+        scores = ", ".join(f"{t}: {grouping['scores'][t]:+.3f}" for t in s)
+        table.add_row(str(i + 1), ", ".join(g), ", ".join(s), scores)
+    console.print(table)
+    console.print(
+        f"total score {grouping['total']:+.4f} ({'exact' if grouping['exact'] else 'heuristic'})"
+    )
+    for name, choice in result.get("verify", {}).items():
+        console.print(f"{name}: Δm = {choice['delta_m']:+.2f} % vs single-task models")
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    methods: Annotated[str | None, typer.Option(help="Methods, e.g. ew,uw,pcgrad.")] = None,
+    architectures: Annotated[str | None, typer.Option(help="Architectures, e.g. hps,mmoe.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per model.")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Single-task baselines against every chosen method and architecture, over seeds."""
+    from mtlkit.config import load_config
+    from mtlkit.experiments.compare import print_summary, run_compare
+    from mtlkit.experiments.run import new_run_dir
+
+    cfg = load_config(config, _overrides(set_))
+    out_dir = out or new_run_dir("runs", f"{cfg.name}-compare")
+    summary = run_compare(
+        cfg, out_dir, _csv(methods), _csv(architectures), seeds=seeds, console=console
+    )
+    print_summary(summary, console)
+    console.print(f"Written to {out_dir} (compare.json, compare.csv, compare.md)")
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    trials: Annotated[int, typer.Option(help="Optuna trials in all (resumed ones count).")] = 20,
+    folds: Annotated[int, typer.Option(help="Folds of the training split.")] = 3,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Method option range NAME=LOW:HIGH[:log].")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Static task weights (and method options) by k-fold cross-validation (Optuna)."""
+    from mtlkit.config import load_config
+    from mtlkit.experiments.run import new_run_dir
+    from mtlkit.experiments.tune import parse_param_ranges, run_tune
+
+    cfg = load_config(config, _overrides(set_))
+    ranges = parse_param_ranges(param)
+    out_dir = out or new_run_dir("runs", f"{cfg.name}-tune")
+    result = run_tune(cfg, out_dir, trials, folds, ranges, console=console)
+    if result["weights"]:
+        console.print(
+            "best weights: " + ", ".join(f"{t}={w:.3f}" for t, w in result["weights"].items())
+        )
+    if result["params"]:
+        console.print(
+            "best options: " + ", ".join(f"{k}={v:.4g}" for k, v in result["params"].items())
+        )
+    console.print(f"mean validation Δm over {folds} folds: {result['best_delta_m']:+.2f} %")
+    console.print(f"Train with them: mtlkit train {Path(out_dir) / 'tuned.yaml'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run, comparison or affinity folder.")],
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page with the run's plots, tables and config."""
+    from mtlkit.experiments.report import build_report
+
+    console.print(f"Report: {build_report(run_dir, out)}")
 
 
 @app.command("list")

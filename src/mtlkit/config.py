@@ -62,6 +62,12 @@ class TrainConfig(Strict):
     deterministic: bool = True
     log_every: int = Field(10, ge=1)
     check_inputs: bool = True
+    #: multi-input data (one dataset per task) only: one task's batch per step ("single",
+    #: drawn by ``sampler``) or every task's each step ("mixed", which gradient methods need);
+    #: None keeps the dataset's own setting
+    step_mode: Literal["single", "mixed"] | None = None
+    sampler: Component | None = None
+    steps_per_epoch: int | None = Field(None, ge=1)
 
 
 class RunConfig(Strict):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.registry import Registry
 
 Direction = Literal["max", "min"]
@@ -66,10 +66,22 @@ def better(a: float, b: float, direction: Direction) -> bool:
 
 
 def class_predictions(output: Tensor, target: Tensor) -> Tensor:
-    """Predicted labels: argmax over the class dimension (dim 1), or a 0 threshold on logits
-    for binary outputs shaped like the target (or with a trailing singleton)."""
-    if output.dim() == target.dim() + 1 and output.shape[1] > 1:
-        return output.argmax(dim=1)
+    """Predicted labels: argmax over the class dimension, or a 0 threshold on logits for
+    binary outputs shaped like the target (or with a trailing singleton).
+
+    The class dimension is dim 1 (``(B, C)``, ``(B, C, H, W)``) when the other dimensions fit
+    the target, else the last one (per-token ``(B, L, C)``); a layout that fits neither is an
+    error rather than a silently wrong score.
+    """
+    if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
+        if output.shape[0] == target.shape[0] and output.shape[2:] == target.shape[1:]:
+            return output.argmax(dim=1)
+        if output.shape[:-1] == target.shape:
+            return output.argmax(dim=-1)
+        raise TaskDataError(
+            f"output shape {tuple(output.shape)} has no class dimension that fits "
+            f"target shape {tuple(target.shape)}"
+        )
     return (output.reshape(target.shape) > 0).long()
 
 
@@ -81,6 +93,8 @@ def _valid(pred: Tensor, target: Tensor, ignore_index: int = -100) -> tuple[Tens
 def _scores(output: Tensor, target: Tensor) -> np.ndarray:
     """Class-probability scores for AUROC: sigmoid for binary logits, softmax otherwise."""
     if output.dim() == target.dim() + 1 and output.shape[1] > 1:
+        if output.dim() > 2:
+            raise TaskDataError("auroc scores one prediction per sample: (B,) or (B, C) outputs")
         return torch.softmax(output.float(), dim=1).numpy()
     return torch.sigmoid(output.float().reshape(target.shape)).numpy()
 

@@ -35,7 +35,12 @@ def with_zero_row(t: int, p: int, seed: int = 0) -> Tensor:
 
 
 def strongly_conflicting(t: int, p: int, seed: int = 0) -> Tensor:
-    """Rows whose pairwise cosines are close to −1/(T−1), the most conflicting possible."""
+    """Rows whose pairwise cosines are close to −1/(T−1), the most conflicting possible.
+
+    Needs P ≥ T (T orthonormal directions are centred, so the rows sum to zero before scaling).
+    """
+    if p < t:
+        raise ValueError(f"strongly_conflicting needs P ≥ T, got P={p}, T={t}")
     g = torch.Generator().manual_seed(seed)
     basis = torch.linalg.qr(torch.randn(p, t, generator=g, dtype=torch.float64)).Q.T  # t × p
     centred = basis - basis.mean(dim=0, keepdim=True)

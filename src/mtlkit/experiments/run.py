@@ -20,12 +20,14 @@ import torch
 import yaml
 
 from mtlkit.config import RunConfig, dump_config, parse_config
-from mtlkit.data import DataBundle, load_dataset
+from mtlkit.data import DataBundle, TensorLoader, load_dataset
+from mtlkit.data.multi import MultiInputData
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.nn import ENCODERS, MTLModel, build_model
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
 from mtlkit.train.checkpoint import atomic_write_text, load_model_weights
+from mtlkit.train.distributed import ShardedLoader, current, shard_split
 from mtlkit.weighting import Weighting, compose, get
 
 
@@ -63,11 +65,21 @@ class Run:
             log_every=t.log_every,
             check_inputs=t.check_inputs,
             progress=progress,
+            step_mode=self.data.step_mode if isinstance(self.data, MultiInputData) else None,
+            distributed=current(),
         )
 
     def loader(self, split: str, train: bool = False) -> Any:
+        """A split's batches; under torchrun, this rank's shard (``batch_size`` per rank)."""
         size = self.config.data.batch_size if train else self.config.data.eval_batch_size
-        return self.data.loader(split, size, shuffle=train)
+        ctx = current()
+        if ctx is None or isinstance(self.data, MultiInputData):
+            return self.data.loader(split, size, shuffle=train)
+        if train:
+            return ShardedLoader(
+                self.data.split(split), size, rank=ctx.rank, world_size=ctx.world_size
+            )
+        return TensorLoader(shard_split(self.data.split(split), ctx.rank, ctx.world_size), size)
 
 
 def resolve_tasks(config: RunConfig, data: DataBundle) -> list[Task]:
@@ -76,6 +88,11 @@ def resolve_tasks(config: RunConfig, data: DataBundle) -> list[Task]:
     chosen = config.tasks if config.tasks is not None else [None] * 0
     names = [t.name for t in chosen] if config.tasks is not None else list(available)
     for name in [*names, *(config.weights or {})]:
+        if name not in available and isinstance(data, MultiInputData):
+            raise ConfigError(
+                f"task '{name}' has no dataset: under a multi-input config every task needs "
+                f"its own (data.params.datasets.{name}); tasks with data: {', '.join(available)}"
+            )
         if name not in available:
             raise ConfigError(
                 f"task '{name}' is not a task of dataset '{data.name}' "
@@ -91,7 +108,11 @@ def resolve_tasks(config: RunConfig, data: DataBundle) -> list[Task]:
             fields.update(override.model_dump(exclude_none=True, exclude={"name"}))
         if config.weights and name in config.weights:
             fields["weight"] = config.weights[name]
-        tasks.append(Task(**fields))
+        task = Task(**fields)
+        for metric, fn in base.metric_fns.items():  # keep bound metrics (e.g. tag names)
+            if metric in task.metric_fns:
+                task.metric_fns[metric] = fn
+        tasks.append(task)
     return tasks
 
 
@@ -128,6 +149,7 @@ def build_run(config: RunConfig | dict[str, Any]) -> Run:
         config = parse_config(config)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data.name, **config.data.params)
+    _training_strategy(config, data)
     tasks = resolve_tasks(config, data)
     if len(tasks) < len(data.tasks):
         data = data.select_tasks([t.name for t in tasks])
@@ -143,6 +165,27 @@ def build_run(config: RunConfig | dict[str, Any]) -> Run:
         raise ConfigError(f"field 'model.encoder': {err}") from None
     model = build_model(config.model.architecture, encoder, tasks, **config.model.params)
     return Run(config, data, tasks, model, build_weighting(config, tasks))
+
+
+def _training_strategy(config: RunConfig, data: DataBundle | MultiInputData) -> None:
+    """Apply ``train.step_mode``, ``train.sampler`` and ``train.steps_per_epoch`` to
+    multi-input data (the epochs and seed are the run's); an error for joint data."""
+    t = config.train
+    if not isinstance(data, MultiInputData):
+        given = [k for k in ("step_mode", "sampler", "steps_per_epoch") if getattr(t, k)]
+        if given:
+            raise ConfigError(
+                f"field 'train.{given[0]}' applies to multi-input data (one dataset per task, "
+                f"e.g. data.name: multi_input); dataset '{data.name}' gives joint batches"
+            )
+        return
+    if t.step_mode is not None:
+        data.step_mode = t.step_mode
+    if t.sampler is not None:
+        data.sampler = {"name": t.sampler.name, **t.sampler.params}
+    if t.steps_per_epoch is not None:
+        data.steps_per_epoch = t.steps_per_epoch
+    data.epochs, data.seed = t.epochs, config.seed
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -178,7 +221,9 @@ def train_run(
             )
     run = build_run(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
     trainer = run.trainer(run_dir, progress=progress)
     started = time.perf_counter()
     fit = trainer.fit(
@@ -195,12 +240,14 @@ def train_run(
         "val": trainer.evaluate(run.loader("val")),
         "test": trainer.evaluate(run.loader("test")),
         "train_seconds": time.perf_counter() - started,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
         "tasks": {
             t.name: {"kind": t.kind, "metrics": list(t.metrics or []), "auxiliary": t.auxiliary}
             for t in run.tasks
         },
     }
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    if main:
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
 
 

@@ -142,9 +142,13 @@ class MLPEncoder(nn.Module):
         return nn.ModuleList(self.net)
 
     def prepare(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
-        """Check the inputs; concatenate numeric features and categorical embeddings."""
+        """Check the inputs; concatenate numeric features and categorical embeddings.
+
+        Numeric inputs are cast to the encoder's parameter dtype (float32 unless the model
+        was converted, e.g. to float64)."""
+        dtype = self.net[0][0].weight.dtype if len(self.net) else torch.float32
         if isinstance(inputs, Mapping):
-            parts = [inputs["numeric"].float()] if self.in_features else []
+            parts = [inputs["numeric"].to(dtype)] if self.in_features else []
             if self.cardinalities:
                 codes = inputs["categorical"]
                 if codes.shape[-1] != len(self.cardinalities):
@@ -159,7 +163,7 @@ class MLPEncoder(nn.Module):
                 "encoder 'mlp': categorical columns are configured, so inputs must be a "
                 "mapping with 'numeric' and 'categorical' tensors"
             )
-        x = inputs.float().flatten(1)
+        x = inputs.to(dtype).flatten(1)
         if x.shape[1] != self.in_features:
             raise TaskDataError(
                 f"encoder 'mlp': input has {x.shape[1]} features, expected {self.in_features}"

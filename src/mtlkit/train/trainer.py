@@ -9,6 +9,12 @@ Each batch is ``(inputs, targets)`` with a target for every task. A training ste
 
 The Trainer never asks which weighting method it runs: everything a method needs travels
 through the :class:`~mtlkit.weighting.Weighting` interface.
+
+Multi-input batches (:class:`~mtlkit.data.multi.TaskBatches`, one dataset per task) carry
+each task's own inputs: each task's inputs are forwarded (in one pass when they stack into
+one batch) and only the tasks present get a loss. A task whose batch has no label at all (every
+target the ignore value -100, or NaN) is absent too: its loss is ``None`` for the weighting
+method, so it adds no loss and no gradient (:meth:`~mtlkit.weighting.Weighting.restrict`).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mtlkit.data.multi import STEP_MODES, TaskBatches
 from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError, TaskDataError
 from mtlkit.metrics import better, get_metric
 from mtlkit.tasks import Task, task_map
 from mtlkit.train.checkpoint import load_checkpoint, model_tensors, save_checkpoint
+from mtlkit.train.distributed import Distributed, label_count
 from mtlkit.train.logging import JsonlLogger, ProgressBar, TensorBoardLogger, flatten
 from mtlkit.train.optim import SCHEDULERS, build_optimizer
 from mtlkit.train.seed import rng_state, seed_everything, set_rng_state
@@ -58,6 +66,14 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
+
+
+def has_labels(task: Task, target: Tensor) -> bool:
+    """Whether ``target`` holds at least one label (not the ignore value, not NaN)."""
+    if task.spec.integer_targets:
+        ignored = torch.tensor(task.spec.ignore_labels, device=target.device)
+        return bool((~torch.isin(target, ignored)).any())
+    return bool((~torch.isnan(target.float())).any())
 
 
 @dataclass
@@ -146,6 +162,14 @@ class Trainer:
         check_inputs: check each batch's targets against its task (shapes, dtypes, labels).
         progress: show a progress bar when writing to a terminal.
         callbacks: functions ``(trainer, epoch_record)`` called after each epoch.
+        distributed: the process group (:func:`mtlkit.train.distributed.init_distributed`) for
+            data-parallel training: give each rank its shard of the data
+            (:class:`~mtlkit.train.distributed.ShardedLoader`); the weighting method then
+            combines the global per-task gradients, evaluation gathers every rank's outputs,
+            and rank 0 alone writes to ``run_dir`` (docs/distributed.md).
+        step_mode: for multi-input data, ``"single"`` (one task's batch per step) or
+            ``"mixed"`` (every task's batch each step); None takes the training loader's
+            ``step_mode``. Gradient-based methods need ``"mixed"`` (a ConfigError otherwise).
     """
 
     def __init__(
@@ -171,6 +195,8 @@ class Trainer:
         check_inputs: bool = True,
         progress: bool = True,
         callbacks: Sequence[Callable[[Trainer, dict[str, Any]], None]] = (),
+        distributed: Distributed | None = None,
+        step_mode: str | None = None,
     ) -> None:
         self.seed, self.deterministic = seed, deterministic
         if seed is not None:
@@ -182,7 +208,14 @@ class Trainer:
         if missing:
             raise ConfigError(f"the model has no head for task(s) {', '.join(missing)}")
         self.weighting = weighting if weighting is not None else EW()
+        self.distributed = distributed
+        self.writes = distributed is None or distributed.is_main  # rank 0 writes run_dir files
+        if distributed is not None:
+            distributed.broadcast_model(self.model)
+            self.weighting = distributed.wrap(self.weighting)
         self.weighting.bind(list(self.tasks))
+        self.step_mode = step_mode
+        self.check_step_mode(step_mode)
         for p in self.weighting.parameters():
             p.data = p.data.to(self.device)
         if epochs < 1:
@@ -213,6 +246,7 @@ class Trainer:
         self.progress = progress
         self.step = 0
         self.epoch = 0
+        self.logger: JsonlLogger | None = None  # set by fit(); train_step works without it
         self.history: list[dict[str, Any]] = []
         self.best_value: float | None = None
         self.best_epoch = 0
@@ -244,6 +278,54 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ one step
+
+    def check_step_mode(self, step_mode: str | None) -> None:
+        """A ConfigError when ``step_mode`` is unknown, or ``single`` with a method that
+        combines several tasks' gradients per step (``needs_all_tasks``)."""
+        if step_mode is None:
+            return
+        if step_mode not in STEP_MODES:
+            raise ConfigError(
+                f"step_mode must be one of {', '.join(STEP_MODES)}, got '{step_mode}'"
+            )
+        if step_mode == "single" and getattr(self.weighting, "needs_all_tasks", False):
+            raise ConfigError(
+                f"weighting '{self.weighting}' is gradient-based: it combines the gradients of "
+                "several tasks in one step, so it needs step_mode: mixed (one batch of every "
+                "task per step); step_mode: single gives it one task per step"
+            )
+
+    def _forward_tasks(
+        self, batch: TaskBatches
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+        """Outputs and targets of the tasks of a multi-input step, plus the shared
+        representation when every task's inputs stack into one batch (one forward pass)."""
+        unknown = sorted(set(batch) - set(self.tasks))
+        if unknown:
+            raise TaskDataError(
+                f"the batch has data for unknown task(s) {', '.join(unknown)}; "
+                f"the tasks are {', '.join(self.tasks)}"
+            )
+        names = list(batch)
+        inputs = [to_device(batch[t][0], self.device) for t in names]
+        targets = {t: to_device(batch[t][1][t], self.device) for t in names}
+        if all(isinstance(x, Tensor) for x in inputs) and (
+            len({(tuple(x.shape[1:]), x.dtype) for x in inputs}) == 1
+        ):
+            sizes = [x.shape[0] for x in inputs]
+            out, rep = self._forward(torch.cat(inputs))
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            outputs = {t: out[t][a : a + n] for t, a, n in zip(names, starts, sizes, strict=True)}
+            return outputs, targets, rep
+        if self.weighting.needs_representation:
+            raise ConfigError(
+                f"weighting '{self.weighting}' needs one shared representation, but the tasks' "
+                "inputs differ in shape and are forwarded separately; use jacobian: shared"
+            )
+        outputs = {}
+        for t, x in zip(names, inputs, strict=True):
+            outputs[t] = self.model(x)[t]
+        return outputs, targets, None
 
     def compute_losses(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
@@ -280,15 +362,36 @@ class Trainer:
             return self.model.forward_with_representation(inputs)
         return self.model(inputs), None
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimisation step on a joint batch; returns each task's loss."""
-        inputs, targets = to_device(batch[0], self.device), to_device(batch[1], self.device)
+    def train_step(self, batch: Batch | TaskBatches) -> dict[str, float]:
+        """One optimisation step on a joint batch or a multi-input :class:`TaskBatches`;
+        returns the loss of each task present (tasks without labels are absent)."""
         self.model.train()
-        with self.autocast():
-            outputs, representation = self._forward(inputs)
-        losses = self.compute_losses(outputs, targets)
-        values = torch.stack([loss.detach().float() for loss in losses.values()]).tolist()
-        for name, value in zip(losses, values, strict=True):
+        if isinstance(batch, TaskBatches):
+            with self.autocast():
+                outputs, targets, representation = self._forward_tasks(batch)
+            present = {
+                t: self.tasks[t].compute_loss(outputs[t], y, self.check_inputs)
+                for t, y in targets.items()
+            }
+        else:
+            inputs, targets = to_device(batch[0], self.device), to_device(batch[1], self.device)
+            with self.autocast():
+                outputs, representation = self._forward(inputs)
+            present = self.compute_losses(outputs, targets)
+        present = {t: v for t, v in present.items() if has_labels(self.tasks[t], targets[t])}
+        if not present and self.distributed is None:  # distributed: decided over all ranks
+            return {}
+        losses: dict[str, Tensor | None] = {t: present.get(t) for t in self.tasks}
+        if len(present) == len(self.tasks):
+            losses = dict(present)
+        if self.distributed is not None:  # global values, this rank's share of the gradient
+            counts = {t: label_count(self.tasks[t], targets[t]) for t in present}
+            losses = self.distributed.globalize(losses, counts)
+        present = {t: v for t, v in losses.items() if v is not None}
+        if not present:
+            return {}
+        values = torch.stack([loss.detach().float() for loss in present.values()]).tolist()
+        for name, value in zip(present, values, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"task '{name}': loss is {value} at step {self.step + 1} "
@@ -300,6 +403,8 @@ class Trainer:
         if callable(regularization):
             extra = regularization()
             if isinstance(extra, Tensor) and extra.requires_grad:
+                if self.distributed is not None:  # the same on every rank; the sum is reduced
+                    extra = extra / self.distributed.world_size
                 (extra * scale).backward(retain_graph=True)
         record = self.weighting.backward(
             losses, self.model, representation=representation, loss_scale=scale
@@ -314,7 +419,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.step += 1
-        task_losses = dict(zip(losses, values, strict=True))
+        task_losses = dict(zip(present, values, strict=True))
         if self.logger is not None and self.step % self.log_every == 0:
             self.logger.log(
                 {
@@ -343,15 +448,16 @@ class Trainer:
         ``stop_after`` ends this call after that epoch (the checkpoint lets a later call with
         ``resume`` continue exactly), for time-boxed jobs.
         """
-        self.logger = JsonlLogger(self.run_dir / "metrics.jsonl") if self.run_dir else None
-        board = TensorBoardLogger(self.run_dir / "tensorboard") if self.run_dir else None
+        writes = self.run_dir is not None and self.writes
+        self.logger = JsonlLogger(self.run_dir / "metrics.jsonl") if writes else None
+        board = TensorBoardLogger(self.run_dir / "tensorboard") if writes else None
         if resume is not None:
             self.resume(resume)
             if self.logger is not None:
                 self.logger.truncate_after(self.epoch)
         elif self.epoch == 0 and self.seed is not None:
             seed_everything(self.seed, self.deterministic)  # the run's random stream starts here
-        bar = ProgressBar(self.progress)
+        bar = ProgressBar(self.progress and self.writes)
         stopped = False
         try:
             last = self.epochs if stop_after is None else min(self.epochs, stop_after)
@@ -361,6 +467,8 @@ class Trainer:
             bar.close()
             if board is not None:
                 board.close()
+        if self.distributed is not None:
+            self.distributed.barrier()  # rank 0's checkpoint is on disk before any rank goes on
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         return FitResult(self.history, self.best_epoch, self.best_value, stopped)
@@ -374,19 +482,30 @@ class Trainer:
     ) -> bool:
         started = time.perf_counter()
         totals = dict.fromkeys(self.tasks, 0.0)
+        counts = dict.fromkeys(self.tasks, 0)  # steps in which each task was present
         batches = 0
+        if self.step_mode is None:  # a multi-input loader says its mode
+            self.check_step_mode(getattr(train, "step_mode", None))
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(self.epoch)
         total = len(train) if hasattr(train, "__len__") else 0  # type: ignore[arg-type]
         bar.start_epoch(f"epoch {self.epoch + 1}/{self.epochs}", total)
         for batch in train:
             losses = self.train_step(batch)
             for name, value in losses.items():
                 totals[name] += value
+                counts[name] += 1
             batches += 1
             bar.update(losses)
         if batches == 0:
             raise DatasetError("the training data yielded no batch: the train split is empty")
         self.epoch += 1
-        mean_losses = {t: v / batches for t, v in totals.items()}
+        # a task absent from the whole epoch keeps its previous mean (NaN in the first epoch)
+        previous = self.history[-1]["train"]["loss"] if self.history else {}
+        mean_losses = {
+            t: v / counts[t] if counts[t] else float(previous.get(t, math.nan))
+            for t, v in totals.items()
+        }
         self.weighting.on_epoch_end(self.epoch, mean_losses)
         if self.scheduler is not None:
             self.scheduler.step()
@@ -406,7 +525,7 @@ class Trainer:
             if self.best_value is None or better(value, self.best_value, self.monitor.direction):
                 self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
                 self.best_weights = model_tensors(self.model)
-                if self.run_dir is not None:
+                if self.run_dir is not None and self.writes:
                     (self.run_dir / "best").mkdir(parents=True, exist_ok=True)
                     save_file(self.best_weights, str(self.run_dir / "best" / "model.safetensors"))
             else:
@@ -422,7 +541,7 @@ class Trainer:
             board.log(
                 flatten("", {k: record[k] for k in ("train", "val") if k in record}), self.epoch
             )
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             save_checkpoint(self.run_dir / "checkpoint", self.model, self.state_dict())
         for callback in self.callbacks:
             callback(self, record)
@@ -453,7 +572,20 @@ class Trainer:
         targets: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         loss_sums = dict.fromkeys(self.tasks, 0.0)
         count = 0
+        task_counts = dict.fromkeys(self.tasks, 0)  # multi-input data: examples per task
         for batch in data:
+            if isinstance(batch, TaskBatches):
+                for name, (x, y) in batch.items():
+                    with self.autocast():
+                        out_t = self.model(to_device(x, self.device))[name]
+                    outputs[name].append(out_t.float().cpu())
+                    if with_targets:
+                        tgt_t = to_device(y[name], self.device)
+                        loss = self.tasks[name].compute_loss(out_t, tgt_t, self.check_inputs)
+                        loss_sums[name] += float(loss) * tgt_t.shape[0]
+                        targets[name].append(tgt_t.cpu())
+                    task_counts[name] += out_t.shape[0]
+                continue
             inputs = to_device(batch[0] if isinstance(batch, tuple | list) else batch, self.device)
             with self.autocast():
                 out = self.model(inputs)
@@ -467,6 +599,14 @@ class Trainer:
                 count += size
             for name in self.tasks:
                 outputs[name].append(out[name].float().cpu())
+        if self.distributed is not None:  # every rank's outputs, in rank order
+            outputs = {t: self.distributed.gather(v) for t, v in outputs.items()}
+            targets = {t: self.distributed.gather(v) for t, v in targets.items()}
+            totals = torch.tensor(
+                [count, *loss_sums.values()], dtype=torch.float64, device=self.device
+            )
+            count, *sums = self.distributed.all_reduce(totals).tolist()
+            loss_sums = dict(zip(loss_sums, sums, strict=True))
         if not outputs or not next(iter(outputs.values())):
             raise DatasetError("the evaluation data yielded no batch: the split is empty")
         cat = {t: torch.cat(v) for t, v in outputs.items()}
@@ -475,7 +615,7 @@ class Trainer:
         return (
             cat,
             {t: torch.cat(v) for t, v in targets.items()},
-            {t: s / count for t, s in loss_sums.items()},
+            {t: s / (task_counts[t] or count) for t, s in loss_sums.items()},
         )
 
     # ------------------------------------------------------------------ state

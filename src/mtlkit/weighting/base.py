@@ -24,11 +24,19 @@ Two families share the interface:
 
 A method that keeps state across steps sets ``stateful = True`` and implements
 :meth:`Weighting.state_dict`, :meth:`Weighting.load_state_dict` and :meth:`Weighting.reset`.
+
+Partial steps: a task with no label in a step (partial labels, or one-task-per-step training)
+is passed as ``None``: ``method.backward({"a": loss_a, "b": None}, model)``. Task b then gets
+weight 0 and no gradient, and the method runs exactly as it would on the present tasks alone
+(:meth:`Weighting.restrict`): its per-task state (listed in ``task_state``) is sliced to the
+present tasks, and only their entries are updated. Leaving a bound task out of the dict is
+still an error, so a forgotten task is never silently dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,7 +69,7 @@ class StepRecord:
         if self.norms is not None:
             log.update({f"grad_norm/{t}": n for t, n in self.norms.items()})
         if self.cosines is not None:
-            names = list(self.weights)
+            names = list(self.norms) if self.norms is not None else list(self.weights)
             for i, a in enumerate(names):
                 for j in range(i + 1, len(names)):
                     log[f"cosine/{a}/{names[j]}"] = self.cosines[i][j]
@@ -69,10 +77,26 @@ class StepRecord:
         return log
 
 
+@dataclass(frozen=True)
+class TaskState:
+    """How an attribute of a method holds per-task state, for :meth:`Weighting.restrict`.
+
+    ``axes`` are the dimensions indexed by task (``(0,)`` for a vector, ``(0, 1)`` for a
+    task × task matrix, ``(1,)`` for a list of per-epoch task vectors). ``fill`` is the value
+    given to the absent tasks when the state is first created during a partial step (None:
+    such state is dropped and created again at the next full step).
+    """
+
+    axes: tuple[int, ...] = (0,)
+    fill: float | None = None
+
+
 class Weighting:
     """Base class of every loss-balancing method (see the module docstring)."""
 
     stateful: ClassVar[bool] = False
+    #: attribute name → how it holds per-task state (see :meth:`restrict`)
+    task_state: ClassVar[Mapping[str, TaskState]] = {}
     #: a short name for logs and test ids; set by subclasses
     name: ClassVar[str] = "weighting"
 
@@ -83,13 +107,15 @@ class Weighting:
 
     def backward(
         self,
-        losses: Mapping[str, Tensor],
+        losses: Mapping[str, Tensor | None],
         model: nn.Module,
         *,
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
         """Fill ``.grad`` on ``model``'s parameters from the task ``losses``.
+
+        A ``None`` loss marks a task absent from this step (see the module docstring).
 
         ``representation`` is the shared representation the losses were computed from, for
         methods with ``needs_representation``. ``loss_scale`` multiplies the gradients that are
@@ -100,6 +126,13 @@ class Weighting:
     @property
     def needs_representation(self) -> bool:
         """Whether :meth:`backward` needs the shared representation."""
+        return False
+
+    @property
+    def needs_all_tasks(self) -> bool:
+        """Whether the method combines the gradients of several tasks within one step, so
+        that steps with one task each (multi-input ``step_mode: single``) defeat it: true of
+        every gradient-based method. Such methods need ``step_mode: mixed``."""
         return False
 
     @property
@@ -133,6 +166,69 @@ class Weighting:
     def on_bind(self) -> None:
         """Hook: called once the task order is known (size state per task here)."""
 
+    @contextmanager
+    def restrict(self, present: Sequence[str]) -> Iterator[None]:
+        """Within the block, the method is bound to the ``present`` tasks only.
+
+        Each attribute named in ``task_state`` is sliced to the present tasks on entry; on a
+        normal exit the new values are written back into their entries, and the absent tasks'
+        entries are left as they were (learned per-task parameters are sliced
+        differentiably, so only the present entries receive a gradient). On an error the state
+        is restored unchanged.
+        """
+        if self.tasks is None:
+            raise ConfigError(f"{self}: bind(tasks) before restricting it to some of them")
+        unknown = sorted(set(present) - set(self.tasks))
+        if unknown or not present:
+            raise TaskDataError(
+                f"{self}: cannot restrict to task(s) {', '.join(present) or '(none)'}; "
+                f"the tasks are {', '.join(self.tasks)}"
+            )
+        full = self.tasks
+        idx = [i for i, t in enumerate(full) if t in set(present)]
+        saved = {name: getattr(self, name) for name in self.task_state}
+        for name, spec in self.task_state.items():
+            setattr(self, name, _take(saved[name], spec.axes, idx))
+        self.tasks = [full[i] for i in idx]
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.tasks = full
+            for name, spec in self.task_state.items():
+                new = getattr(self, name)
+                kept = _put(saved[name], new, spec, idx, len(full)) if ok else saved[name]
+                setattr(self, name, kept)
+
+    def partial_backward(
+        self,
+        losses: Mapping[str, Tensor | None],
+        model: nn.Module,
+        *,
+        representation: Tensor | None = None,
+        loss_scale: float = 1.0,
+    ) -> StepRecord | None:
+        """The step when some tasks are absent (``None`` losses), else None.
+
+        Runs :meth:`backward` on the present tasks inside :meth:`restrict`; absent tasks get
+        weight 0 in the record. A step with no task present does nothing.
+        """
+        if not isinstance(losses, Mapping) or all(v is not None for v in losses.values()):
+            return None
+        self.bind(list(losses))
+        present = {t: v for t, v in losses.items() if v is not None}
+        absent = [t for t, v in losses.items() if v is None]
+        if not present:
+            return StepRecord(weights=dict.fromkeys(losses, 0.0), extra={"absent_tasks": 1.0})
+        with self.restrict(list(present)):
+            record = self.backward(
+                present, model, representation=representation, loss_scale=loss_scale
+            )
+        record.weights.update(dict.fromkeys(absent, 0.0))
+        record.extra["absent_tasks"] = float(len(absent))
+        return record
+
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         """Hook: called by training loops after each epoch with each task's mean training loss
         (methods such as DWA use it)."""
@@ -165,6 +261,11 @@ class Weighting:
         if not isinstance(losses, Mapping) or not losses:
             raise TaskDataError(f"{self}: losses must be a non-empty dict of task → scalar loss")
         for task, loss in losses.items():
+            if loss is None:
+                raise TaskDataError(
+                    f"task '{task}': loss is None (an absent task) inside {self}'s backward; "
+                    "absent tasks are handled by partial_backward()"
+                )
             if not isinstance(loss, Tensor) or loss.dim() != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
                 raise TaskDataError(f"task '{task}': loss must be a scalar tensor, got {shape}")
@@ -209,11 +310,59 @@ class LossWeighting(Weighting):
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
+        partial = self.partial_backward(
+            losses, model, representation=representation, loss_scale=loss_scale
+        )
+        if partial is not None:
+            return partial
         stacked = self.stack_losses(losses)
         total, w = self.combine(stacked)
         (total * loss_scale).backward()
         assert self.tasks is not None
         return StepRecord(weights=dict(zip(self.tasks, w.detach().tolist(), strict=True)))
+
+
+def _index(axes: tuple[int, ...], idx: Tensor, dims: int) -> tuple[Any, ...]:
+    """An advanced index selecting ``idx`` on each of ``axes`` (broadcast against each other)."""
+    index: list[Any] = [slice(None)] * dims
+    for k, axis in enumerate(axes):
+        shape = [1] * len(axes)
+        shape[k] = -1
+        index[axis] = idx.view(shape)
+    return tuple(index)
+
+
+def _take(value: Any, axes: tuple[int, ...], idx: list[int]) -> Any:
+    """The entries of the present tasks (see :meth:`Weighting.restrict`)."""
+    if value is None or (isinstance(value, list) and not value):
+        return value
+    if isinstance(value, list):
+        return _take(torch.tensor(value, dtype=torch.float64), axes, idx).tolist()
+    positions = torch.tensor(idx, device=value.device)
+    return value[_index(axes, positions, value.dim())]
+
+
+def _put(full: Any, sub: Any, spec: TaskState, idx: list[int], num_tasks: int) -> Any:
+    """``full`` with the present tasks' entries replaced by ``sub``."""
+    if sub is None or isinstance(full, nn.Parameter):
+        return full
+    if isinstance(sub, list):
+        if not sub:
+            return full
+        base = None if full is None or not full else torch.tensor(full, dtype=torch.float64)
+        merged = _put(base, torch.tensor(sub, dtype=torch.float64), spec, idx, num_tasks)
+        return None if merged is None else merged.tolist()
+    if full is None:
+        if spec.fill is None:
+            return None
+        shape = list(sub.shape)
+        for axis in spec.axes:
+            shape[axis] = num_tasks
+        full = torch.full(shape, spec.fill, dtype=sub.dtype, device=sub.device)
+    out = full.detach().clone()
+    positions = torch.tensor(idx, device=out.device)
+    out[_index(spec.axes, positions, out.dim())] = sub.detach().to(out)
+    return out
 
 
 def get(name: str, /, **params: Any) -> Weighting:

@@ -26,7 +26,8 @@ and :func:`build` turns that into one :class:`Composed` method.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -93,6 +94,10 @@ class Composed(Weighting):
     def uses_representation(self) -> bool:
         return self.aggregator.uses_representation
 
+    @property
+    def needs_all_tasks(self) -> bool:
+        return self.aggregator.needs_all_tasks
+
     def backward(
         self,
         losses: Mapping[str, Tensor],
@@ -101,6 +106,11 @@ class Composed(Weighting):
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
+        partial = self.partial_backward(
+            losses, model, representation=representation, loss_scale=loss_scale
+        )
+        if partial is not None:
+            return partial
         stacked = self.stack_losses(losses)
         assert self.tasks is not None
         self.weighting.bind(self.tasks)
@@ -128,6 +138,21 @@ class Composed(Weighting):
             cosines=record.cosines,
             extra=extra,
         )
+
+    def on_bind(self) -> None:
+        assert self.tasks is not None
+        self.weighting.bind(self.tasks)
+        self.aggregator.bind(self.tasks)
+
+    @contextmanager
+    def restrict(self, present: Sequence[str]) -> Iterator[None]:
+        """Restricts both parts to the present tasks."""
+        with (
+            super().restrict(present),
+            self.weighting.restrict(present),
+            self.aggregator.restrict(present),
+        ):
+            yield
 
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         self.weighting.on_epoch_end(epoch, mean_losses)

@@ -7,13 +7,13 @@ Learning", arXiv:2308.12029.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.weighting._loss_common import check_positive_losses, check_real
-from mtlkit.weighting.base import WEIGHTINGS, StepRecord
+from mtlkit.weighting.base import WEIGHTINGS, StepRecord, TaskState
 from mtlkit.weighting.gradient import JacobianAggregator
 
 #: added to each loss before the logarithm (the authors' value)
@@ -49,6 +49,10 @@ class DBMTL(JacobianAggregator):
     name = "db_mtl"
     stateful = True
     gives_weights = True  # α_i, recorded as the task weights
+    task_state: ClassVar[Mapping[str, TaskState]] = {
+        **JacobianAggregator.task_state,
+        "grad_average": TaskState((0,), fill=0.0),
+    }
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__(jacobian="shared", update_every=1)
@@ -66,6 +70,11 @@ class DBMTL(JacobianAggregator):
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
+        partial = self.partial_backward(
+            losses, model, representation=representation, loss_scale=loss_scale
+        )
+        if partial is not None:
+            return partial
         stacked = self.stack_losses(losses)
         assert self.tasks is not None
         check_positive_losses(str(self), self.tasks, stacked + LOG_EPS)

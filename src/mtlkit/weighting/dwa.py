@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.errors import TaskDataError
 from mtlkit.weighting._loss_common import check_real
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
 
 
 @WEIGHTINGS.register("dwa")
@@ -37,6 +37,8 @@ class DWA(LossWeighting):
 
     name = "dwa"
     stateful = True
+    #: history[epoch][task]; in a partial step the softmax runs over the present tasks
+    task_state: ClassVar[Mapping[str, TaskState]] = {"history": TaskState((1,))}
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()

@@ -7,13 +7,13 @@ Excess Risks", ICML 2024.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.weighting._loss_common import check_real
-from mtlkit.weighting.base import WEIGHTINGS
+from mtlkit.weighting.base import WEIGHTINGS, TaskState
 from mtlkit.weighting.gradient import JacobianAggregator
 
 #: added to the accumulated squared gradients before the square root (the authors' value)
@@ -49,6 +49,14 @@ class ExcessMTL(JacobianAggregator):
 
     name = "excess_mtl"
     stateful = True
+    #: a task first seen in a partial step starts with an empty accumulator, no first
+    #: estimate (0 marks it unknown) and log-weight 0
+    task_state: ClassVar[Mapping[str, TaskState]] = {
+        **JacobianAggregator.task_state,
+        "grad_sq_sum": TaskState((0,), fill=0.0),
+        "initial_excess": TaskState((0,), fill=0.0),
+        "log_weights": TaskState((0,), fill=0.0),
+    }
     gives_weights = True  # the update is exactly Σ_i w_i g_i
 
     def __init__(self, step_size: float = 0.01) -> None:

@@ -6,13 +6,13 @@ Liu, Feng, Stone & Liu (2023), "FAMO: Fast Adaptive Multitask Optimization", Neu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.weighting._loss_common import check_positive_losses, check_real
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -35,7 +35,9 @@ class FAMO(LossWeighting):
 
     Deviations: the paper computes the loss after the model step on the *same* batch to update
     ξ; with no extra forward pass in the interface, ξ is updated at the next call, from the
-    previous step's losses and the current ones (a new batch). The loss lower bounds L_i* of the
+    previous step's losses and the current ones (a new batch); in a partial step (absent
+    tasks) ξ moves over the present tasks only, and a task's progress is measured since it
+    was last present (none the first time). The loss lower bounds L_i* of the
     paper are taken as 0, as in its experiments. The ξ step uses Adam with L2 decay γ (the
     authors' implementation), kept inside the method so its state is a few tensors.
     Under DDP, pass globally averaged losses so that ξ stays equal on every rank.
@@ -47,6 +49,13 @@ class FAMO(LossWeighting):
 
     name = "famo"
     stateful = True
+    #: a task first seen in a partial step has no previous loss (NaN): no progress yet
+    task_state: ClassVar[Mapping[str, TaskState]] = {
+        "logits": TaskState((0,)),
+        "adam_m": TaskState((0,)),
+        "adam_v": TaskState((0,)),
+        "prev_losses": TaskState((0,), fill=float("nan")),
+    }
 
     def __init__(self, lr: float = 0.025, gamma: float = 0.001) -> None:
         super().__init__()
@@ -75,6 +84,7 @@ class FAMO(LossWeighting):
         assert self.logits is not None and self.adam_m is not None and self.adam_v is not None
         z = torch.softmax(self.logits, dim=0)
         progress = prev_losses.log() - losses.log()
+        progress = torch.where(progress.isnan(), torch.zeros_like(progress), progress)
         delta = z * (progress - (z * progress).sum())  # (∂z/∂ξ)ᵀ progress
         grad = delta + self.gamma * self.logits
         self.adam_step += 1

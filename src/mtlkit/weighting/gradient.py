@@ -39,14 +39,14 @@ through its own head only and the T rows cross the shared encoder together, batc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import StepRecord, Weighting
+from mtlkit.weighting.base import StepRecord, TaskState, Weighting
 from mtlkit.weighting.jacobian import (
     compute_gramian,
     effective_weights,
@@ -107,6 +107,8 @@ class GradientWeighting(Weighting):
     #: whether the method returns task weights for the record (False: effective weights are
     #: estimated by least squares of the update on the task gradients)
     gives_weights: ClassVar[bool] = True
+    #: the weights cached by ``update_every`` are per task (dropped if made in a partial step)
+    task_state: ClassVar[Mapping[str, TaskState]] = {"_cached": TaskState((0,))}
 
     def __init__(self, jacobian: str = "shared", update_every: int = 1) -> None:
         super().__init__()
@@ -127,6 +129,10 @@ class GradientWeighting(Weighting):
         self._step = 0
         self._cached: Tensor | None = None
         self._per_task: list[Tensor] = []  # this step's task losses, while backward runs
+        #: set by distributed training (:class:`mtlkit.train.distributed.DistributedWeighting`):
+        #: turns this process's Jacobian into the global one before the method sees it; with it,
+        #: mode 'shared' forms J explicitly. None (a single process) leaves every path unchanged.
+        self.reduce_jacobian: Callable[[Tensor], Tensor] | None = None
 
     @property
     def needs_representation(self) -> bool:
@@ -134,6 +140,10 @@ class GradientWeighting(Weighting):
 
     @property
     def uses_representation(self) -> bool:
+        return True
+
+    @property
+    def needs_all_tasks(self) -> bool:
         return True
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:  # pragma: no cover - abstract
@@ -154,6 +164,11 @@ class GradientWeighting(Weighting):
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
+        partial = self.partial_backward(
+            losses, model, representation=representation, loss_scale=loss_scale
+        )
+        if partial is not None:
+            return partial
         stacked = self.stack_losses(losses)
         assert self.tasks is not None
         shared = shared_params_of(model, self)
@@ -197,6 +212,8 @@ class GradientWeighting(Weighting):
         per_task = self._per_task
         rows = None if representation is None else head_gradients(per_task, representation)
         jac = task_jacobian(stacked, shared, representation=representation, head_rows=rows)
+        if self.reduce_jacobian is not None:
+            jac = self.reduce_jacobian(jac)
         update = self.aggregate(jac)
         gram = jac @ jac.T
         weights = self.last_weights()
@@ -230,6 +247,8 @@ class GradientWeighting(Weighting):
                     f"{type(model).__name__}; define last_shared_parameters() on the model"
                 )
             jac = task_jacobian(stacked, last, representation=representation, head_rows=rows)
+            if self.reduce_jacobian is not None:
+                jac = self.reduce_jacobian(jac)
         update = self.aggregate(jac)
         gram = jac @ jac.T
         weights = self.last_weights()
@@ -262,7 +281,7 @@ class GradientWeighting(Weighting):
         if own:
             (stacked.sum() * loss_scale).backward(inputs=list(own), retain_graph=True)
         if rows is not None and representation is not None:
-            seed = (w @ rows.reshape(rows.shape[0], -1)).view_as(representation)
+            seed = (w.to(rows.dtype) @ rows.reshape(rows.shape[0], -1)).view_as(representation)
             representation.backward(seed * loss_scale, inputs=list(shared))
         else:
             ((w * stacked).sum() * loss_scale).backward(inputs=list(shared))
@@ -325,6 +344,8 @@ class GramianWeighting(GradientWeighting):
         representation: Tensor | None,
         loss_scale: float,
     ) -> tuple[Tensor, Tensor]:
+        if self.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
+            return super()._shared_step(stacked, model, own, shared, representation, loss_scale)
         per_task = self._per_task
         rows = None if representation is None else head_gradients(per_task, representation)
         gram = compute_gramian(

@@ -7,14 +7,14 @@ Loss Balancing in Deep Multitask Networks". ICML 2018.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.weighting._manipulation import check_real
-from mtlkit.weighting.base import WEIGHTINGS
+from mtlkit.weighting.base import WEIGHTINGS, TaskState
 from mtlkit.weighting.gradient import GramianWeighting
 
 #: weights are kept at least this large before renormalisation (see the class docstring)
@@ -57,6 +57,13 @@ class GradNorm(GramianWeighting):
 
     name = "gradnorm"
     stateful = True
+    #: a task first seen in a partial step has weight 1 and no L_i(0) yet (NaN)
+    task_state: ClassVar[Mapping[str, TaskState]] = {
+        **GramianWeighting.task_state,
+        "_weights": TaskState((0,), fill=1.0),
+        "_initial_losses": TaskState((0,), fill=float("nan")),
+        "_losses": TaskState((0,)),
+    }
 
     def __init__(
         self,
@@ -83,23 +90,31 @@ class GradNorm(GramianWeighting):
         return stacked
 
     def observe_losses(self, losses: Tensor) -> None:
-        """Record this step's loss vector (task order); the first one seen becomes L(0)."""
+        """Record this step's loss vector (task order); the first loss seen of each task
+        becomes its L_i(0) (NaN entries of L(0) mark tasks not seen yet, after partial steps)."""
         current = losses.detach().to("cpu", torch.float64).reshape(-1)
         if self._initial_losses is None:
-            bad = [i for i, v in enumerate(current.tolist()) if not v > 0 or v == float("inf")]
-            if bad:
-                names = self.tasks or [str(i) for i in range(current.numel())]
-                listed = ", ".join(f"'{names[i]}' = {current[i].item():g}" for i in bad)
-                raise TaskDataError(
-                    f"GradNorm: initial loss(es) {listed} must be finite and > 0 "
-                    "(GradNorm measures training rates as L_i(t)/L_i(0))"
-                )
-            self._initial_losses = current.clone()
+            self._initial_losses = torch.full_like(current, float("nan"))
         elif current.shape != self._initial_losses.shape:
             raise TaskDataError(
                 f"GradNorm: got {current.numel()} losses, its state is for "
                 f"{self._initial_losses.numel()} tasks"
             )
+        unseen = self._initial_losses.isnan()
+        bad = [
+            i
+            for i, v in enumerate(current.tolist())
+            if unseen[i] and (not v > 0 or v == float("inf"))
+        ]
+        if bad:
+            names = self.tasks or [str(i) for i in range(current.numel())]
+            listed = ", ".join(f"'{names[i]}' = {current[i].item():g}" for i in bad)
+            self._initial_losses = None if bool(unseen.all()) else self._initial_losses
+            raise TaskDataError(
+                f"GradNorm: initial loss(es) {listed} must be finite and > 0 "
+                "(GradNorm measures training rates as L_i(t)/L_i(0))"
+            )
+        self._initial_losses = torch.where(unseen, current, self._initial_losses)
         self._losses = current
 
     def targets(self, norms: Tensor, weights: Tensor) -> Tensor:

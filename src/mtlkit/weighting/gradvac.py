@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from mtlkit.weighting._manipulation import (
     generator_state,
     set_generator_state,
 )
-from mtlkit.weighting.base import WEIGHTINGS
+from mtlkit.weighting.base import WEIGHTINGS, TaskState
 from mtlkit.weighting.gradient import GramianWeighting
 
 
@@ -59,6 +59,11 @@ class GradVac(GramianWeighting):
 
     name = "gradvac"
     stateful = True
+    #: the T × T targets φ̂; a pair first met in a partial step starts at 0
+    task_state: ClassVar[Mapping[str, TaskState]] = {
+        **GramianWeighting.task_state,
+        "_targets": TaskState((0, 1), fill=0.0),
+    }
 
     def __init__(
         self,

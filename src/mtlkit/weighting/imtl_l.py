@@ -7,14 +7,14 @@ ICLR 2021.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting._loss_common import check_real, follow_device, task_parameter
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
 
 
 @WEIGHTINGS.register("imtl_l")
@@ -36,6 +36,7 @@ class IMTLL(LossWeighting):
 
     name = "imtl_l"
     stateful = True
+    task_state: ClassVar[Mapping[str, TaskState]] = {"scales": TaskState((0,))}
 
     def __init__(self, init_scale: float = 0.0) -> None:
         super().__init__()

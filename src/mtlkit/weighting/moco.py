@@ -7,14 +7,14 @@ Multi-objective Learning: A Provably Convergent Approach". ICLR 2023.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.weighting._manipulation import check_real, project_simplex
-from mtlkit.weighting.base import WEIGHTINGS
+from mtlkit.weighting.base import WEIGHTINGS, TaskState
 from mtlkit.weighting.gradient import JacobianAggregator
 
 
@@ -46,6 +46,13 @@ class MoCo(JacobianAggregator):
 
     name = "moco"
     stateful = True
+    #: Y and λ per task; a task first seen in a partial step has NaN entries until it is
+    #: present: its tracked gradient then starts at its Jacobian row, and λ is renormalised
+    task_state: ClassVar[Mapping[str, TaskState]] = {
+        **JacobianAggregator.task_state,
+        "_y": TaskState((0,), fill=float("nan")),
+        "_lambda": TaskState((0,), fill=float("nan")),
+    }
 
     def __init__(
         self,
@@ -86,9 +93,12 @@ class MoCo(JacobianAggregator):
         else:
             beta_t = self.beta / self._iteration**self.beta_sigma
             y = self._y.to(h)
-            self._y = y - beta_t * (y - h)
+            self._y = torch.where(y.isnan(), h, y - beta_t * (y - h))
         if self._lambda is None:
             self._lambda = torch.full((t,), 1.0 / t, dtype=torch.float64)
+        elif bool(self._lambda.isnan().any()):  # tasks first seen now, after partial steps
+            lam = torch.where(self._lambda.isnan(), 1.0 / t, self._lambda)
+            self._lambda = lam / lam.sum()
         gamma_t = self.gamma / self._iteration**self.gamma_sigma
         y64 = self._y.double()
         gram = (y64 @ y64.T).cpu() + self.rho * torch.eye(t, dtype=torch.float64)

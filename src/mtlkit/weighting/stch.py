@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.errors import TaskDataError
 from mtlkit.weighting._loss_common import check_int, check_positive_losses, check_real
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
 
 
 @WEIGHTINGS.register("stch")
@@ -42,6 +42,7 @@ class STCH(LossWeighting):
 
     name = "stch"
     stateful = True
+    task_state: ClassVar[Mapping[str, TaskState]] = {"nadir": TaskState((0,))}
 
     def __init__(self, mu: float = 1.0, warmup_epochs: int = 5) -> None:
         super().__init__()

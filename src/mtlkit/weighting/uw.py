@@ -7,14 +7,14 @@ Geometry and Semantics", CVPR 2018.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting._loss_common import check_real, follow_device, task_parameter
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
 
 
 @WEIGHTINGS.register("uw")
@@ -36,6 +36,7 @@ class UW(LossWeighting):
 
     name = "uw"
     stateful = True
+    task_state: ClassVar[Mapping[str, TaskState]] = {"log_vars": TaskState((0,))}
 
     def __init__(self, init_log_var: float = 0.0) -> None:
         super().__init__()

@@ -1,0 +1,36 @@
+"""Task relatedness and task grouping.
+
+- :func:`measure_affinity` / :func:`run_affinity`: gradient cosines, conflict shares and the
+  lookahead inter-task affinity (TAG) of every ordered task pair, during a short training run;
+- :func:`best_grouping`: which tasks to train together in at most k models.
+"""
+
+from mtlkit.analysis.affinity import (
+    Affinity,
+    gradient_cosines,
+    lookahead_affinity,
+    measure_affinity,
+    run_affinity,
+)
+from mtlkit.analysis.grouping import (
+    Grouping,
+    best_grouping,
+    best_grouping_exact,
+    best_grouping_heuristic,
+    group_score,
+    total_value,
+)
+
+__all__ = [
+    "Affinity",
+    "Grouping",
+    "best_grouping",
+    "best_grouping_exact",
+    "best_grouping_heuristic",
+    "gradient_cosines",
+    "group_score",
+    "lookahead_affinity",
+    "measure_affinity",
+    "run_affinity",
+    "total_value",
+]

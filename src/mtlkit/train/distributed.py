@@ -1,0 +1,489 @@
+"""Distributed data-parallel training under torchrun, with gradient methods kept exact.
+
+Each of R processes (ranks) holds a full copy of the model and a shard of every global batch.
+A step on rank r, with n_r of the N samples of the global batch (docs/distributed.md has the
+proofs)::
+
+    losses  = ctx.globalize(task_losses, n_r)   # value L̄_i on every rank, gradient (n_r/N)·∇L_i^r
+    record  = method.backward(losses, model)     # method = ctx.wrap(method)
+    optimizer.step()                             # every rank holds the same gradients
+
+- :meth:`Distributed.globalize` all-reduces the detached loss values: L̄_i = Σ_r n_r L_i^r / N is
+  the loss a single process would compute on the whole global batch. The returned tensor has
+  that value and back-propagates into this rank's graph with the factor n_r/N, so a sum
+  all-reduce of gradients afterwards gives exactly the single-process gradient of any
+  (possibly non-linear) objective F(L̄) a loss-based method builds.
+- :class:`DistributedWeighting` wraps any method. Gradient-based methods get a hook in the
+  engine (:attr:`GradientWeighting.reduce_jacobian`) that sum-all-reduces the T × P Jacobian
+  of the shares, J̄ = Σ_r (n_r/N) J_r, before the method sees it: every rank then aggregates the
+  same J̄ with the same state and random generators, and writes the same update. The remaining
+  gradients (task-specific parameters, and shared ones when the method's update was applied
+  through a backward pass) are local shares and get one sum all-reduce of a flat buffer.
+  The method's own parameters (uncertainty weighting's log-variances) get identical gradients
+  on every rank, and are averaged so that rounding never lets them drift.
+- :class:`ShardedLoader` gives each rank a contiguous slice of every global batch of the same
+  permutation (drawn from the global torch generator, seeded alike on every rank);
+  :func:`shard_split` gives each rank a contiguous block of an evaluation split, and
+  :meth:`Distributed.gather` puts the outputs back together in the single-process order.
+
+A process group is started from torchrun's environment by :func:`init_distributed` (or by the
+``mtlkit train`` command when it finds ``WORLD_SIZE`` > 1), with a timeout on every collective
+so that a rank that dies makes the others fail with an error instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from mtlkit.data.base import Batch, TensorSplit
+from mtlkit.errors import ConfigError, DatasetError, TaskDataError
+from mtlkit.tasks import Task
+from mtlkit.weighting.base import StepRecord, Weighting
+from mtlkit.weighting.compose import Composed
+from mtlkit.weighting.gradient import GradientWeighting
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "Distributed",
+    "DistributedWeighting",
+    "GlobalLosses",
+    "ShardedLoader",
+    "current",
+    "init_distributed",
+    "label_count",
+    "launched_by_torchrun",
+    "shard_split",
+    "teardown",
+]
+
+#: seconds a collective may wait for the other ranks before it raises (env MTLKIT_DIST_TIMEOUT)
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by torchrun (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _timeout(timeout_s: float | None) -> float:
+    if timeout_s is None:
+        raw = os.environ.get("MTLKIT_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+        try:
+            timeout_s = float(raw)
+        except ValueError:
+            raise ConfigError(
+                f"distributed: MTLKIT_DIST_TIMEOUT must be a number of seconds, got '{raw}'"
+            ) from None
+    if not timeout_s > 0:
+        raise ConfigError(f"distributed: option 'timeout_s' must be > 0, got {timeout_s}")
+    return float(timeout_s)
+
+
+def init_distributed(backend: str | None = None, *, timeout_s: float | None = None) -> Distributed:
+    """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...).
+
+    ``backend``: ``nccl`` when CUDA is available, else ``gloo``. ``timeout_s`` bounds every
+    collective (default ``MTLKIT_DIST_TIMEOUT`` or 600 s). With CUDA, this rank uses the GPU
+    ``LOCAL_RANK``. Already initialised: the existing group is used.
+    """
+    if dist.is_initialized():
+        context = current()
+        assert context is not None
+        return context
+    missing = [
+        k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+    ]
+    if missing:
+        raise ConfigError(
+            f"distributed: environment variable(s) {', '.join(missing)} are not set; start the "
+            "job with torchrun (torchrun --nproc_per_node N -m mtlkit train CONFIG)"
+        )
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl", "mpi"):
+        raise ConfigError(
+            f"distributed: option 'backend' must be gloo, nccl or mpi, got '{backend}'"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=timedelta(seconds=_timeout(timeout_s)))
+    context = current()
+    assert context is not None
+    return context
+
+
+def teardown() -> None:
+    """Leave the process group (nothing to do when none was started)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def current() -> Distributed | None:
+    """The running process group as a :class:`Distributed`, or None in a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return Distributed(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+class GlobalLosses(dict[str, Tensor | None]):
+    """Task losses made by :meth:`Distributed.globalize`: each holds the global value and
+    back-propagates this rank's share. ``shares`` maps each task to n_r / N."""
+
+    shares: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the process group, and the collectives training needs."""
+
+    rank: int
+    world_size: int
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs, checkpoints and results."""
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ collectives
+
+    def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        """``tensor`` reduced over the ranks (``sum`` or ``mean``), in place."""
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if op == "mean":
+            tensor /= self.world_size
+        return tensor
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (a run folder name, ...)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        dist.barrier()
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank (as DDP does at start)."""
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    # ------------------------------------------------------------------ training
+
+    def globalize(
+        self, losses: Mapping[str, Tensor | None], count: float | Mapping[str, float]
+    ) -> GlobalLosses:
+        """Each task's loss over the global batch, differentiable into this rank's share.
+
+        ``count`` is the number of samples this rank's mean losses average over (a number, or
+        one per task). With N_i = Σ_r n_i^r, the returned loss of task i has the value
+        L̄_i = Σ_r n_i^r L_i^r / N_i (identical on every rank) and the gradient
+        (n_i^r / N_i) ∇L_i^r. A task with no samples here (``None``, or a count of 0) but some
+        elsewhere becomes a constant L̄_i; a task with no samples on any rank stays ``None``.
+        """
+        names = list(losses)
+        counts = [
+            0.0 if losses[t] is None else float(count[t] if isinstance(count, Mapping) else count)
+            for t in names
+        ]
+        present = [t for t in names if losses[t] is not None]
+        ref = losses[present[0]] if present else None
+        device = ref.device if ref is not None else torch.device("cpu")
+        buffer = torch.zeros(2 * len(names), dtype=torch.float64, device=device)
+        for i, t in enumerate(names):
+            loss = losses[t]
+            if loss is not None and counts[i] > 0:
+                buffer[i] = counts[i] * loss.detach().double()
+                buffer[len(names) + i] = counts[i]
+        self.all_reduce(buffer)
+        out = GlobalLosses()
+        out.shares = {}
+        for i, t in enumerate(names):
+            total = float(buffer[len(names) + i])
+            if total == 0:
+                out[t] = None
+                continue
+            value = buffer[i] / total
+            loss = losses[t]
+            if loss is None or counts[i] == 0:
+                out[t] = value.to(ref.dtype if ref is not None else torch.float32)
+                out.shares[t] = 0.0
+                continue
+            share = counts[i] / total
+            # value exactly L̄ (x − x = 0), gradient share · ∇L^r
+            out[t] = value.to(loss.dtype) + share * (loss - loss.detach())
+            out.shares[t] = share
+        return out
+
+    def wrap(self, method: Weighting) -> DistributedWeighting:
+        """``method`` made to combine the global per-task gradients (see the module docs)."""
+        return (
+            method
+            if isinstance(method, DistributedWeighting)
+            else DistributedWeighting(method, self)
+        )
+
+    def sync_gradients(self, params: Sequence[Tensor], op: str = "sum") -> None:
+        """All-reduce the ``.grad`` of ``params`` in one flat buffer.
+
+        A parameter whose gradient is None on every rank stays None; one that has a gradient on
+        some rank gets the reduced gradient everywhere (zeros count for the others).
+        """
+        if not params:
+            return
+        dtype = params[0].dtype
+        for p in params[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        device = params[0].device
+        parts = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+            for p in params
+        ]
+        flags = torch.tensor(
+            [float(p.grad is not None) for p in params], dtype=dtype, device=device
+        )
+        flat = torch.cat([*parts, flags])
+        self.all_reduce(flat, op)
+        offset = 0
+        sizes = [p.numel() for p in params]
+        flags_out = flat[sum(sizes) :]
+        for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
+            if flags_out[i] > 0:
+                p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
+
+    # ------------------------------------------------------------------ evaluation
+
+    def gather(self, items: Sequence[Any]) -> list[Any]:
+        """Every rank's ``items``, concatenated in rank order (any picklable values)."""
+        boxes: list[Any] = [None] * self.world_size
+        dist.all_gather_object(boxes, list(items))
+        return [item for box in boxes for item in box]
+
+
+def label_count(task: Task, target: Tensor) -> int:
+    """The labelled entries of ``target`` (not the ignore value, not NaN): the number a task's
+    masked mean loss averages over, and so its weight in the global mean."""
+    if task.spec.integer_targets:
+        ignored = torch.tensor(task.spec.ignore_labels, device=target.device)
+        return int((~torch.isin(target, ignored)).sum())
+    return int((~torch.isnan(target.float())).sum())
+
+
+# ---------------------------------------------------------------------------- the wrapper
+
+
+def _gradient_parts(method: Weighting) -> list[GradientWeighting]:
+    if isinstance(method, GradientWeighting):
+        return [method]
+    if isinstance(method, Composed):
+        return _gradient_parts(method.aggregator)
+    return []
+
+
+class DistributedWeighting(Weighting):
+    """A weighting method that sees the global per-task gradients on every rank.
+
+    Takes :class:`GlobalLosses` (from :meth:`Distributed.globalize`). Gradient-based parts
+    (the method itself, or the aggregator of a :class:`~mtlkit.weighting.compose.Composed`)
+    aggregate the sum-all-reduced Jacobian J̄ = Σ_r (n_r/N) J_r, which equals the Jacobian a
+    single process computes on the global batch; every other gradient is reduced once after
+    the backward pass. ``jacobian="representation"`` is refused: the representation belongs
+    to this rank's samples only, so its per-task gradients are not a shared T × P matrix.
+    Checkpoints hold the wrapped method's state, so they load in a single process too.
+    """
+
+    def __init__(self, method: Weighting, context: Distributed) -> None:
+        super().__init__()
+        self.method = method
+        self.context = context
+        self._parts = _gradient_parts(method)
+        for part in self._parts:
+            if part.jacobian == "representation":
+                raise ConfigError(
+                    f"{part}: option 'jacobian' 'representation' cannot be used in distributed "
+                    "training (each rank's representation covers its own samples only); "
+                    "use 'shared' or 'last_shared'"
+                )
+            part.reduce_jacobian = self._make_hook(part)
+        self._global_update = False
+        self.stateful = method.stateful  # type: ignore[misc]
+
+    def _make_hook(self, part: GradientWeighting) -> Any:
+        def reduce(jacobian: Tensor) -> Tensor:
+            jacobian = self.context.all_reduce(jacobian.contiguous())
+            if part.jacobian == "shared":
+                self._global_update = True  # the method writes the global update itself
+            return jacobian
+
+        return reduce
+
+    @property
+    def needs_representation(self) -> bool:
+        return self.method.needs_representation
+
+    @property
+    def uses_representation(self) -> bool:
+        return self.method.uses_representation
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        model: nn.Module,
+        *,
+        representation: Tensor | None = None,
+        loss_scale: float = 1.0,
+    ) -> StepRecord:
+        if not isinstance(losses, GlobalLosses):
+            raise TaskDataError(
+                f"distributed {self.method}: pass the losses through Distributed.globalize "
+                "first (they must hold the global values)"
+            )
+        params = [p for p in model.parameters() if p.requires_grad]
+        shared: list[Tensor] = []
+        if self._parts:
+            getter = getattr(model, "shared_parameters", None)
+            shared = [p for p in getter() if p.requires_grad] if getter is not None else []
+        before = {id(p): p.grad for p in shared}  # local shares written earlier (regularisers)
+        for p in shared:
+            p.grad = None
+        self._global_update = False
+        record = self.method.backward(
+            losses, model, representation=representation, loss_scale=loss_scale
+        )
+        if self._global_update:
+            update = {id(p): p.grad for p in shared}
+            for p in shared:
+                p.grad = before[id(p)]
+            self.context.sync_gradients(params)
+            for p in shared:
+                g = update[id(p)]
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+        else:
+            for p in shared:
+                old = before[id(p)]
+                if old is not None:
+                    p.grad = old if p.grad is None else p.grad + old
+            self.context.sync_gradients(params)
+        own = [p for p in self.method.parameters() if p.requires_grad]
+        self.context.sync_gradients(own, op="mean")
+        return record
+
+    # ------------------------------------------------------------------ delegation
+
+    def bind(self, tasks: Sequence[str]) -> None:
+        self.method.bind(tasks)
+        self.tasks = self.method.tasks
+
+    def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
+        """Pass the epoch's mean losses on; they must be the global ones (the Trainer's are)."""
+        self.method.on_epoch_end(epoch, mean_losses)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.method.parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.method.load_state_dict(state)
+        self.tasks = self.method.tasks
+
+    def reset(self) -> None:
+        self.method.reset()
+        self.tasks = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"method": self.method, "world_size": self.context.world_size}
+
+    def __getattr__(self, name: str) -> Any:
+        # the wrapped method's other public attributes (``task_weights``, ``restrict``, ...)
+        if name.startswith("_") or name in ("method", "context"):
+            raise AttributeError(name)
+        return getattr(self.method, name)
+
+    def __str__(self) -> str:
+        return str(self.method)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def shard_split(split: TensorSplit, rank: int, world_size: int) -> TensorSplit:
+    """Rank ``rank``'s contiguous block of ``split`` (sizes differ by at most one), for
+    evaluation: concatenating the blocks in rank order gives back the split."""
+    _check_rank(rank, world_size)
+    index = torch.tensor_split(torch.arange(len(split)), world_size)[rank]
+    inputs, targets = split[index]
+    return TensorSplit(inputs, targets, f"{split.name}[{rank}/{world_size}]")
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DatasetError(
+            f"sharding: option 'rank' must be in [0, world_size), got rank {rank} of {world_size}"
+        )
+
+
+class ShardedLoader:
+    """This rank's part of every global batch of a :class:`TensorSplit`.
+
+    A global batch has ``batch_size · world_size`` samples of one permutation (drawn from the
+    global torch generator, like :class:`~mtlkit.data.TensorLoader`, so every rank draws the
+    same one); rank r takes its r-th contiguous slice. The ranks' slices of step k are
+    therefore exactly the batch k of a single-process TensorLoader with batch size
+    ``batch_size · world_size``. A last global batch with fewer samples than ranks is skipped
+    (no rank may have an empty batch); otherwise the last batch is split as evenly as possible.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise DatasetError(f"sharding: option 'batch_size' must be ≥ 1, got {batch_size}")
+        _check_rank(rank, world_size)
+        self.split = split
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step over all ranks."""
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        n, size = len(self.split), self.global_batch_size
+        full, rest = divmod(n, size)
+        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, size = len(self.split), self.global_batch_size
+        order = torch.randperm(n) if self.shuffle else torch.arange(n)
+        for step in range(len(self)):
+            chunk = order[step * size : (step + 1) * size]
+            yield self.split[torch.tensor_split(chunk, self.world_size)[self.rank]]

@@ -1,0 +1,119 @@
+"""Weight tuning by k-fold cross-validation: the simplex, option parsing, recovery, resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mtlkit.config import parse_config
+from mtlkit.data import DATASETS, DataBundle, TensorSplit
+from mtlkit.errors import ConfigError
+from mtlkit.experiments.tune import parse_param_ranges, simplex_weights
+from mtlkit.tasks import Task
+
+
+def bottleneck(seed: int = 0, n: int = 160) -> DataBundle:
+    """Two regressions through a width-1 shared layer: 'main' reads x0, 'loud' reads 1.5·x1.
+
+    One unit cannot serve both; equal weights let the loud task take it, so the main task
+    is served well only when its weight dominates."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(name: str) -> TensorSplit:
+        x = torch.randn(n, 4, generator=g)
+        return TensorSplit(x, {"main": x[:, :1].clone(), "loud": 1.5 * x[:, 1:2]}, name)
+
+    tasks = [Task("main", "regression", 1, metrics=["rmse"]), Task("loud", "regression", 1)]
+    return DataBundle(
+        "bottleneck",
+        split("train"),
+        split("val"),
+        split("test"),
+        tasks,
+        ("mlp", {"in_features": 4, "hidden": [1], "activation": "tanh"}),
+    )
+
+
+if "tune_bottleneck" not in DATASETS:
+    DATASETS.register("tune_bottleneck", bottleneck)
+
+
+def config(**extra) -> dict:
+    return {
+        "name": "bottleneck",
+        "data": {"name": "tune_bottleneck", "batch_size": 60},
+        "tasks": [{"name": "main"}, {"name": "loud", "auxiliary": True}],
+        "optimizer": {"name": "adam", "params": {"lr": 0.05}},
+        "train": {"epochs": 10, "monitor": "main/rmse", "log_every": 1000},
+        **extra,
+    }
+
+
+def test_simplex_weights_sum_to_t_and_equal_u_gives_equal_weights() -> None:
+    w = simplex_weights({"a": 0.2, "b": 0.7, "c": 0.5})
+    assert sum(w.values()) == pytest.approx(3.0)
+    assert all(v > 0 for v in w.values())
+    assert simplex_weights({"a": math.exp(-1), "b": math.exp(-1)}) == pytest.approx(
+        {"a": 1.0, "b": 1.0}
+    )
+    # uniform u → the normalised weights have the Dirichlet(1,1,1) mean 1/3 each
+    rng = np.random.default_rng(0)
+    draws = [
+        list(simplex_weights(dict(zip("abc", rng.uniform(size=3), strict=True))).values())
+        for _ in range(4000)
+    ]
+    assert np.mean(draws, axis=0) / 3 == pytest.approx([1 / 3] * 3, abs=0.02)
+
+
+def test_param_ranges_parse_and_reject_bad_specs() -> None:
+    assert parse_param_ranges(["c=0.1:0.9", "lr=1e-4:1e-1:log"]) == {
+        "c": (0.1, 0.9, False),
+        "lr": (1e-4, 1e-1, True),
+    }
+    for bad in ["c", "c=1", "c=0.9:0.1", "c=0:1:log", "c=a:b", "c=0:1:cube"]:
+        with pytest.raises(ConfigError, match="tune: option 'param'"):
+            parse_param_ranges([bad])
+
+
+def test_tuning_recovers_the_better_weights_and_resumes(tmp_path) -> None:
+    pytest.importorskip("optuna")
+    from mtlkit.experiments.tune import run_tune
+
+    cfg = parse_config(config())
+    result = run_tune(cfg, tmp_path, trials=6, folds=2)
+    history = result["history"]
+    equal = history[0]
+    assert equal["weights"] == pytest.approx({"main": 1.0, "loud": 1.0})
+    w = result["weights"]
+    assert (
+        w["main"] / (w["main"] + w["loud"]) > 0.6
+    )  # the main task must own the unit (switch at 1.5² : 1)
+    assert result["best_delta_m"] > equal["value"] + 5.0
+    tuned = yaml.safe_load((tmp_path / "tuned.yaml").read_text())
+    assert tuned["weighting"] == {"name": "static", "params": {"weights": w}}
+    parse_config(tuned)  # ready to train
+    assert (tmp_path / "study.db").is_file()
+    # resuming: the finished trials are kept, only the missing ones run
+    more = run_tune(cfg, tmp_path, trials=7, folds=2)
+    assert more["trials"] == 7
+    assert [h["value"] for h in more["history"][:6]] == [h["value"] for h in history]
+
+
+def test_bad_tuning_input_is_a_config_error(tmp_path) -> None:
+    pytest.importorskip("optuna")
+    from mtlkit.experiments.tune import run_tune
+
+    cfg = parse_config(config())
+    with pytest.raises(ConfigError, match="'folds' must be ≥ 2"):
+        run_tune(cfg, tmp_path, trials=1, folds=1)
+    with pytest.raises(ConfigError, match="'trials' must be ≥ 1"):
+        run_tune(cfg, tmp_path, trials=0, folds=2)
+    uw = parse_config(config(weighting={"name": "uw"}))
+    with pytest.raises(ConfigError, match="nothing to search"):
+        run_tune(uw, tmp_path, trials=1, folds=2)
+    with pytest.raises(ConfigError, match="unknown option"):
+        run_tune(uw, tmp_path, trials=1, folds=2, params={"nosuch": (0.0, 1.0, False)})
