@@ -294,6 +294,7 @@ def registries() -> dict[str, list[str]]:
     from mtlkit.nn import ARCHITECTURES, ENCODERS, HEADS
     from mtlkit.tasks import TASK_KINDS
     from mtlkit.train.optim import OPTIMIZERS, SCHEDULERS
+    from mtlkit.train.samplers import TASK_SAMPLERS
     from mtlkit.weighting import WEIGHTINGS
 
     return {
@@ -306,6 +307,7 @@ def registries() -> dict[str, list[str]]:
         "metrics": METRICS.names(),
         "weighting methods": WEIGHTINGS.names(),
         "optimizers": OPTIMIZERS.names(),
+        "task samplers": TASK_SAMPLERS.names(),
         "schedulers": SCHEDULERS.names(),
     }
 

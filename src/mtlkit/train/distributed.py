@@ -342,6 +342,10 @@ class DistributedWeighting(Weighting):
     def uses_representation(self) -> bool:
         return self.method.uses_representation
 
+    @property
+    def needs_all_tasks(self) -> bool:
+        return self.method.needs_all_tasks
+
     def backward(
         self,
         losses: Mapping[str, Tensor],

@@ -35,6 +35,7 @@ still an error, so a forgotten task is never silently dropped.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class TaskState:
     fill: float | None = None
 
 
-class Weighting:
+class Weighting(ABC):
     """Base class of every loss-balancing method (see the module docstring)."""
 
     stateful: ClassVar[bool] = False
@@ -105,6 +106,7 @@ class Weighting:
 
     # ------------------------------------------------------------------ the interface
 
+    @abstractmethod
     def backward(
         self,
         losses: Mapping[str, Tensor | None],
@@ -121,7 +123,6 @@ class Weighting:
         methods with ``needs_representation``. ``loss_scale`` multiplies the gradients that are
         written (for fp16 gradient scaling); the method's decisions use the unscaled losses.
         """
-        raise NotImplementedError
 
     @property
     def needs_representation(self) -> bool:
@@ -163,7 +164,7 @@ class Weighting:
                 f"({', '.join(self.tasks)}): {'; '.join(parts)}"
             )
 
-    def on_bind(self) -> None:
+    def on_bind(self) -> None:  # noqa: B027  (an optional hook)
         """Hook: called once the task order is known (size state per task here)."""
 
     @contextmanager
@@ -229,7 +230,7 @@ class Weighting:
         record.extra["absent_tasks"] = float(len(absent))
         return record
 
-    def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:  # noqa: B027
         """Hook: called by training loops after each epoch with each task's mean training loss
         (methods such as DWA use it)."""
 
@@ -293,9 +294,9 @@ class LossWeighting(Weighting):
     regulariser, geometric means, ...).
     """
 
-    def weights(self, losses: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def weights(self, losses: Tensor) -> Tensor:
         """A weight per task, in task order, from the detached loss vector."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must override weights() or combine()")
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         """The scalar objective to differentiate, and the weight each task received."""

@@ -39,6 +39,7 @@ through its own head only and the T rows cross the shared encoder together, batc
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -146,9 +147,9 @@ class GradientWeighting(Weighting):
     def needs_all_tasks(self) -> bool:
         return True
 
-    def aggregate(self, jacobian: Tensor, /) -> Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def aggregate(self, jacobian: Tensor, /) -> Tensor:
         """The update vector (length P) from the T × P Jacobian."""
-        raise NotImplementedError
 
     def last_weights(self) -> Tensor | None:
         """The task weights of the last :meth:`aggregate` call, when the method has them."""
@@ -326,9 +327,9 @@ class GramianWeighting(GradientWeighting):
     Σ_i α_i L_i.
     """
 
-    def weights_from_gram(self, gram: Tensor, /) -> Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def weights_from_gram(self, gram: Tensor, /) -> Tensor:
         """Task weights α (length T) from the T × T Gram matrix."""
-        raise NotImplementedError
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         alpha = self.weights_from_gram(jacobian @ jacobian.T)

@@ -9,6 +9,7 @@ methods that work on the shared representation also use
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from mtlkit.tasks import Task
 ARCHITECTURES: Registry[type[MTLModel]] = Registry("architecture")
 
 
-class MTLModel(nn.Module):
+class MTLModel(nn.Module, ABC):
     """Base class of multi-task models.
 
     Subclasses implement :meth:`forward`, :meth:`shared_parameters` and
@@ -33,14 +34,17 @@ class MTLModel(nn.Module):
 
     task_names: list[str]
 
-    def forward(self, inputs: Any) -> dict[str, Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, inputs: Any) -> dict[str, Tensor]:
+        """The output of every task: ``dict[task_name, output]``."""
 
-    def shared_parameters(self) -> list[nn.Parameter]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters more than one task's loss reaches."""
 
-    def task_parameters(self, task: str) -> list[nn.Parameter]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The trainable parameters only ``task``'s loss reaches."""
 
     def forward_with_representation(self, inputs: Any) -> tuple[dict[str, Tensor], Tensor]:
         """Outputs plus the shared representation every head reads (for feature-level
