@@ -5,7 +5,7 @@ balancing (:mod:`mtlkit.weighting`), training (:mod:`mtlkit.train`), built-in da
 (:mod:`mtlkit.data`) and experiments (:mod:`mtlkit.experiments`).
 """
 
-from mtlkit import data, kinds, metrics, nn, train, weighting
+from mtlkit import data, kinds, lm, metrics, nn, train, vision, weighting
 from mtlkit.errors import ConfigError, MtlkitError, TaskDataError
 from mtlkit.metrics import METRICS, delta_m
 from mtlkit.nn import MTLModel, build_model
@@ -27,8 +27,10 @@ __all__ = [
     "data",
     "delta_m",
     "kinds",
+    "lm",
     "metrics",
     "nn",
     "train",
+    "vision",
     "weighting",
 ]

@@ -45,6 +45,22 @@ class TaskKind:
             return (target.shape[0], num_outputs, *target.shape[1:])
         return tuple(target.shape)
 
+    def output_fits(self, output: Tensor, target: Tensor, num_outputs: int) -> bool:
+        """Whether a head output of ``output``'s shape fits ``target`` (kinds whose output
+        size the target does not fix, such as detection maps, override this)."""
+        if tuple(output.shape) == self.expected_output_shape(target, num_outputs):
+            return True
+        return (  # a regression-style output with a trailing singleton, (B, 1) for (B,)
+            not self.class_dim
+            and output.dim() == target.dim() + 1
+            and output.shape[-1] == 1
+            and tuple(output.shape[:-1]) == tuple(target.shape)
+        )
+
+    def describe_expected(self, target: Tensor, num_outputs: int) -> str:
+        """The expected output shape, for error messages."""
+        return str(self.expected_output_shape(target, num_outputs))
+
 
 TASK_KINDS: Registry[TaskKind] = Registry("task kind")
 for _kind in (
@@ -135,14 +151,8 @@ class Task:
             )
         if not output.is_floating_point():
             raise TaskDataError(f"{where}: head output dtype {output.dtype} is not floating point")
-        expected = self.spec.expected_output_shape(target, self.num_outputs)
-        fits = tuple(output.shape) == expected or (
-            not self.spec.class_dim
-            and output.dim() == target.dim() + 1
-            and output.shape[-1] == 1
-            and tuple(output.shape[:-1]) == tuple(target.shape)
-        )
-        if not fits:
+        if not self.spec.output_fits(output, target, self.num_outputs):
+            expected = self.spec.describe_expected(target, self.num_outputs)
             raise TaskDataError(
                 f"{where}: target shape {tuple(target.shape)} does not fit head output "
                 f"{tuple(output.shape)} (expected output {expected})"

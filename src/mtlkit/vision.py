@@ -40,31 +40,6 @@ HEADS.register("fcos", FCOSHead)
 LOSSES.register("fcos", FCOSLoss())
 
 
-class _MapShape(tuple):
-    """The shape ``(B, K + 7, h, w)`` of a detection output for any map size ``h × w``.
-
-    :meth:`mtlkit.tasks.Task.check` compares the output shape with the kind's expected shape;
-    the target (boxes) does not fix the map size, so this shape equals every 4-d shape with the
-    right batch and channels (a tuple subclass's ``__eq__`` takes precedence over ``tuple``'s).
-    """
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, tuple)
-            and len(other) == 4
-            and tuple(other[:2]) == tuple(self)
-            and all(isinstance(v, int) and v >= 1 for v in other[2:])
-        )
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = tuple.__hash__
-
-    def __repr__(self) -> str:
-        return f"({self[0]}, {self[1]}, h, w)"
-
-
 @dataclass(frozen=True)
 class DetectionKind(TaskKind):
     """Object detection: ``(B, M, 5)`` float box rows in, ``(B, K + 7, h, w)`` out.
@@ -73,9 +48,17 @@ class DetectionKind(TaskKind):
     box size), so :meth:`mtlkit.tasks.Task.check` reports bad boxes before any loss runs.
     """
 
-    def expected_output_shape(self, target: Tensor, num_outputs: int) -> tuple[int, ...]:
+    def output_fits(self, output: Tensor, target: Tensor, num_outputs: int) -> bool:
+        """Any ``(B, K + 7, h, w)`` map fits: the boxes do not fix the map size."""
         check_detection_target(target, num_outputs, "detection")
-        return _MapShape((target.shape[0], num_outputs + EXTRA_CHANNELS))
+        return (
+            output.dim() == 4
+            and output.shape[0] == target.shape[0]
+            and output.shape[1] == num_outputs + EXTRA_CHANNELS
+        )
+
+    def describe_expected(self, target: Tensor, num_outputs: int) -> str:
+        return f"({target.shape[0]}, {num_outputs + EXTRA_CHANNELS}, h, w)"
 
 
 DETECTION = DetectionKind("detection", "fcos", ("map", "map50"), False, False)
