@@ -206,3 +206,17 @@ def test_step_records_reach_the_log(tmp_path: Path) -> None:
 def test_bad_trainer_options(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         make_trainer(**kwargs)
+
+
+@pytest.mark.parametrize("weighting", ["ew", "uw", "upgrad", "pcgrad"])
+def test_gradient_scaling_path_equals_unscaled(weighting: str) -> None:
+    """The fp16 GradScaler path (CUDA in practice), driven here by a CPU scaler: a power-of-two
+    loss scale is exact, so the run must equal the unscaled one."""
+    plain = make_trainer(weighting=weighting, epochs=1)
+    plain.fit(*data())
+    scaled = make_trainer(weighting=weighting, epochs=1)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10**6)
+    scaled.fit(*data())
+    assert scaled.scaler.get_scale() == 2.0**10  # no inf/NaN step was skipped
+    for key, value in params(plain).items():
+        assert torch.allclose(value, params(scaled)[key], rtol=1e-5, atol=1e-7), key

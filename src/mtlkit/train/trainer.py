@@ -398,7 +398,9 @@ class Trainer:
                     f"(epoch {self.epoch + 1}); the last good checkpoint is kept"
                 )
         self.optimizer.zero_grad(set_to_none=True)
-        scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+        scale = 1.0
+        if self.scaler is not None:  # scale() also initialises the scaler's state for unscale_
+            scale = float(self.scaler.scale(torch.ones((), device=self.device)))
         regularization = getattr(self.model, "regularization", None)
         if callable(regularization):
             extra = regularization()
