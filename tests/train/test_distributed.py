@@ -34,6 +34,7 @@ from mtlkit.train.distributed import (
 )
 from mtlkit.weighting import compose, get
 from tests.conftest import tiny_model, tiny_split, tiny_tasks
+from tests.train import test_distributed_multi as multi
 
 WORLD = 2
 PER_RANK = 8  # batch per rank; the single process uses WORLD · PER_RANK
@@ -215,12 +216,85 @@ def _job_timeout(ctx: Distributed, out: Path) -> dict[str, Any]:
     return {"raised": None, "after": time.monotonic() - started}
 
 
+#: multi-input runs (two tasks, each its own split, of 45 and 22 examples): step mode,
+#: sampler, method
+MULTI_RUNS: dict[str, tuple[str, str, str]] = {
+    "mixed/upgrad": ("mixed", "proportional", "upgrad"),
+    "mixed/dwa": ("mixed", "proportional", "dwa"),
+    "single/temperature/uw": ("single", "temperature", "uw"),
+}
+
+
+def _run_multi(step_mode: str, sampler: str, method: str, ctx: Distributed | None) -> Any:
+    """Train on multi-input data for 2 epochs; per-step losses (the task drawn) and task
+    weights, per-epoch history, final parameters."""
+    data = multi.multi_data(step_mode, sampler)
+    if ctx is None:
+        train = data.loader("train", WORLD * multi.PER_RANK)
+        val = data.loader("val", 4)
+    else:  # as experiments.run.Run.loader does under torchrun
+        train = data.loader("train", multi.PER_RANK, rank=ctx.rank, world_size=ctx.world_size)
+        val = data.loader("val", 4, rank=ctx.rank, world_size=ctx.world_size)
+        ctx.check_same(train.schedule(), "the multi-input task schedule")  # type: ignore[union-attr]
+    weighting = get(method)
+    trainer = Trainer(
+        tiny_model(tasks=multi.TASKS),
+        multi.TASKS,
+        weighting,
+        optimizer="sgd",
+        optimizer_params={"lr": 0.1},
+        epochs=2,
+        device="cpu",
+        progress=False,
+        distributed=ctx,
+        seed=0,
+    )
+    steps: list[dict[str, float]] = []
+    weights: list[dict[str, float]] = []
+    depth: list[int] = []
+    step, backward = trainer.train_step, trainer.weighting.backward
+
+    def recording_step(batch: Any) -> dict[str, float]:
+        steps.append(step(batch))
+        return steps[-1]
+
+    def recording_backward(*args: Any, **kwargs: Any) -> Any:
+        depth.append(1)  # a partial step calls backward again, on the present tasks
+        record = backward(*args, **kwargs)
+        depth.pop()
+        if not depth:
+            weights.append(record.weights)
+        return record
+
+    trainer.train_step = recording_step  # type: ignore[method-assign]
+    trainer.weighting.backward = recording_backward  # type: ignore[method-assign]
+    fit = trainer.fit(train, val)
+    return {
+        "steps": steps,
+        "weights": weights,
+        "train": [r["train"] for r in fit.history],
+        "val": [r["val"] for r in fit.history],  # metrics and mean losses over all ranks
+        "params": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+    }
+
+
+def _job_multi_input(ctx: Distributed, out: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {k: _run_multi(*spec, ctx) for k, spec in MULTI_RUNS.items()}
+    try:  # a value that differs on rank 1 must stop every rank, naming the field
+        ctx.check_same({"seed": 0, "epoch": ctx.rank}, "the multi-input task schedule")
+        result["mismatch"] = None
+    except ConfigError as err:
+        result["mismatch"] = str(err)
+    return result
+
+
 def _job_all(ctx: Distributed, out: Path) -> dict[str, Any]:
     """One process group for every check (starting processes is the slow part); the timeout
     check breaks the group, so it comes last."""
     return {
         "methods": _job_methods(ctx, out),
         "resume": _job_resume(ctx, out),
+        "multi_input": _job_multi_input(ctx, out),
         "timeout": _job_timeout(ctx, out),
     }
 
@@ -255,10 +329,11 @@ def _identical(a: Any, b: Any, where: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks(tmp_path: Path) -> None:
-    """Two processes, one process group, three claims (each checked by a function below)."""
+    """Two processes, one process group, four claims (each checked by a function below)."""
     ranks = spawn("all", tmp_path, timeout_s=TIMEOUT_S)
     two_ranks_equal_one_process_with_twice_the_batch([r["methods"] for r in ranks])
     resume_of_a_two_rank_run_continues_exactly([r["resume"] for r in ranks], tmp_path)
+    multi_input_runs_agree_across_ranks_and_with_one_process([r["multi_input"] for r in ranks])
     a_missing_rank_makes_collectives_fail_instead_of_hanging([r["timeout"] for r in ranks])
 
 
@@ -289,6 +364,30 @@ def resume_of_a_two_rank_run_continues_exactly(ranks: list[dict[str, Any]], out:
     lines = (out / "whole" / "metrics.jsonl").read_text().splitlines()
     assert sum('"type": "epoch"' in line for line in lines) == EPOCHS  # one writer, not two
     assert (out / "cut" / "checkpoint").is_dir()
+
+
+def multi_input_runs_agree_across_ranks_and_with_one_process(ranks: list[dict[str, Any]]) -> None:
+    """Multi-input data, each task's batch sharded over the ranks: mixed steps (UPGrad, DWA)
+    and single steps drawn by a sampler give bitwise the same steps, task weights and
+    parameters on both ranks, and the 1-process run with batch 2b (same tolerance as above);
+    a schedule that differs on one rank is refused on every rank."""
+    start = tiny_model(tasks=multi.TASKS).state_dict()
+    for key, spec in MULTI_RUNS.items():
+        zero, one = ranks[0][key], ranks[1][key]
+        _identical(zero, one, f"{key}: rank 0 vs rank 1")
+        reference = _run_multi(*spec, None)
+        per_epoch = 6 if spec[0] == "mixed" else 9  # max_i b_i | Σ_i b_i, global batches of 8
+        assert len(zero["steps"]) == len(reference["steps"]) == 2 * per_epoch, key
+        drawn = [sorted(s) for s in zero["steps"]]
+        assert drawn == [sorted(s) for s in reference["steps"]], f"{key}: tasks drawn"
+        if spec[0] == "single":
+            assert {"cls"} in map(set, drawn) and {"reg"} in map(set, drawn), key
+        for part in ("steps", "weights", "train", "val", "params"):
+            _close(zero[part], reference[part], f"{key}: {part}")
+        moved = max((zero["params"][k] - start[k]).abs().max().item() for k in start)
+        assert moved > 1e-3, f"{key}: the parameters did not train"
+    for rank in ranks:
+        assert rank["mismatch"] is not None and "fields that differ: epoch" in rank["mismatch"]
 
 
 def a_missing_rank_makes_collectives_fail_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:

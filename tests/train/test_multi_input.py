@@ -299,3 +299,30 @@ def test_auxiliary_tasks_are_trained_but_left_out_of_delta_m(tmp_path: Path) -> 
     stl = {"sign": {m: results["stl"]["sign"]["test"]["sign"][m] for m in metrics}}
     mtl = {"sign": {m: results["mtl"]["test"]["sign"][m] for m in metrics}}
     assert results["delta_m"] == pytest.approx(delta_m(mtl, stl))
+
+
+def test_under_torchrun_a_run_shards_multi_input_data_and_checks_the_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run.loader gives each rank its shard of every task's batch and of each evaluation
+    split, and compares the training schedule across ranks (the collective is faked here; the
+    2-process test in test_distributed.py runs it for real)."""
+    import mtlkit.experiments.run as run_module
+    from mtlkit.train.distributed import Distributed
+
+    checked: list[tuple[dict, str]] = []
+    monkeypatch.setattr(Distributed, "check_same", lambda self, v, what: checked.append((v, what)))
+    run = build_run(multi_config(step_mode="single", sampler={"name": "temperature"}))
+    loaders = []
+    for rank in range(2):
+        monkeypatch.setattr(run_module, "current", lambda rank=rank: Distributed(rank, 2))
+        loaders.append((run.loader("train", train=True), run.loader("val")))
+    schedules = [loader.schedule() for loader, _ in loaders]
+    assert [v for v, _ in checked] == schedules and schedules[0] == schedules[1]
+    assert checked[0][1] == "the multi-input task schedule"
+    assert schedules[0]["global_batch"] == {"sign": 32, "value": 32}  # 16 per rank
+    assert len(loaders[0][0]) == 2 + 3  # ⌈48/32⌉ + 96/32 global batches
+    for task in ("sign", "value"):
+        blocks = [torch.cat([b[task][0] for b in val if task in b]) for _, val in loaders]
+        assert [len(b) for b in blocks] == [8, 8]
+        assert torch.equal(torch.cat(blocks), run.data.val[task].inputs)

@@ -21,6 +21,14 @@ random stream that the Trainer saves and restores).
 
 Validation and test data (:meth:`MultiInputData.loader` for ``val``/``test``) go through each
 task's own split once, task by task, one task's batch per item.
+
+Under torchrun (``rank``/``world_size``, docs/distributed.md) each task's batch of a step is
+sharded like :class:`~mtlkit.train.distributed.ShardedLoader` shards a joint batch: a task's
+global batch has ``batch_size · world_size`` examples and rank r takes its r-th slice, so R
+ranks with batch b step through exactly the batches of one process with batch R·b. Batch counts,
+``steps_per_epoch`` and the sampler's setup are those global batches, and the sampler draws
+from its own (seed, epoch) stream, so every rank draws the same task at every step; an
+evaluation split is cut into one contiguous block per rank.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from mtlkit.errors import ConfigError, DatasetError
 from mtlkit.tasks import Task, check_task_names
 
 if TYPE_CHECKING:  # the samplers live with training; imported when a loader is built
+    from mtlkit.train.distributed import ShardedLoader
     from mtlkit.train.samplers import TaskSampler
 
 STEP_MODES = ("single", "mixed")
@@ -76,6 +85,8 @@ class MultiTaskLoader:
         epochs: the run's number of epochs (the annealed sampler needs it).
         seed: seeds the sampler, when it has no seed of its own.
         shuffle: reshuffle each task's data every time it is started.
+        rank, world_size: under torchrun, this process's shard of every task's batch (batch
+            ``batch_size`` per rank, ``batch_size · world_size`` over all ranks).
     """
 
     def __init__(
@@ -89,6 +100,8 @@ class MultiTaskLoader:
         epochs: int = 1,
         seed: int = 0,
         shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if step_mode not in STEP_MODES:
             raise ConfigError(
@@ -101,12 +114,23 @@ class MultiTaskLoader:
         missing = sorted(set(splits) - set(sizes))
         if missing:
             raise ConfigError(f"multi-task loader: no batch size for task(s) {', '.join(missing)}")
-        self.loaders = {
-            t: TensorLoader(_own(s, t), int(sizes[t]), shuffle=shuffle) for t, s in splits.items()
+        for option, value in (("rank", rank), ("world_size", world_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"multi-task loader: option '{option}' must be an integer")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(
+                "multi-task loader: option 'rank' must be in [0, world_size), "
+                f"got rank {rank} of {world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.loaders: dict[str, TensorLoader | ShardedLoader] = {
+            t: _task_loader(_own(s, t), int(sizes[t]), shuffle, rank, world_size)
+            for t, s in splits.items()
         }
         for task, loader in self.loaders.items():
             if len(loader) == 0:
-                raise DatasetError(f"task '{task}': its training split is empty")
+                few = f" (fewer examples than the {world_size} ranks)" if world_size > 1 else ""
+                raise DatasetError(f"task '{task}': its training split is empty{few}")
         from mtlkit.train.samplers import build_sampler
 
         self.step_mode = step_mode
@@ -145,6 +169,27 @@ class MultiTaskLoader:
                 yield TaskBatches({t: s.next() for t, s in streams.items()})
         self.epoch += 1
 
+    def schedule(self) -> dict[str, Any]:
+        """Everything that fixes which task each step draws and how many batches each task
+        has: the step mode, the sampler (its class, options, tasks, sizes, batches, epochs and
+        generator state), the steps per epoch and the epoch. Equal on every rank ⇒ every rank
+        draws the same task at every step (the distributed run checks it once at start)."""
+        s = self.sampler
+        return {
+            "step_mode": self.step_mode,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch,
+            "world_size": self.world_size,
+            "global_batch": {t: _global_batch(x) for t, x in self.loaders.items()},
+            "sampler": repr(s),
+            "tasks": list(s.tasks),
+            "sizes": dict(s.sizes),
+            "batches": dict(s.batches),
+            "epochs": s.epochs,
+            "position": s.position,
+            "generator": s.generator.get_state().tolist(),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """The epoch and the sampler's state."""
         return {"epoch": self.epoch, "sampler": self.sampler.state_dict()}
@@ -154,10 +199,25 @@ class MultiTaskLoader:
         self.sampler.load_state_dict(state["sampler"])
 
 
+def _task_loader(
+    split: TensorSplit, batch_size: int, shuffle: bool, rank: int, world_size: int
+) -> TensorLoader | ShardedLoader:
+    """One task's training batches: all of them, or this rank's slice of each global batch."""
+    if world_size == 1:
+        return TensorLoader(split, batch_size, shuffle=shuffle)
+    from mtlkit.train.distributed import ShardedLoader
+
+    return ShardedLoader(split, batch_size, rank=rank, world_size=world_size, shuffle=shuffle)
+
+
+def _global_batch(loader: TensorLoader | ShardedLoader) -> int:
+    return int(getattr(loader, "global_batch_size", loader.batch_size))
+
+
 class _Cycle:
     """A task's batches without end: a new pass (a new shuffle) when one runs out."""
 
-    def __init__(self, loader: TensorLoader) -> None:
+    def __init__(self, loader: TensorLoader | ShardedLoader) -> None:
         self.loader = loader
         self.iterator = iter(loader)
 
@@ -232,13 +292,24 @@ class MultiInputData:
             )
 
     def loader(
-        self, name: str, batch_size: int, shuffle: bool | None = None
+        self,
+        name: str,
+        batch_size: int,
+        shuffle: bool | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> MultiTaskLoader | EvalLoader:
-        """The training loader (``train``) or a task-by-task evaluation loader."""
+        """The training loader (``train``) or a task-by-task evaluation loader; with
+        ``world_size`` > 1, rank ``rank``'s shard of it (``batch_size`` per rank)."""
         if name not in ("train", "val", "test"):
             raise DatasetError(f"unknown split '{name}'; available: train, val, test")
         splits = {t.name: getattr(self, name)[t.name] for t in self.tasks}
         if name != "train":
+            if world_size > 1:  # a contiguous block per rank; gathered in rank order
+                from mtlkit.train.distributed import shard_split
+
+                splits = {t: shard_split(s, rank, world_size) for t, s in splits.items()}
             return EvalLoader(splits, batch_size)
         return MultiTaskLoader(
             splits,
@@ -249,6 +320,8 @@ class MultiInputData:
             epochs=self.epochs,
             seed=self.seed,
             shuffle=True if shuffle is None else shuffle,
+            rank=rank,
+            world_size=world_size,
         )
 
     def select_tasks(self, names: Sequence[str]) -> MultiInputData:

@@ -21,7 +21,7 @@ import yaml
 
 from mtlkit.config import RunConfig, dump_config, parse_config
 from mtlkit.data import DataBundle, TensorLoader, load_dataset
-from mtlkit.data.multi import MultiInputData
+from mtlkit.data.multi import MultiInputData, MultiTaskLoader
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.nn import ENCODERS, MTLModel, build_model
 from mtlkit.tasks import Task
@@ -73,8 +73,15 @@ class Run:
         """A split's batches; under torchrun, this rank's shard (``batch_size`` per rank)."""
         size = self.config.data.batch_size if train else self.config.data.eval_batch_size
         ctx = current()
-        if ctx is None or isinstance(self.data, MultiInputData):
+        if ctx is None:
             return self.data.loader(split, size, shuffle=train)
+        if isinstance(self.data, MultiInputData):
+            loader = self.data.loader(
+                split, size, shuffle=train, rank=ctx.rank, world_size=ctx.world_size
+            )
+            if isinstance(loader, MultiTaskLoader):  # every rank must draw the same tasks
+                ctx.check_same(loader.schedule(), "the multi-input task schedule")
+            return loader
         if train:
             return ShardedLoader(
                 self.data.split(split), size, rank=ctx.rank, world_size=ctx.world_size

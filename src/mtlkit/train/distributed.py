@@ -25,6 +25,10 @@ proofs)::
   permutation (drawn from the global torch generator, seeded alike on every rank);
   :func:`shard_split` gives each rank a contiguous block of an evaluation split, and
   :meth:`Distributed.gather` puts the outputs back together in the single-process order.
+  Multi-input data (:class:`~mtlkit.data.multi.MultiTaskLoader` with ``rank``/``world_size``)
+  shards each task's batch of a step the same way; its task sampler draws from a generator
+  seeded by (seed, epoch) only, so all ranks draw the same task, and
+  :meth:`Distributed.check_same` verifies at start that the ranks' schedules agree.
 
 A process group is started from torchrun's environment by :func:`init_distributed` (or by the
 ``mtlkit train`` command when it finds ``WORLD_SIZE`` > 1), with a timeout on every collective
@@ -173,6 +177,25 @@ class Distributed:
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]
+
+    def check_same(self, value: Any, what: str) -> None:
+        """A ConfigError on every rank unless ``value`` (picklable, comparable with ``==``) is
+        the same on all ranks; ``what`` names it in the message. One gather of ``value``."""
+        values = self.gather([value])
+        differ = [r for r, v in enumerate(values) if v != values[0]]
+        if not differ:
+            return
+        first, other = values[0], values[differ[0]]
+        fields = ""
+        if isinstance(first, Mapping) and isinstance(other, Mapping):
+            keys = sorted(
+                str(k) for k in first.keys() | other.keys() if first.get(k) != other.get(k)
+            )
+            fields = f" (fields that differ: {', '.join(keys)})"
+        raise ConfigError(
+            f"distributed: {what} differs between rank 0 and rank(s) "
+            f"{', '.join(map(str, differ))}{fields}; build every rank from the same config and seed"
+        )
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""

@@ -605,10 +605,14 @@ class Trainer:
             outputs = {t: self.distributed.gather(v) for t, v in outputs.items()}
             targets = {t: self.distributed.gather(v) for t, v in targets.items()}
             totals = torch.tensor(
-                [count, *loss_sums.values()], dtype=torch.float64, device=self.device
+                [count, *loss_sums.values(), *task_counts.values()],
+                dtype=torch.float64,
+                device=self.device,
             )
-            count, *sums = self.distributed.all_reduce(totals).tolist()
-            loss_sums = dict(zip(loss_sums, sums, strict=True))
+            count, *rest = self.distributed.all_reduce(totals).tolist()
+            n = len(loss_sums)
+            loss_sums = dict(zip(loss_sums, rest[:n], strict=True))
+            task_counts = dict(zip(task_counts, rest[n:], strict=True))
         if not outputs or not next(iter(outputs.values())):
             raise DatasetError("the evaluation data yielded no batch: the split is empty")
         cat = {t: torch.cat(v) for t, v in outputs.items()}
