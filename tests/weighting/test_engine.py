@@ -142,7 +142,9 @@ def test_layerwise_gramian_equals_explicit(
     model, x = MODELS[kind]()
     calls = []
     original = jac_mod.layer_gramian
-    monkeypatch.setattr(jac_mod, "layer_gramian", lambda a, d: calls.append(1) or original(a, d))
+    monkeypatch.setattr(
+        jac_mod, "layer_gramian", lambda a, d, **kw: calls.append(1) or original(a, d, **kw)
+    )
     shared = model.shared_parameters()
     for step in range(2):  # step 0 installs the hooks, step 1 uses them
         losses, rep = task_losses(model, x)
@@ -154,14 +156,17 @@ def test_layerwise_gramian_equals_explicit(
     release_hooks(model)
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(3, 5, 40, 6), (3, 200, 4, 6)])
-def test_layer_gramian_both_forms(shape: tuple[int, int, int, int]) -> None:
-    """Kernel form (N < d) and per-task form (N ≫ d) both equal the explicit Gram."""
+def test_layer_gramian_both_forms(shape: tuple[int, int, int, int], bias: bool) -> None:
+    """Kernel form (N < d) and per-task form (N ≫ d) both equal the explicit Gram; ``bias``
+    is the same as an explicit trailing column of ones."""
     t, n, d, o = shape
     a = torch.randn(n, d, dtype=torch.float64)
     delta = torch.randn(t, n, o, dtype=torch.float64)
-    grads = torch.einsum("tno,nd->tod", delta, a).reshape(t, -1)
-    torch.testing.assert_close(layer_gramian(a, delta), grads @ grads.T)
+    full = torch.cat([a, torch.ones(n, 1, dtype=torch.float64)], dim=1) if bias else a
+    grads = torch.einsum("tno,nd->tod", delta, full).reshape(t, -1)
+    torch.testing.assert_close(layer_gramian(a, delta, bias=bias), grads @ grads.T)
 
 
 def test_gramian_layer_used_twice_and_inplace_fallback() -> None:

@@ -8,7 +8,8 @@ often singular or badly conditioned (a zero task gradient, nearly collinear grad
   With s = 0 it is the min-norm point of the convex hull of the task gradients (MGDA); with
   s = τ·b it is CAGrad's inner problem.
 - :func:`lower_bounded_qp` — ``argmin_{v ≥ u} ½ vᵀ G v``, the dual of the projection of uᵀJ onto
-  the dual cone {x : Jx ≥ 0} (UPGrad, DualProj);
+  the dual cone {x : Jx ≥ 0} (UPGrad, DualProj); :func:`lower_bounded_qps` solves it for many
+  lower bounds u that share one G (UPGrad's T projections), factorising G once;
 - :func:`alpha_fair_weights` — the positive solution β of Gβ = β^(−1/a) (FairGrad; a = 1 is
   Nash-MTL's (Gβ) ⊙ β = 1), the minimiser of a strictly convex function, by damped Newton.
 
@@ -110,13 +111,21 @@ def simplex_kkt_violation(gram: np.ndarray, alpha: np.ndarray, shift: np.ndarray
 def lower_bounded_kkt_violation(gram: np.ndarray, v: np.ndarray, lower: np.ndarray) -> float:
     """How far v is from satisfying the KKT conditions of ``min_{v ≥ u} ½vᵀGv``:
     Gv ≥ 0, v ≥ u, and (Gv)_i = 0 wherever v_i > u_i. Returns the largest violation."""
-    grad = gram @ v
-    free = v - lower > 1e-12 * max(1.0, float(np.max(np.abs(v))))
-    free_violation = float(np.max(np.abs(grad[free]))) if free.any() else 0.0
-    return max(
-        free_violation,
-        float(max(0.0, -np.min(grad))),
-        float(max(0.0, np.max(lower - v))),
+    return float(_lower_bounded_kkt_violations(gram, v[None, :], lower[None, :])[0])
+
+
+def _lower_bounded_kkt_violations(gram: np.ndarray, v: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """:func:`lower_bounded_kkt_violation` for each row of the K × T arrays ``v`` and ``lower``."""
+    grad = (gram @ v.T).T  # row k: G v_k
+    scale = np.maximum(1.0, np.max(np.abs(v), axis=1, keepdims=True))
+    free = v - lower > 1e-12 * scale
+    free_violation = np.max(np.where(free, np.abs(grad), 0.0), axis=1)
+    return np.maximum.reduce(
+        [
+            free_violation,
+            np.maximum(0.0, -np.min(grad, axis=1)),
+            np.maximum(0.0, np.max(lower - v, axis=1)),
+        ]
     )
 
 
@@ -207,18 +216,41 @@ def lower_bounded_qp(gram: np.ndarray, lower: np.ndarray) -> np.ndarray:
     J ᵀv is then the projection of uᵀJ onto the dual cone {x : Jx ≥ 0} (Quinton & Rey 2024,
     proposition 1): Gv ≥ 0 means every task gradient has a non-negative inner product with it.
     """
-    g, scale = _as_gram(gram)
     u = np.asarray(lower, dtype=np.float64)
+    return lower_bounded_qps(gram, u[None, :])[0]
+
+
+def lower_bounded_qps(gram: np.ndarray, lowers: np.ndarray) -> np.ndarray:
+    """:func:`lower_bounded_qp` for each row u_k of the K × T array ``lowers``, one G for all.
+
+    G is validated, scaled and factorised once; each row is then one Lawson–Hanson NNLS on the
+    shared factor, and all K answers are checked against the KKT conditions in one vectorised
+    pass (the enumeration fallback runs only for a row that fails). Row k of the result is
+    what ``lower_bounded_qp(gram, lowers[k])`` returns, up to rounding.
+    """
+    g, scale = _as_gram(gram)
+    u = np.asarray(lowers, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != g.shape[0]:
+        raise ValueError(f"the lower bounds must have shape (K, {g.shape[0]}), got {u.shape}")
     if scale == 0.0:
         return u.copy()
     d = _diagonal_scale(g)
     r = gram_factor(g / np.outer(d, d))  # ½vᵀGv = ½‖R D v‖², and Dv ≥ Du
-    lam = _nnls(r, -(r @ (d * u)))
-    v = None if lam is None else u + lam / d
-    failed = v is None or lower_bounded_kkt_violation(g, v, u) > KKT_TOL
-    if failed and len(u) <= ENUMERATION_MAX_T:
-        v = _enumerate_lower_bounded(g, u)
-    return v if v is not None else u.copy()
+    rhs = -(r @ (d[:, None] * u.T))  # column k: −R D u_k
+    v = np.empty_like(u)
+    solved = np.ones(len(u), dtype=bool)
+    for k in range(len(u)):
+        lam = _nnls(r, rhs[:, k])
+        if lam is None:
+            solved[k] = False
+            v[k] = u[k]
+        else:
+            v[k] = u[k] + lam / d
+    failed = ~solved | (_lower_bounded_kkt_violations(g, v, u) > KKT_TOL)
+    if g.shape[0] <= ENUMERATION_MAX_T:
+        for k in np.flatnonzero(failed):
+            v[k] = _enumerate_lower_bounded(g, u[k])
+    return v
 
 
 # ---------------------------------------------------------------------------- α-fair weights

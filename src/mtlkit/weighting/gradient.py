@@ -8,8 +8,10 @@ Two kinds of method:
 
 - :class:`GramianWeighting` needs only the Gram matrix G = J Jᵀ: it computes task weights
   α = f(G) and the update is Jᵀα (MGDA, IMTL-G, CAGrad, Nash-MTL, UPGrad, ...). J is never
-  formed: G is built layer by layer (:func:`mtlkit.weighting.jacobian.compute_gramian`) and
-  the update is applied as one extra backward pass of Σ_i α_i L_i;
+  formed: G is built layer by layer (:func:`mtlkit.weighting.jacobian.gramian`) from each
+  shared layer's inputs A and per-task output gradients Δ_i, and the update of that layer's
+  weight is (Σ_i α_i Δ_i)ᵀA, one product per layer from the same A and Δ, with no further
+  backward pass;
 - :class:`JacobianAggregator` needs J itself (PCGrad, GradDrop, GradVac, ConFIG, ...); J comes
   from one vectorised backward pass.
 
@@ -49,11 +51,12 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import StepRecord, TaskState, Weighting
 from mtlkit.weighting.jacobian import (
-    compute_gramian,
     effective_weights,
     gram_statistics,
-    head_gradients,
+    gramian,
+    head_passes,
     last_shared_parameters,
+    row_gram,
     task_jacobian,
 )
 
@@ -102,6 +105,17 @@ def _accumulate(params: Sequence[Tensor], flat: Tensor) -> None:
         offset += n
 
 
+def _accumulate_each(
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], scale: float
+) -> None:
+    """Add ``scale`` · grads[k] to ``params[k].grad`` (a None gradient leaves the parameter)."""
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        g = (g if scale == 1.0 else g * scale).to(p.dtype)
+        p.grad = g if p.grad is None else p.grad + g
+
+
 class GradientWeighting(Weighting):
     """Base of gradient-based methods (see the module docstring)."""
 
@@ -110,6 +124,9 @@ class GradientWeighting(Weighting):
     gives_weights: ClassVar[bool] = True
     #: the weights cached by ``update_every`` are per task (dropped if made in a partial step)
     task_state: ClassVar[Mapping[str, TaskState]] = {"_cached": TaskState((0,))}
+    #: whether the rows ∂L_i/∂r may be written into one buffer reused from step to step: only
+    #: for methods that never see J (or a view of it) and so cannot keep it past the step
+    reuse_rows: ClassVar[bool] = False
 
     def __init__(self, jacobian: str = "shared", update_every: int = 1) -> None:
         super().__init__()
@@ -130,6 +147,7 @@ class GradientWeighting(Weighting):
         self._step = 0
         self._cached: Tensor | None = None
         self._per_task: list[Tensor] = []  # this step's task losses, while backward runs
+        self._rows_buffer: Tensor | None = None  # storage for the rows ∂L_i/∂r of a step
         #: set by distributed training (:class:`mtlkit.train.distributed.DistributedWeighting`):
         #: turns this process's Jacobian into the global one before the method sees it; with it,
         #: mode 'shared' forms J explicitly. None (a single process) leaves every path unchanged.
@@ -200,6 +218,24 @@ class GradientWeighting(Weighting):
         norms, cosines = gram_statistics(gram, self.tasks)
         return StepRecord(weights=self._record_weights(weights), norms=norms, cosines=cosines)
 
+    def _head_rows(
+        self,
+        own: Sequence[Tensor],
+        representation: Tensor | None,
+        loss_scale: float,
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """This step's rows ∂L_i/∂r (None without r), and the task parameters still owed
+        ∇ Σ_i L_i: with r, the same backward pass through the heads gives it
+        (:func:`head_passes`), and none are left."""
+        if representation is None:
+            return None, list(own)
+        buffer = self._rows_buffer if self.reuse_rows else None
+        rows, grads = head_passes(self._per_task, representation, own, scale=loss_scale, out=buffer)
+        if self.reuse_rows:
+            self._rows_buffer = rows  # written over next step
+        _accumulate_each(own, grads, 1.0)
+        return rows, []
+
     def _shared_step(
         self,
         stacked: Tensor,
@@ -210,13 +246,12 @@ class GradientWeighting(Weighting):
         loss_scale: float,
     ) -> tuple[Tensor, Tensor]:
         """Mode 'shared' for a method that needs J: the update is written directly."""
-        per_task = self._per_task
-        rows = None if representation is None else head_gradients(per_task, representation)
+        rows, own = self._head_rows(own, representation, loss_scale)
         jac = task_jacobian(stacked, shared, representation=representation, head_rows=rows)
         if self.reduce_jacobian is not None:
             jac = self.reduce_jacobian(jac)
         update = self.aggregate(jac)
-        gram = jac @ jac.T
+        gram = row_gram(jac)
         weights = self.last_weights()
         if weights is None or not self.gives_weights:
             weights = effective_weights(gram, jac, update)
@@ -235,8 +270,7 @@ class GradientWeighting(Weighting):
         loss_scale: float,
     ) -> tuple[Tensor, Tensor]:
         """Modes 'last_shared' and 'representation': J of a small part, weights for all."""
-        per_task = self._per_task
-        rows = None if representation is None else head_gradients(per_task, representation)
+        rows, own = self._head_rows(own, representation, loss_scale)
         if self.jacobian == "representation":
             assert rows is not None and representation is not None
             jac = rows.reshape(rows.shape[0], -1)
@@ -250,8 +284,7 @@ class GradientWeighting(Weighting):
             jac = task_jacobian(stacked, last, representation=representation, head_rows=rows)
             if self.reduce_jacobian is not None:
                 jac = self.reduce_jacobian(jac)
-        update = self.aggregate(jac)
-        gram = jac @ jac.T
+        update, gram = self._aggregate_with_gram(jac)
         weights = self.last_weights()
         if weights is None or not self.gives_weights:
             weights = effective_weights(gram, jac, update)
@@ -266,6 +299,10 @@ class GradientWeighting(Weighting):
         else:
             self._apply(stacked, weights, own, shared, representation, rows, loss_scale)
         return weights, gram
+
+    def _aggregate_with_gram(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+        """The update and the Gram matrix J Jᵀ of ``jacobian``."""
+        return self.aggregate(jacobian), row_gram(jacobian)
 
     def _apply(
         self,
@@ -323,18 +360,25 @@ class GramianWeighting(GradientWeighting):
     """A gradient method whose weights depend on the Gram matrix alone: α = f(J Jᵀ).
 
     Subclasses implement :meth:`weights_from_gram`. In mode 'shared', :meth:`backward` never
-    forms J: G is built layer by layer and the update Jᵀα is applied as one backward pass of
-    Σ_i α_i L_i.
+    forms J: G is built layer by layer, and the update Jᵀα comes from the same per-layer
+    inputs and per-task output gradients (:meth:`~mtlkit.weighting.jacobian.Gramian.combine`),
+    without another backward pass.
     """
+
+    reuse_rows = True  # the method sees G only
 
     @abstractmethod
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
         """Task weights α (length T) from the T × T Gram matrix."""
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
-        alpha = self.weights_from_gram(jacobian @ jacobian.T)
+        return self._aggregate_with_gram(jacobian)[0]
+
+    def _aggregate_with_gram(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+        gram = row_gram(jacobian)
+        alpha = self.weights_from_gram(gram)
         self._last_weights = alpha.detach()
-        return alpha.to(jacobian.dtype) @ jacobian
+        return alpha.to(jacobian.dtype) @ jacobian, gram
 
     def _shared_step(
         self,
@@ -347,15 +391,14 @@ class GramianWeighting(GradientWeighting):
     ) -> tuple[Tensor, Tensor]:
         if self.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
             return super()._shared_step(stacked, model, own, shared, representation, loss_scale)
-        per_task = self._per_task
-        rows = None if representation is None else head_gradients(per_task, representation)
-        gram = compute_gramian(
-            stacked, model, shared, representation=representation, head_rows=rows
-        )
-        alpha = self.weights_from_gram(gram).detach()
+        rows, own = self._head_rows(own, representation, loss_scale)
+        result = gramian(stacked, model, shared, representation=representation, head_rows=rows)
+        alpha = self.weights_from_gram(result.matrix).detach()
         self._last_weights = alpha
-        self._apply(stacked, alpha, own, shared, representation, rows, loss_scale)
-        return alpha, gram
+        if own:
+            (stacked.sum() * loss_scale).backward(inputs=list(own))
+        _accumulate_each(shared, result.combine(alpha), loss_scale)
+        return alpha, result.matrix
 
 
 class JacobianAggregator(GradientWeighting):

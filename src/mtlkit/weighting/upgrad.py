@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting._qp import gram_to_numpy, lower_bounded_qp, weights_to_torch
+from mtlkit.weighting._qp import gram_to_numpy, lower_bounded_qps, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
@@ -57,7 +57,8 @@ class UPGrad(GramianWeighting):
     T and T identical gradients g give T·g (the paper's default is the mean, 1/T; the project
     sums). Deviation: the QPs are solved exactly (Lawson–Hanson NNLS on G, see
     :mod:`mtlkit.weighting._qp`), without the small regularisation of G the reference
-    implementation adds.
+    implementation adds; the T problems share one factorisation of G
+    (:func:`~mtlkit.weighting._qp.lower_bounded_qps`).
     """
 
     name = "upgrad"
@@ -79,10 +80,8 @@ class UPGrad(GramianWeighting):
         g = gram_to_numpy(gram, self)
         t = g.shape[0]
         w = pref_weights(self, self.pref_vector, t)
-        alpha = np.zeros(t)
-        for i in range(t):
-            if w[i] > 0:
-                alpha += lower_bounded_qp(g, w[i] * np.eye(t)[i])
+        lowers = np.diag(w)[w > 0]  # row k: w_i e_i for each task i with w_i > 0
+        alpha = lower_bounded_qps(g, lowers).sum(axis=0) if len(lowers) else np.zeros(t)
         return weights_to_torch(alpha, gram)
 
     def hyperparameters(self) -> dict[str, Any]:
