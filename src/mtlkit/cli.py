@@ -147,8 +147,8 @@ def affinity(
     ] = None,
 ) -> None:
     """Gradient cosines, conflicts and TAG lookahead affinity of every task pair."""
-    from mtlkit.analysis.affinity import run_affinity
     from mtlkit.config import load_config
+    from mtlkit.experiments.affinity import run_affinity
     from mtlkit.experiments.run import new_run_dir
 
     cfg = load_config(config, _overrides(set_))

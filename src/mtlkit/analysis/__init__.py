@@ -1,6 +1,6 @@
 """Task relatedness and task grouping.
 
-- :func:`measure_affinity` / :func:`run_affinity`: gradient cosines, conflict shares and the
+- :func:`measure_affinity`: gradient cosines, conflict shares and the
   lookahead inter-task affinity (TAG) of every ordered task pair, during a short training run;
 - :func:`best_grouping`: which tasks to train together in at most k models.
 """
@@ -10,7 +10,6 @@ from mtlkit.analysis.affinity import (
     gradient_cosines,
     lookahead_affinity,
     measure_affinity,
-    run_affinity,
 )
 from mtlkit.analysis.grouping import (
     Grouping,
@@ -31,6 +30,5 @@ __all__ = [
     "group_score",
     "lookahead_affinity",
     "measure_affinity",
-    "run_affinity",
     "total_value",
 ]

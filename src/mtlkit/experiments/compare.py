@@ -412,8 +412,9 @@ def run_group(
 
     With the grouping, each task's metrics come from the model that serves it; a group of one
     task is its single-task model."""
-    from mtlkit.analysis.affinity import Affinity, run_affinity
+    from mtlkit.analysis.affinity import Affinity
     from mtlkit.analysis.grouping import best_grouping
+    from mtlkit.experiments.affinity import run_affinity
 
     console = console or Console()
     out = Path(out_dir)
