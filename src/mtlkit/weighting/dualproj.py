@@ -5,19 +5,15 @@ Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization", arXiv:2
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from torch import Tensor
 
+from mtlkit.weighting._preference import PreferenceWeighting
 from mtlkit.weighting._qp import gram_to_numpy, lower_bounded_qp, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
-from mtlkit.weighting.gradient import GramianWeighting
-from mtlkit.weighting.upgrad import check_pref_vector, pref_weights
 
 
 @WEIGHTINGS.register("dualproj")
-class DualProj(GramianWeighting):
+class DualProj(PreferenceWeighting):
     """Dual projection (Quinton & Rey 2024, arXiv:2406.16232).
 
     Algorithm (the paper's 𝒜_DualProj, computed through its proposition 1):
@@ -34,26 +30,7 @@ class DualProj(GramianWeighting):
 
     name = "dualproj"
 
-    def __init__(
-        self,
-        pref_vector: Sequence[float] | None = None,
-        jacobian: str = "shared",
-        update_every: int = 1,
-    ) -> None:
-        super().__init__(jacobian=jacobian, update_every=update_every)
-        self.pref_vector = check_pref_vector("DualProj", pref_vector)
-
-    def on_bind(self) -> None:
-        assert self.tasks is not None
-        pref_weights(self, self.pref_vector, len(self.tasks))
-
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
         g = gram_to_numpy(gram, self)
-        w = pref_weights(self, self.pref_vector, g.shape[0])
+        w = self.preference(g.shape[0])
         return weights_to_torch(lower_bounded_qp(g, w), gram)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if self.pref_vector is not None:
-            params["pref_vector"] = self.pref_vector
-        return {**params, **super().hyperparameters()}
