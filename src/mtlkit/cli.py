@@ -28,6 +28,10 @@ console = Console()
 errors = Console(stderr=True)
 
 
+#: ``--set KEY=VALUE`` (repeatable): override one field of the config
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")]
+
+
 def _overrides(values: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in values or []:
@@ -57,9 +61,7 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     resume: Annotated[Path | None, typer.Option(help="Run folder to continue.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>-...).")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
-    ] = None,
+    set_: SetOption = None,
     stop_after: Annotated[
         int | None, typer.Option(help="Stop after this epoch; continue later with --resume.")
     ] = None,
@@ -142,9 +144,7 @@ def affinity(
     steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 10,
     lr: Annotated[float | None, typer.Option(help="Lookahead step (default: the lr).")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
-    ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Gradient cosines, conflicts and TAG lookahead affinity of every task pair."""
     from mtlkit.config import load_config
@@ -179,9 +179,7 @@ def group(
     measure: Annotated[str, typer.Option(help="tag or cosine.")] = "tag",
     verify: Annotated[bool, typer.Option(help="Train the grouping, all-in-one and STL.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
-    ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Choose which tasks to train together in at most k models."""
     from mtlkit.config import load_config
@@ -213,9 +211,7 @@ def compare(
     architectures: Annotated[str | None, typer.Option(help="Architectures, e.g. hps,mmoe.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per model.")] = 3,
     out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
-    ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Single-task baselines against every chosen method and architecture, over seeds."""
     from mtlkit.config import load_config
@@ -240,9 +236,7 @@ def tune(
         list[str] | None, typer.Option(help="Method option range NAME=LOW:HIGH[:log].")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE.")
-    ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Static task weights (and method options) by k-fold cross-validation (Optuna)."""
     from mtlkit.config import load_config
