@@ -369,6 +369,21 @@ class DistributedWeighting(Weighting):
     def needs_all_tasks(self) -> bool:
         return self.method.needs_all_tasks
 
+    def step(
+        self,
+        losses: Mapping[str, Tensor],
+        stacked: Tensor,
+        model: nn.Module,
+        *,
+        representation: Tensor | None,
+        loss_scale: float,
+    ) -> StepRecord:
+        """Not a way in: the wrapper overrides :meth:`backward`, where the wrapped method
+        (which handles absent tasks itself) steps between the gradient reductions."""
+        raise TypeError(
+            f"distributed {self.method}: call backward() with globalised losses, not step()"
+        )
+
     def backward(
         self,
         losses: Mapping[str, Tensor],

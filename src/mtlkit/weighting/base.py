@@ -106,7 +106,6 @@ class Weighting(ABC):
 
     # ------------------------------------------------------------------ the interface
 
-    @abstractmethod
     def backward(
         self,
         losses: Mapping[str, Tensor | None],
@@ -117,12 +116,37 @@ class Weighting(ABC):
     ) -> StepRecord:
         """Fill ``.grad`` on ``model``'s parameters from the task ``losses``.
 
-        A ``None`` loss marks a task absent from this step (see the module docstring).
+        A ``None`` loss marks a task absent from this step (see the module docstring): the
+        step then runs on the present tasks only (:meth:`partial_backward`). Otherwise the
+        losses are checked and stacked in task order and :meth:`step` does the method's work.
 
         ``representation`` is the shared representation the losses were computed from, for
         methods with ``needs_representation``. ``loss_scale`` multiplies the gradients that are
         written (for fp16 gradient scaling); the method's decisions use the unscaled losses.
         """
+        partial = self.partial_backward(
+            losses, model, representation=representation, loss_scale=loss_scale
+        )
+        if partial is not None:
+            return partial
+        stacked = self.stack_losses(losses)
+        return self.step(
+            losses, stacked, model, representation=representation, loss_scale=loss_scale
+        )
+
+    @abstractmethod
+    def step(
+        self,
+        losses: Mapping[str, Tensor],
+        stacked: Tensor,
+        model: nn.Module,
+        *,
+        representation: Tensor | None,
+        loss_scale: float,
+    ) -> StepRecord:
+        """The method's step with every bound task present: ``stacked`` is ``losses`` as a
+        vector in task order (checked scalars). Subclasses implement this, not
+        :meth:`backward`."""
 
     @property
     def needs_representation(self) -> bool:
@@ -303,20 +327,15 @@ class LossWeighting(Weighting):
         w = self.weights(losses.detach()).to(losses.dtype)
         return (w * losses).sum(), w
 
-    def backward(
+    def step(
         self,
         losses: Mapping[str, Tensor],
+        stacked: Tensor,
         model: nn.Module,
         *,
-        representation: Tensor | None = None,
-        loss_scale: float = 1.0,
+        representation: Tensor | None,
+        loss_scale: float,
     ) -> StepRecord:
-        partial = self.partial_backward(
-            losses, model, representation=representation, loss_scale=loss_scale
-        )
-        if partial is not None:
-            return partial
-        stacked = self.stack_losses(losses)
         total, w = self.combine(stacked)
         (total * loss_scale).backward()
         assert self.tasks is not None

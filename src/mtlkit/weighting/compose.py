@@ -98,20 +98,15 @@ class Composed(Weighting):
     def needs_all_tasks(self) -> bool:
         return self.aggregator.needs_all_tasks
 
-    def backward(
+    def step(
         self,
         losses: Mapping[str, Tensor],
+        stacked: Tensor,
         model: nn.Module,
         *,
-        representation: Tensor | None = None,
-        loss_scale: float = 1.0,
+        representation: Tensor | None,
+        loss_scale: float,
     ) -> StepRecord:
-        partial = self.partial_backward(
-            losses, model, representation=representation, loss_scale=loss_scale
-        )
-        if partial is not None:
-            return partial
-        stacked = self.stack_losses(losses)
         assert self.tasks is not None
         self.weighting.bind(self.tasks)
         objective, w = self.weighting.combine(stacked)

@@ -62,25 +62,22 @@ class DBMTL(JacobianAggregator):
         self.grad_average: Tensor | None = None
         self._alpha: Tensor | None = None
 
-    def backward(
+    def step(
         self,
         losses: Mapping[str, Tensor],
+        stacked: Tensor,
         model: nn.Module,
         *,
-        representation: Tensor | None = None,
-        loss_scale: float = 1.0,
+        representation: Tensor | None,
+        loss_scale: float,
     ) -> StepRecord:
-        partial = self.partial_backward(
-            losses, model, representation=representation, loss_scale=loss_scale
-        )
-        if partial is not None:
-            return partial
-        stacked = self.stack_losses(losses)
+        """The gradient step on the log-losses log(L_i + ε)."""
         assert self.tasks is not None
         check_positive_losses(str(self), self.tasks, stacked + LOG_EPS)
-        log_losses = {t: torch.log(stacked[i] + LOG_EPS) for i, t in enumerate(self.tasks)}
-        return super().backward(
-            log_losses, model, representation=representation, loss_scale=loss_scale
+        log_stacked = torch.log(stacked + LOG_EPS)
+        log_losses = dict(zip(self.tasks, log_stacked.unbind(), strict=True))
+        return super().step(
+            log_losses, log_stacked, model, representation=representation, loss_scale=loss_scale
         )
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:

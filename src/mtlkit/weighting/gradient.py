@@ -175,20 +175,15 @@ class GradientWeighting(Weighting):
 
     # ------------------------------------------------------------------ backward
 
-    def backward(
+    def step(
         self,
         losses: Mapping[str, Tensor],
+        stacked: Tensor,
         model: nn.Module,
         *,
-        representation: Tensor | None = None,
-        loss_scale: float = 1.0,
+        representation: Tensor | None,
+        loss_scale: float,
     ) -> StepRecord:
-        partial = self.partial_backward(
-            losses, model, representation=representation, loss_scale=loss_scale
-        )
-        if partial is not None:
-            return partial
-        stacked = self.stack_losses(losses)
         assert self.tasks is not None
         shared = shared_params_of(model, self)
         own = _own_params(model, shared)
