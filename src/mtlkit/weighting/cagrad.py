@@ -14,7 +14,14 @@ from scipy.optimize import brentq
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting._qp import gram_to_numpy, lower_bounded_qp, simplex_qp, weights_to_torch
+from mtlkit.weighting._qp import (
+    RANK_RTOL,
+    Gram,
+    gram_to_numpy,
+    lower_bounded_qp,
+    simplex_qp,
+    weights_to_torch,
+)
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
@@ -39,10 +46,13 @@ class CAGrad(GramianWeighting):
     √s = min_{r>0} (s/(2r) + r/2), w* is the simplex QP min ½(w + (r/√φ)·1/T)ᵀG(w + (r/√φ)·1/T)
     at the r* where r = ‖g_w(r)‖, a monotone scalar equation solved by Brent's method to machine
     precision (each evaluation an exact QP, see :mod:`mtlkit.weighting._qp`). When the optimal
-    g_w* is 0 (up to 1e-7 of the largest gradient norm, the rounding level of norms computed
-    from G; possible only when 0 is in the convex hull), Algorithm 1's step is undefined; every
-    primal optimum then has Jd ≥ 0, and the one closest to g₀ (the projection of g₀ onto the
-    dual cone {x : Jx ≥ 0}) is used.
+    g_w* is 0 (up to √(10·T·eps) of the largest gradient norm, the rounding level of norms
+    computed from G, about 1e-7 in float64; possible only when 0 is in the convex hull),
+    Algorithm 1's step is undefined; every primal optimum then has Jd ≥ 0, and the one closest
+    to g₀ (the projection of g₀ onto the dual cone {x : Jx ≥ 0}) is used. A zero task gradient
+    (see :mod:`mtlkit.weighting._qp`) takes part in g₀ and in the simplex as the zero vector it
+    is; its weight is its share of the mean, plus an equal share of any mass the dual puts on
+    zero gradients, whatever its position in the task list.
 
     Scale: the weights are T times the paper's, so the update is T·d; with c = 0 it is T × the
     mean gradient, i.e. the sum (weights 1).
@@ -61,9 +71,9 @@ class CAGrad(GramianWeighting):
         self.c = float(c)
         self.rescale = int(rescale)
 
-    def dual_weights(self, g: np.ndarray) -> np.ndarray:
+    def dual_weights(self, p: Gram) -> np.ndarray:
         """The paper's combination weights of d (summing to 1 + c‖g₀‖/‖g_w*‖ before scaling)."""
-        t = g.shape[0]
+        g, t = p.matrix, p.size
         mean = np.full(t, 1.0 / t)
         radius = self.c * math.sqrt(max(float(mean @ g @ mean), 0.0))  # √φ = c‖g₀‖
         top = math.sqrt(max(float(np.max(np.diag(g))), 0.0))
@@ -71,15 +81,16 @@ class CAGrad(GramianWeighting):
             return mean
 
         def inner(r: float) -> np.ndarray:
-            return simplex_qp(g, shift=(r / radius) * mean)
+            return simplex_qp(p, shift=(r / radius) * mean)
 
         def slope(r: float) -> float:  # sign of d/dr of the partial minimum over w
             w = inner(r)
             return 1.0 - float(w @ g @ w) / r**2
 
-        # ‖g_w‖ ≥ the min-norm of the hull; below √ε‖g‖ norms computed from G are rounding
-        floor = 1e-7 * top
-        w_min = simplex_qp(g)
+        # ‖g_w‖ ≥ the min-norm of the hull; below √(RANK_RTOL·T·eps)‖g‖, the rounding level of
+        # norms computed from G, a norm is indistinguishable from 0
+        floor = math.sqrt(RANK_RTOL * t * p.eps) * top
+        w_min = simplex_qp(p)
         low = max(math.sqrt(max(float(w_min @ g @ w_min), 0.0)), floor)
         if slope(low) >= 0:
             w = inner(low)
@@ -90,13 +101,13 @@ class CAGrad(GramianWeighting):
             w = inner(root)
         norm = math.sqrt(max(float(w @ g @ w), 0.0))
         if norm <= 1.01 * floor:
-            return lower_bounded_qp(g, mean)  # g_w* = 0: the projection of g₀ on the dual cone
+            return lower_bounded_qp(p, mean)  # g_w* = 0: the projection of g₀ on the dual cone
         return mean + (radius / norm) * w
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
-        g = gram_to_numpy(gram, self)
+        p = gram_to_numpy(gram, self)
         divisor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
-        return weights_to_torch(g.shape[0] * self.dual_weights(g) / divisor, gram)
+        return weights_to_torch(p.size * self.dual_weights(p) / divisor, gram)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"c": self.c, "rescale": self.rescale, **super().hyperparameters()}

@@ -6,9 +6,10 @@ Networks". ICLR 2025.
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from torch import Tensor
 
+from mtlkit.weighting._qp import cosine_pinv_ones, gram_to_numpy, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
@@ -28,13 +29,14 @@ class ConFIG(GramianWeighting):
     task's loss increases to first order. Computed on G = J Jᵀ, an exact rewrite: with
     D = diag(‖g_i‖) and C = D⁻¹ G D⁻¹ (the cosine matrix), U⁺ = Uᵀ C⁺, so
     v = Jᵀ D⁻¹ C⁺ 1, ‖v‖² = cᵀ C c with c = C⁺ 1, and the task weights are
-    α = (1ᵀ G D⁻¹ c / ‖v‖²) · D⁻¹ c. The pseudo-inverse drops eigenvalues of C below
-    T · eps (eps of ``gram``'s dtype) times the largest.
+    α = (1ᵀ G D⁻¹ c / ‖v‖²) · D⁻¹ c. The pseudo-inverse treats eigen-directions of C that G's
+    precision cannot resolve as null (:func:`~mtlkit.weighting._qp.cosine_pinv_ones`), so
+    nearly collinear gradients give the same answer in any task order.
 
-    A zero task gradient has no direction: it is left out of U (weight 0), and the others are
-    combined as usual. When the u_i are linearly dependent in a way that admits no equal-cosine
-    direction (e.g. gradients summing to zero) the pseudo-inverse gives the least-squares
-    compromise, as in the paper.
+    A zero task gradient (norm ≤ 1e-10 of the largest) has no direction: it is left out of U
+    (weight 0), and the others are combined as usual. When the u_i are linearly dependent in a
+    way that admits no equal-cosine direction (e.g. gradients summing to zero) the
+    pseudo-inverse gives the least-squares compromise, as in the paper.
 
     Scale: T identical gradients g give v = g/‖g‖ and the update T·g, a sum like EW.
     """
@@ -45,18 +47,12 @@ class ConFIG(GramianWeighting):
         super().__init__(jacobian=jacobian, update_every=update_every)
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
-        t = gram.shape[0]
-        g = gram.detach().double()
-        norms = g.diagonal().clamp_min(0.0).sqrt()
-        nonzero = norms > 0
-        inv = torch.where(nonzero, 1.0 / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-        cosines = g * inv.unsqueeze(1) * inv.unsqueeze(0)
-        rtol = t * torch.finfo(gram.dtype).eps
-        c = torch.linalg.pinv(cosines, hermitian=True, rtol=rtol) @ nonzero.double()
-        direction = inv * c  # v = Jᵀ direction
-        sq_norm = direction @ g @ direction
-        if not bool(sq_norm > 0):
-            return torch.zeros(t, dtype=torch.float64, device=gram.device)
-        unit = direction / sq_norm.sqrt()  # ĝ_v = Jᵀ unit
-        length = (g @ unit).sum()  # Σ_i g_i · ĝ_v
-        return length * unit
+        p = gram_to_numpy(gram, self)
+        alpha = np.zeros(p.size)
+        c, _ = cosine_pinv_ones(p)  # v = Jᵀ D⁻¹ c
+        sq_norm = float(c @ p.cosine @ c)  # ‖v‖²
+        if sq_norm > 0:
+            direction = c / p.d
+            live = p.matrix[np.ix_(p.live, p.live)]
+            alpha[p.live] = float(np.sum(live @ direction)) / sq_norm * direction
+        return weights_to_torch(alpha, gram)

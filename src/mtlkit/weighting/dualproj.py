@@ -32,5 +32,5 @@ class DualProj(PreferenceWeighting):
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
         g = gram_to_numpy(gram, self)
-        w = self.preference(g.shape[0])
+        w = self.preference(g.size)
         return weights_to_torch(lower_bounded_qp(g, w), gram)

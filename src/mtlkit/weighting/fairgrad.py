@@ -32,7 +32,10 @@ class FairGrad(GramianWeighting):
     and at a Pareto-stationary point (no d with Jd > 0, so no solution) all weights are 0.
 
     Scale: like Nash-MTL the solution has its own scale and is *not* rescaled to the project's
-    T·g convention: T identical gradients g give T·w·g with w = (T‖g‖²)^(−α/(1+α)).
+    T·g convention: T identical gradients g give T·w·g with w = (T‖g‖²)^(−α/(1+α)). The
+    authors' reference code gives T times this update and then clips its norm to 1
+    (``max_norm=1.0``); to match it, multiply the learning rate by T and set the Trainer's
+    ``train.grad_clip: 1.0``.
     """
 
     name = "fairgrad"

@@ -40,7 +40,9 @@ class FAMO(LossWeighting):
     was last present (none the first time). The loss lower bounds L_i* of the
     paper are taken as 0, as in its experiments. The ξ step uses Adam with L2 decay γ (the
     authors' implementation), kept inside the method so its state is a few tensors.
-    Under DDP, pass globally averaged losses so that ξ stays equal on every rank.
+    Under DDP, pass globally averaged losses so that ξ stays equal on every rank. The authors'
+    training scripts also clip the gradient norm to 1; FAMO here does not clip (set the
+    Trainer's ``train.grad_clip: 1.0`` to match them).
 
     Args:
         lr: the step size of ξ (the paper's β, 0.025).

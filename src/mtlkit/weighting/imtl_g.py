@@ -6,10 +6,12 @@ ICLR.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from torch import Tensor
 
-from mtlkit.weighting._qp import gram_to_numpy, weights_to_torch
+from mtlkit.weighting._qp import cosine_pinv_ones, gram_to_numpy, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
@@ -18,34 +20,40 @@ from mtlkit.weighting.gradient import GramianWeighting
 class IMTLG(GramianWeighting):
     """Impartial MTL, gradient balance (Liu et al. 2021, ICLR).
 
-    The update g = Σ_i α_i g_i with Σ_i α_i = 1 has equal projections on the unit task
-    gradients u_i = g_i/‖g_i‖: gᵀ(u_1 − u_j) = 0 for j = 2..T. The paper's closed form,
-    α_{2:T} = g_1 Uᵀ(DUᵀ)⁻¹ with D = [g_1 − g_j]ⱼ, U = [u_1 − u_j]ⱼ and α_1 = 1 − Σ α_{2:T},
-    solves exactly these T linear equations, which are written here on G alone:
-    M = G diag(‖g‖)⁻¹ holds g_aᵀu_b, and α solves αᵀM(e_1 − e_j) = 0, 1ᵀα = 1.
+        The update g = Σ_i α_i g_i with Σ_i α_i = 1 has equal projections on the unit task
+        gradients u_i = g_i/‖g_i‖: gᵀ(u_1 − u_j) = 0 for j = 2..T (the paper's closed form,
+        α_{2:T} = g_1 Uᵀ(DUᵀ)⁻¹ with D = [g_1 − g_j]ⱼ, U = [u_1 − u_j]ⱼ, solves these equations).
+        On G alone: with d_i = ‖g_i‖, β = diag(d)α and C the cosine matrix, gᵀu_i = (Cβ)_i, so the
+        conditions read Cβ = λ·1 for some λ, and Σ_i β_i/d_i = 1. For an invertible C this is
+        β = C⁻¹1 / (wᵀC⁻¹1) with w = 1/d, the paper's solution.
 
-    Deviations: the system is solved by least squares, giving the minimum-norm α when it is
-    singular (identical or collinear gradients, where every such α gives the same update);
-    tasks with a zero gradient have no direction and get weight 0. The weights are multiplied
-    by T (they sum to T; T identical gradients g give T·g). Weights may be negative, as in
-    the paper. The update scales linearly with the gradients, and its direction does not change
-    when one task's gradient is rescaled (for linearly independent task gradients).
+        Deviations, for singular or nearly singular C (identical, parallel or nearly collinear
+        gradients, T > P), where the paper's inverse does not exist: the β with Cβ ∈ span(1) form
+        the space S = span(C⁺1) ⊕ null(C) when 1 is in the range of C, else S = null(C) (see
+        :func:`~mtlkit.weighting._qp.cosine_pinv_ones` for which directions count as null).
+        Every β in S with wᵀβ = 1 gives an update with equal projections, and the least-norm one,
+        β = P_S w / ‖P_S w‖², is used: it is the same whatever the task order, equals the paper's
+        for invertible C, and T exactly collinear gradients get weights ∝ 1/‖g_i‖² (T identical
+        gradients g give T·g). If w ⊥ S no β exists and all weights are 0. Tasks with a zero
+        gradient have no direction and get weight 0. The weights are
+    multiplied by T (they sum to T). Weights may be negative, as in the paper. The update scales
+        linearly with the gradients, and its direction does not change when one task's gradient is
+        rescaled (for linearly independent task gradients).
     """
 
     name = "imtl_g"
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
-        g = gram_to_numpy(gram, self)
-        t = g.shape[0]
-        norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
-        active = norms > 1e-10 * max(float(norms.max()), 1e-300)
-        alpha = np.zeros(t)
-        if active.any():
-            ga = g[np.ix_(active, active)]
-            m = ga / norms[active][None, :]  # m[a, b] = g_aᵀ u_b
-            k = int(active.sum())
-            system = np.vstack([(m[:, :1] - m[:, 1:]).T, np.ones((1, k))])
-            rhs = np.zeros(k)
-            rhs[-1] = 1.0
-            alpha[active] = np.linalg.lstsq(system, rhs, rcond=None)[0]
-        return weights_to_torch(t * alpha, gram)
+        p = gram_to_numpy(gram, self)
+        alpha = np.zeros(p.size)
+        ones, null = cosine_pinv_ones(p)
+        n, norm = len(p.live), float(np.linalg.norm(ones))
+        # Cβ = λ1 with λ ≠ 0 needs 1 in the range of C (to G's precision); else only λ = 0
+        consistent = float(np.linalg.norm(null.T @ np.ones(n))) <= math.sqrt(n * p.eps * n)
+        basis = np.hstack([ones[:, None] / norm, null]) if consistent and norm > 0 else null
+        if basis.size:
+            projected = basis @ (basis.T @ (1.0 / p.d))  # P_S w
+            size = float(projected @ (1.0 / p.d))  # ‖P_S w‖² = wᵀ P_S w
+            if size > 1e-12 * float(np.sum(1.0 / p.d**2)):
+                alpha[p.live] = projected / size / p.d
+        return weights_to_torch(p.size * alpha, gram)

@@ -91,10 +91,10 @@ class MGDA(GramianWeighting):
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
         g = gram_to_numpy(gram, self)
         try:
-            n = self.normalizers(g)
+            n = self.normalizers(g.matrix)
         finally:
             self._losses = None  # the losses of this step only
-        alpha = simplex_qp(g / np.outer(n, n))
+        alpha = simplex_qp(g if self.normalization == "none" else g.rescaled(n))
         return weights_to_torch(len(alpha) * alpha, gram)
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -23,7 +23,12 @@ class NashMTL(GramianWeighting):
 
     Deviations: the equation is solved to machine precision as the minimiser of the strictly
     convex ½αᵀGα − Σ_i log α_i by damped Newton (see :mod:`mtlkit.weighting._qp`), instead of
-    the paper's sequence of convex-concave (CCP) steps stopped after a few iterations. A task
+    the paper's sequence of convex-concave (CCP) steps stopped after a few iterations, so
+    listing the tasks in another order gives the same update (to rounding, down to distances of
+    about 1e-3 from a Pareto-stationary point; closer, float64 itself determines the update
+    only to about ε/δ²). The authors' code clips the norm of the update to 1
+    (``max_norm=1.0``); Nash-MTL here does not clip (set the Trainer's ``train.grad_clip: 1.0``
+    to match them). A task
     with a zero gradient cannot bargain and gets weight 0; at a Pareto-stationary point (0 in
     the convex hull of the task gradients) no solution exists and all weights are 0. The
     authors' code recomputes α every 25 steps for speed (``update_every=25``); the default

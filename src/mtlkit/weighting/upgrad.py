@@ -36,7 +36,7 @@ class UPGrad(PreferenceWeighting):
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
         g = gram_to_numpy(gram, self)
-        t = g.shape[0]
+        t = g.size
         w = self.preference(t)
         lowers = np.diag(w)[w > 0]  # row k: w_i e_i for each task i with w_i > 0
         alpha = lower_bounded_qps(g, lowers).sum(axis=0) if len(lowers) else np.zeros(t)
