@@ -30,7 +30,7 @@ from mtlkit.data import DataBundle, TensorSplit
 from mtlkit.errors import ConfigError, MissingExtraError
 from mtlkit.experiments.compare import stl_config
 from mtlkit.experiments.run import build_run
-from mtlkit.metrics import delta_m
+from mtlkit.tasks import delta_m
 from mtlkit.train.checkpoint import atomic_write_text
 
 #: methods whose loss weights are the static α being searched

@@ -33,8 +33,7 @@ from torch import Tensor, nn
 
 from mtlkit.data.multi import STEP_MODES, TaskBatches
 from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError, TaskDataError
-from mtlkit.metrics import better, get_metric
-from mtlkit.tasks import Task, task_map
+from mtlkit.tasks import Task, better, get_metric, task_map
 from mtlkit.train.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from mtlkit.train.distributed import Distributed, label_count
 from mtlkit.train.logging import JsonlLogger, ProgressBar, TensorBoardLogger, flatten
