@@ -163,7 +163,7 @@ class Trainer:
         callbacks: functions ``(trainer, epoch_record)`` called after each epoch.
         distributed: the process group (:func:`mtlkit.train.distributed.init_distributed`) for
             data-parallel training: give each rank its shard of the data
-            (:class:`~mtlkit.train.distributed.ShardedLoader`); the weighting method then
+            (:class:`~mtlkit.data.sharding.ShardedLoader`); the weighting method then
             combines the global per-task gradients, evaluation gathers every rank's outputs,
             and rank 0 alone writes to ``run_dir`` (docs/distributed.md).
         step_mode: for multi-input data, ``"single"`` (one task's batch per step) or
