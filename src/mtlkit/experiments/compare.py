@@ -33,8 +33,8 @@ from rich.console import Console
 from mtlkit.config import RunConfig, TaskConfig, parse_config
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.run import _differences, build_run, train_run
+from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task, delta_m, delta_m_per_task, mean_std
-from mtlkit.train.checkpoint import atomic_write_text
 
 #: the architecture of the single-task baselines: one encoder and one head
 STL_ARCHITECTURE = "hps"

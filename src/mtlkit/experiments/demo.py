@@ -20,8 +20,8 @@ from rich.table import Table
 from mtlkit.config import RunConfig, TaskConfig, parse_config
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.run import build_run, new_run_dir, train_run
+from mtlkit.files import atomic_write_text
 from mtlkit.tasks import delta_m, delta_m_per_task, get_metric
-from mtlkit.train.checkpoint import atomic_write_text
 
 DEMO_CONFIGS: dict[str, dict[str, Any]] = {
     "multidigits": {

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mtlkit.data.base import to_device
 from mtlkit.data.multi import STEP_MODES, TaskBatches
 from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError, TaskDataError
 from mtlkit.tasks import Task, better, get_metric, task_map
@@ -54,17 +55,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move tensors inside dicts, lists and tuples to ``device``."""
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def has_labels(task: Task, target: Tensor) -> bool:
