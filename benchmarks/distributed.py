@@ -33,10 +33,11 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from mtlkit.data import TensorLoader, TensorSplit
+from mtlkit.data.sharding import ShardedLoader
 from mtlkit.nn import build_model
 from mtlkit.nn.encoders import MLPEncoder
 from mtlkit.tasks import Task
-from mtlkit.train.distributed import ShardedLoader, init_distributed, teardown
+from mtlkit.train.distributed import init_distributed, teardown
 from mtlkit.weighting import get
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from mtlkit.config import parse_config
 from mtlkit.experiments.run import train_run
-from mtlkit.metrics import delta_m
+from mtlkit.tasks import delta_m
 
 SOURCE = {"n_val": 300, "n_test": 1000}
 BASE: dict[str, Any] = {

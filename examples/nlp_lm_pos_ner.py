@@ -35,10 +35,11 @@ from mtlkit.data.conll import (
     read_conll2003,
     tagging_bundle,
 )
+from mtlkit.data.lm import LMLoader
 from mtlkit.data.treebank import turkish_treebank
-from mtlkit.lm import LMLoader, check_lm_encoder
-from mtlkit.metrics import delta_m, mean_std
 from mtlkit.nn import ENCODERS
+from mtlkit.nn.lm import check_lm_encoder
+from mtlkit.tasks import delta_m, mean_std
 
 BILSTM = {"embedding_dim": 64, "hidden": 64, "dropout": 0.2}
 CAUSAL = {

@@ -20,8 +20,8 @@ import torch
 from mtlkit import Trainer, build_model
 from mtlkit.data.conll import TextBundle
 from mtlkit.data.treebank import turkish_treebank
-from mtlkit.metrics import delta_m
 from mtlkit.nn import ENCODERS
+from mtlkit.tasks import delta_m
 
 ENCODER = {"embedding_dim": 64, "hidden": 64, "dropout": 0.2}
 

@@ -31,8 +31,8 @@ import torch
 
 from mtlkit import Trainer, build_model
 from mtlkit.data.coco import coco_shapes
-from mtlkit.metrics import delta_m
 from mtlkit.nn.encoders import ENCODERS
+from mtlkit.tasks import delta_m
 from mtlkit.weighting import get
 
 #: the metrics compared, per task

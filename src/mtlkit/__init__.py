@@ -5,11 +5,10 @@ balancing (:mod:`mtlkit.weighting`), training (:mod:`mtlkit.train`), built-in da
 (:mod:`mtlkit.data`) and experiments (:mod:`mtlkit.experiments`).
 """
 
-from mtlkit import data, kinds, lm, metrics, nn, train, vision, weighting
+from mtlkit import data, nn, tasks, train, weighting
 from mtlkit.errors import ConfigError, MtlkitError, TaskDataError
-from mtlkit.metrics import METRICS, delta_m
 from mtlkit.nn import MTLModel, build_model
-from mtlkit.tasks import Task
+from mtlkit.tasks import METRICS, Task, delta_m
 from mtlkit.train import Trainer
 
 __version__ = "0.1.0"
@@ -26,11 +25,8 @@ __all__ = [
     "build_model",
     "data",
     "delta_m",
-    "kinds",
-    "lm",
-    "metrics",
     "nn",
+    "tasks",
     "train",
-    "vision",
     "weighting",
 ]

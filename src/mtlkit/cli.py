@@ -283,12 +283,10 @@ def registries() -> dict[str, list[str]]:
     """Every registry's names, by kind."""
     import mtlkit  # noqa: F401  (registers the built-in components)
     from mtlkit.data import DATASETS
-    from mtlkit.losses import LOSSES
-    from mtlkit.metrics import METRICS
+    from mtlkit.data.samplers import TASK_SAMPLERS
     from mtlkit.nn import ARCHITECTURES, ENCODERS, HEADS
-    from mtlkit.tasks import TASK_KINDS
+    from mtlkit.tasks import LOSSES, METRICS, TASK_KINDS
     from mtlkit.train.optim import OPTIMIZERS, SCHEDULERS
-    from mtlkit.train.samplers import TASK_SAMPLERS
     from mtlkit.weighting import WEIGHTINGS
 
     return {

@@ -21,7 +21,7 @@ from mtlkit.data.conll import (
     word_vocabulary,
 )
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.tagging_metrics import bio_spans
+from mtlkit.tasks.tagging import bio_spans
 
 CONLLU = """\
 # sent_id = s1

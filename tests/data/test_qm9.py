@@ -15,14 +15,14 @@ from mtlkit.data.base import load_dataset
 from mtlkit.data.qm9 import (
     ELEMENTS,
     TARGETS,
-    AtomSumEncoder,
-    StandardizedHead,
-    StandardizedMSE,
     atom_features,
     coulomb_spectrum,
     read_molecules,
 )
 from mtlkit.errors import ConfigError, DatasetError
+from mtlkit.nn.heads import StandardizedHead
+from mtlkit.nn.sets import AtomSumEncoder
+from mtlkit.tasks import StandardizedMSE
 
 COLUMNS = ["XYZ_file", "Index", "SMILES", "Elements", "XYZ_Ang", *[c for _, c, _ in TARGETS]]
 

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from mtlkit.metrics import delta_m
+from mtlkit.tasks import delta_m
 
 TINY = {"max_sentences": 60, "max_length": 12}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlkit.metrics import delta_m
+from mtlkit.tasks import delta_m
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision_mtl.py"
 

@@ -7,29 +7,24 @@ import math
 import pytest
 import torch
 
-import mtlkit.vision  # noqa: F401  (registers kind, head and loss)
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.losses import LOSSES
 from mtlkit.nn import build_model
-from mtlkit.nn.detection import (
+from mtlkit.nn.detection import FCOSHead
+from mtlkit.nn.heads import HEADS
+from mtlkit.nn.resnet import ResNetEncoder
+from mtlkit.tasks import LOSSES, Task
+from mtlkit.tasks.boxes import (
     EXTRA_CHANNELS,
-    FCOSHead,
-    FCOSLoss,
     batched_nms,
     box_iou,
-    centerness_target,
     decode,
-    encode_targets,
-    iou_loss,
     nms,
     nms_torch,
     pad_boxes,
     split_output,
 )
-from mtlkit.nn.heads import HEADS
-from mtlkit.nn.resnet import ResNetEncoder
-from mtlkit.tasks import Task
-from tests.test_detection_metrics import perfect_output
+from mtlkit.tasks.fcos import FCOSLoss, centerness_target, encode_targets, iou_loss
+from tests.tasks.test_detection import perfect_output
 
 
 @pytest.fixture(autouse=True)

@@ -6,13 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlkit import kinds  # noqa: F401  (registers kinds, losses and metrics)
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.losses import LOSSES
 from mtlkit.nn.architectures.base import build_head
 from mtlkit.nn.dense import DenseHead
 from mtlkit.nn.heads import HEADS
-from mtlkit.tasks import Task
+from mtlkit.tasks import LOSSES, Task
 
 NAN = float("nan")
 

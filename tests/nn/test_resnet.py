@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlkit import kinds  # noqa: F401  (registers the dense kinds)
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.nn.architectures.base import build_head
 from mtlkit.nn.encoders import ENCODERS, require_stages

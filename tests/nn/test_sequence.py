@@ -177,7 +177,6 @@ def test_bad_inputs() -> None:
 
 
 def test_tagging_model_end_to_end() -> None:
-    from mtlkit import kinds  # noqa: F401  (registers the tagging kinds)
     from mtlkit.nn.architectures import build_model
     from mtlkit.tasks import Task
 

@@ -21,15 +21,14 @@ import torch
 import torch.multiprocessing as mp
 
 from mtlkit.data import TensorLoader, TensorSplit
+from mtlkit.data.sharding import ShardedLoader, shard_split
 from mtlkit.errors import ConfigError, DatasetError, TaskDataError
 from mtlkit.train import Trainer
 from mtlkit.train.distributed import (
     Distributed,
     DistributedWeighting,
-    ShardedLoader,
     init_distributed,
     label_count,
-    shard_split,
     teardown,
 )
 from mtlkit.weighting import compose, get

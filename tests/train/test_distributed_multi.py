@@ -18,9 +18,9 @@ import torch
 
 from mtlkit.data import TensorSplit
 from mtlkit.data.multi import MultiInputData, MultiTaskLoader, TaskBatches
+from mtlkit.data.samplers import TASK_SAMPLERS
 from mtlkit.errors import ConfigError, DatasetError
 from mtlkit.tasks import Task
-from mtlkit.train.samplers import TASK_SAMPLERS
 
 WORLD = 2
 PER_RANK = 4  # batch per rank; one process uses WORLD · PER_RANK

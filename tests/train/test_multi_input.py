@@ -16,11 +16,9 @@ from mtlkit.data.multi import MultiInputData, MultiTaskLoader, TaskBatches
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.demo import run_comparison
 from mtlkit.experiments.run import build_run
-from mtlkit.losses import IGNORE_INDEX
-from mtlkit.metrics import delta_m
 from mtlkit.nn import build_model
 from mtlkit.nn.encoders import MLPEncoder
-from mtlkit.tasks import Task
+from mtlkit.tasks import IGNORE_INDEX, Task, delta_m
 from mtlkit.train import Trainer
 from mtlkit.weighting import get
 

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from mtlkit.errors import TaskDataError
-from mtlkit.losses import IGNORE_INDEX, cross_entropy, mse
+from mtlkit.tasks import IGNORE_INDEX
+from mtlkit.tasks.tabular import cross_entropy, mse
 from mtlkit.weighting import WEIGHTINGS, Weighting
 from mtlkit.weighting.base import _take
 from tests.weighting.test_engine import TinyHPS, mlp_model

@@ -47,7 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtlkit.data.base import to_device
 from mtlkit.errors import ConfigError
+from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task
 from mtlkit.weighting.jacobian import task_jacobian
 
@@ -129,8 +131,6 @@ class Affinity:
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """Write ``affinity.json`` and one heatmap PNG per measure; returns the paths."""
-        from mtlkit.train.checkpoint import atomic_write_text
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "affinity.json", json.dumps(self.to_json(), indent=2))
@@ -279,8 +279,6 @@ def measure_affinity(
         raise ConfigError(f"affinity: option 'lr' must be > 0, got {eta}")
     if len(tasks) < 2:
         raise ConfigError("affinity: needs at least two tasks")
-    from mtlkit.train.trainer import to_device
-
     device = torch.device(device)
     model.to(device)
     names = [t.name for t in tasks]

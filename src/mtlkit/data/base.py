@@ -24,6 +24,17 @@ Batch = tuple[Inputs, dict[str, Tensor]]
 DATASETS: Registry[Any] = Registry("dataset")
 
 
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors inside dicts, lists and tuples to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
 def _length(inputs: Inputs) -> int:
     if isinstance(inputs, Mapping):
         sizes = {k: v.shape[0] for k, v in inputs.items()}

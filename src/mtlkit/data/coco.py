@@ -14,7 +14,7 @@ Every image becomes three targets, one per task of the dataset:
 
 - ``labels`` (multi-label, ``(N, K)`` floats in {0, 1}): which categories appear;
 - ``detection`` (``(N, M, 5)`` rows ``(x1, y1, x2, y2, class)`` padded with class −1, see
-  :mod:`mtlkit.nn.detection`): the non-crowd boxes (crowd regions are not detection targets,
+  :mod:`mtlkit.tasks.boxes`): the non-crowd boxes (crowd regions are not detection targets,
   as in the usual COCO training recipes);
 - ``segmentation`` (``(N, H, W)`` int64, 0 = background, k = the k-th category in id order):
   the union of the masks, larger objects first so smaller ones stay on top.
@@ -469,8 +469,6 @@ def write_shapes(
 
 def vision_tasks(num_classes: int, stride: int, channels: int = 32) -> list[Task]:
     """The three tasks of a COCO dataset on a feature map of stride ``stride``."""
-    import mtlkit.vision  # noqa: F401  (registers the detection kind, heads and metrics)
-
     return [
         Task(
             "labels",

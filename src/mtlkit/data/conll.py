@@ -46,11 +46,9 @@ from typing import Any, Literal
 import torch
 
 from mtlkit.data.base import DATASETS, DataBundle, TensorLoader, TensorSplit
+from mtlkit.data.lm import LMLoader
 from mtlkit.errors import ConfigError, DatasetError, MissingExtraError, TaskDataError
-from mtlkit.lm import LMLoader, lm_task
-from mtlkit.losses import IGNORE_INDEX
-from mtlkit.tagging_metrics import bind_labels
-from mtlkit.tasks import Task
+from mtlkit.tasks import IGNORE_INDEX, Task, bind_labels, lm_task
 
 PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"
 PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
@@ -419,9 +417,9 @@ def encode_sentences(
 class TextBundle(DataBundle):
     """A token-tagging :class:`DataBundle`, with an optional language-modelling task.
 
-    ``lm`` is ``(task name, objective, options)`` for :class:`mtlkit.lm.LMLoader`: the
+    ``lm`` is ``(task name, objective, options)`` for :class:`mtlkit.data.lm.LMLoader`: the
     loaders then add that task's targets to every batch (training batches are masked
-    dynamically; validation and test batches are left clean, see :mod:`mtlkit.lm`). The
+    dynamically; validation and test batches are left clean, see :mod:`mtlkit.data.lm`). The
     splits themselves hold no language-modelling target. ``vocabularies`` maps ``words`` and
     each tag column to its vocabulary.
     """

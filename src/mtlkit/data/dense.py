@@ -1,6 +1,6 @@
 """Dense-prediction datasets: procedural shape scenes, and NYUv2 / Cityscapes as ``.npy`` files.
 
-Three registered datasets, each with per-pixel tasks of the kinds in :mod:`mtlkit.kinds`:
+Three registered datasets, each with per-pixel tasks of the kinds in :mod:`mtlkit.tasks.dense`:
 
 - ``dense_scenes``: scenes of :func:`mtlkit.data.shapes.make_scene` (no download) with tasks
   ``segmentation`` (background + one class per shape), ``depth`` and ``normals``.
@@ -51,7 +51,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import mtlkit.kinds  # noqa: F401  (registers the dense task kinds)
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
 from mtlkit.data.shapes import CATEGORIES, make_scene
 from mtlkit.errors import DatasetError

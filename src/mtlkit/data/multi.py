@@ -5,7 +5,7 @@ forwards each task's inputs and balances the losses of the tasks present. Two st
 (:class:`MultiTaskLoader`):
 
 - ``single``: one task's batch per step, the task drawn by a task sampler
-  (:mod:`mtlkit.train.samplers`), as in MT-DNN (Liu, He, Chen & Gao 2019, "Multi-Task Deep
+  (:mod:`mtlkit.data.samplers`), as in MT-DNN (Liu, He, Chen & Gao 2019, "Multi-Task Deep
   Neural Networks for Natural Language Understanding", ACL). The weighting method sees one
   task's loss per step, so only loss-based methods apply;
 - ``mixed``: one batch of every task per step, their losses combined by the weighting method.
@@ -23,7 +23,7 @@ Validation and test data (:meth:`MultiInputData.loader` for ``val``/``test``) go
 task's own split once, task by task, one task's batch per item.
 
 Under torchrun (``rank``/``world_size``, docs/distributed.md) each task's batch of a step is
-sharded like :class:`~mtlkit.train.distributed.ShardedLoader` shards a joint batch: a task's
+sharded like :class:`~mtlkit.data.sharding.ShardedLoader` shards a joint batch: a task's
 global batch has ``batch_size · world_size`` examples and rank r takes its r-th slice, so R
 ranks with batch b step through exactly the batches of one process with batch R·b. Batch counts,
 ``steps_per_epoch`` and the sampler's setup are those global batches, and the sampler draws
@@ -36,15 +36,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mtlkit.data.base import DATASETS, Batch, TensorLoader, TensorSplit
+from mtlkit.data.samplers import TaskSampler, build_sampler
+from mtlkit.data.sharding import ShardedLoader, shard_split
 from mtlkit.errors import ConfigError, DatasetError
 from mtlkit.tasks import Task, check_task_names
-
-if TYPE_CHECKING:  # the samplers live with training; imported when a loader is built
-    from mtlkit.train.distributed import ShardedLoader
-    from mtlkit.train.samplers import TaskSampler
 
 STEP_MODES = ("single", "mixed")
 
@@ -131,8 +129,6 @@ class MultiTaskLoader:
             if len(loader) == 0:
                 few = f" (fewer examples than the {world_size} ranks)" if world_size > 1 else ""
                 raise DatasetError(f"task '{task}': its training split is empty{few}")
-        from mtlkit.train.samplers import build_sampler
-
         self.step_mode = step_mode
         self.sampler = build_sampler(sampler, seed)
         batches = {t: len(loader) for t, loader in self.loaders.items()}
@@ -205,8 +201,6 @@ def _task_loader(
     """One task's training batches: all of them, or this rank's slice of each global batch."""
     if world_size == 1:
         return TensorLoader(split, batch_size, shuffle=shuffle)
-    from mtlkit.train.distributed import ShardedLoader
-
     return ShardedLoader(split, batch_size, rank=rank, world_size=world_size, shuffle=shuffle)
 
 
@@ -307,8 +301,6 @@ class MultiInputData:
         splits = {t.name: getattr(self, name)[t.name] for t in self.tasks}
         if name != "train":
             if world_size > 1:  # a contiguous block per rank; gathered in rank order
-                from mtlkit.train.distributed import shard_split
-
                 splits = {t: shard_split(s, rank, world_size) for t, s in splits.items()}
             return EvalLoader(splits, batch_size)
         return MultiTaskLoader(

@@ -52,22 +52,17 @@ import csv
 import functools
 import importlib.resources
 import importlib.util
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
-from mtlkit.errors import ConfigError, DatasetError, MissingExtraError, TaskDataError
-from mtlkit.nn.encoders import ENCODERS
-from mtlkit.nn.heads import HEADS
-from mtlkit.tasks import Task
+from mtlkit.errors import DatasetError, MissingExtraError
+from mtlkit.tasks import StandardizedMSE, Task
 
 #: (task name, column of the qm9pack files, unit)
 TARGETS: tuple[tuple[str, str, str], ...] = (
@@ -232,105 +227,6 @@ def atom_features(elements: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- model parts
-
-
-@HEADS.register("standardized")
-class StandardizedHead(nn.Module):
-    """A linear (or MLP) head for a standardised regression target: it predicts z and returns
-    ``mean + std · z``, so outputs are in the target's original units."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        mean: float | Sequence[float] = 0.0,
-        std: float | Sequence[float] = 1.0,
-        hidden: Sequence[int] = (),
-    ) -> None:
-        super().__init__()
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
-        if not bool(torch.all(std_t > 0)):
-            raise ConfigError(f"head 'standardized': option 'std' must be > 0, got {std}")
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, out_features))
-        self.net = nn.Sequential(*layers)
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
-        self.register_buffer("std", std_t)
-
-    def forward(self, rep: Tensor) -> Tensor:
-        return self.mean + self.std * self.net(rep)
-
-
-class StandardizedMSE:
-    """MSE of standardised values: ``mean((ŷ − y)²) / std²`` for outputs in original units."""
-
-    def __init__(self, std: float) -> None:
-        if not std > 0:
-            raise ConfigError(f"loss 'standardized_mse': option 'std' must be > 0, got {std}")
-        self.std = float(std)
-
-    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
-        out = output.reshape(target.shape) if output.numel() == target.numel() else output
-        return F.mse_loss(out.float(), target.float()) / self.std**2
-
-    def __repr__(self) -> str:
-        return f"StandardizedMSE(std={self.std:.6g})"
-
-
-@ENCODERS.register("atom_sum")
-class AtomSumEncoder(nn.Module):
-    """Deep Sets (Zaheer et al., 2017, NeurIPS): ``ρ(Σ_i φ(x_i))`` over a molecule's atoms.
-
-    Inputs ``{"atoms": (B, M, in_features), "mask": (B, M)}``; φ and ρ are ReLU MLPs of sizes
-    ``atom_hidden`` and ``hidden``; the output is ``(B, hidden[-1])``.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        atom_hidden: Sequence[int] = (128, 128),
-        hidden: Sequence[int] = (128,),
-    ) -> None:
-        super().__init__()
-        if in_features < 1:
-            raise ConfigError(
-                f"encoder 'atom_sum': option 'in_features' must be ≥ 1, got {in_features}"
-            )
-        if not atom_hidden or not hidden or min(*atom_hidden, *hidden) < 1:
-            raise ConfigError(
-                "encoder 'atom_sum': options 'atom_hidden' and 'hidden' must be non-empty "
-                f"sizes ≥ 1, got {list(atom_hidden)} and {list(hidden)}"
-            )
-
-        def mlp(sizes: list[int]) -> nn.Sequential:
-            layers: list[nn.Module] = []
-            for a, b in itertools.pairwise(sizes):
-                layers += [nn.Linear(a, b), nn.ReLU()]
-            return nn.Sequential(*layers)
-
-        self.phi = mlp([in_features, *atom_hidden])
-        self.rho = mlp([atom_hidden[-1], *hidden])
-        self.in_features = in_features
-        self.out_features = int(hidden[-1])
-
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        if not isinstance(inputs, Mapping) or {"atoms", "mask"} - set(inputs):
-            raise TaskDataError("encoder 'atom_sum': inputs must be a mapping with atoms and mask")
-        atoms, mask = inputs["atoms"].float(), inputs["mask"]
-        if atoms.dim() != 3 or atoms.shape[-1] != self.in_features:
-            raise TaskDataError(
-                f"encoder 'atom_sum': input 'atoms' has shape {tuple(atoms.shape)}, "
-                f"expected (B, M, {self.in_features})"
-            )
-        pooled = (self.phi(atoms) * mask.unsqueeze(-1).to(atoms.dtype)).sum(dim=1)
-        return self.rho(pooled)
-
-
 # --------------------------------------------------------------------------- the dataset
 
 
@@ -456,10 +352,7 @@ def qm9(
 __all__ = [
     "ELEMENTS",
     "TARGETS",
-    "AtomSumEncoder",
     "Molecules",
-    "StandardizedHead",
-    "StandardizedMSE",
     "atom_features",
     "coulomb_spectrum",
     "qm9",

@@ -23,7 +23,7 @@ Tag sets are the treebank's full inventories (read from all its sentences, not t
 split), so a rare tag that falls only in the test split is not an error; this is safe
 because the tag inventory is part of the annotation scheme, not learned from data.
 With ``lm="masked"`` or ``"causal"`` the bundle adds the auxiliary task ``lm`` (see
-:mod:`mtlkit.lm`).
+:mod:`mtlkit.data.lm`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ For every seed, one single-task (STL) model per main task and one multi-task mod
 encoder, optimiser, scheduler and epochs). Each model is selected on the validation split only
 (the Trainer's monitor); the test split gives the reported numbers. Per variant and task the
 table shows each metric as mean ± std over seeds, and Δm (Maninis et al. 2019, "Attentive
-Single-Tasking of Multiple Tasks", CVPR; :func:`mtlkit.metrics.delta_m`) against the STL model
+Single-Tasking of Multiple Tasks", CVPR; :func:`mtlkit.tasks.delta_m`) against the STL model
 of the same seed, as mean ± std over seeds. Auxiliary tasks are trained but left out of Δm.
 
 Every trained model is a run folder (:func:`mtlkit.experiments.run.train_run`). A re-run of
@@ -33,9 +33,8 @@ from rich.console import Console
 from mtlkit.config import RunConfig, TaskConfig, parse_config
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.run import _differences, build_run, train_run
-from mtlkit.metrics import delta_m, delta_m_per_task, mean_std
-from mtlkit.tasks import Task
-from mtlkit.train.checkpoint import atomic_write_text
+from mtlkit.files import atomic_write_text
+from mtlkit.tasks import Task, delta_m, delta_m_per_task, mean_std
 
 #: the architecture of the single-task baselines: one encoder and one head
 STL_ARCHITECTURE = "hps"

@@ -3,7 +3,7 @@
 For each task a single-task (STL) model is trained alone; then one hard-parameter-sharing
 (MTL) model with equal weights learns all tasks. Every model is selected on the validation
 split; the test split is only used for the final table, which reports per-task metrics and
-Δm (Maninis et al. 2019; see :func:`mtlkit.metrics.delta_m`).
+Δm (Maninis et al. 2019; see :func:`mtlkit.tasks.delta_m`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from rich.table import Table
 from mtlkit.config import RunConfig, TaskConfig, parse_config
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.run import build_run, new_run_dir, train_run
-from mtlkit.metrics import delta_m, delta_m_per_task, get_metric
-from mtlkit.train.checkpoint import atomic_write_text
+from mtlkit.files import atomic_write_text
+from mtlkit.tasks import delta_m, delta_m_per_task, get_metric
 
 DEMO_CONFIGS: dict[str, dict[str, Any]] = {
     "multidigits": {

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mtlkit.errors import MtlkitError
-from mtlkit.train.checkpoint import atomic_write_text
+from mtlkit.files import atomic_write_text
 
 SECTIONS = {
     "curves": "Learning curves",

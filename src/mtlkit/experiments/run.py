@@ -22,12 +22,14 @@ import yaml
 from mtlkit.config import RunConfig, dump_config, parse_config
 from mtlkit.data import DataBundle, TensorLoader, load_dataset
 from mtlkit.data.multi import MultiInputData, MultiTaskLoader
+from mtlkit.data.sharding import ShardedLoader, shard_split
 from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.files import atomic_write_text
 from mtlkit.nn import ENCODERS, MTLModel, build_model
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
-from mtlkit.train.checkpoint import atomic_write_text, load_model_weights
-from mtlkit.train.distributed import ShardedLoader, current, shard_split
+from mtlkit.train.checkpoint import load_model_weights
+from mtlkit.train.distributed import current
 from mtlkit.weighting import Weighting, compose, get
 
 

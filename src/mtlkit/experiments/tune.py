@@ -30,8 +30,8 @@ from mtlkit.data import DataBundle, TensorSplit
 from mtlkit.errors import ConfigError, MissingExtraError
 from mtlkit.experiments.compare import stl_config
 from mtlkit.experiments.run import build_run
-from mtlkit.metrics import delta_m
-from mtlkit.train.checkpoint import atomic_write_text
+from mtlkit.files import atomic_write_text
+from mtlkit.tasks import delta_m
 
 #: methods whose loss weights are the static α being searched
 WEIGHT_METHODS = ("ew", "static")

@@ -5,6 +5,9 @@ Transformers for Language Understanding", NAACL): a dense layer with GELU and La
 a linear map to the vocabulary. Deviation: the output layer is not tied to the encoder's word
 embeddings, because a tied weight would be both shared and owned by the LM task, and the
 model contract needs each parameter to be one or the other.
+
+The task kinds are in :mod:`mtlkit.tasks.lm`, the masking and the targets in
+:mod:`mtlkit.data.lm`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.nn.heads import HEADS
+from mtlkit.tasks.lm import Objective
 
 
 @HEADS.register("lm_head")
@@ -42,4 +46,14 @@ class LMHead(nn.Module):
         return self.decoder(self.transform(rep))
 
 
-__all__ = ["LMHead"]
+def check_lm_encoder(encoder: nn.Module, objective: Objective) -> None:
+    """Raise when next-token prediction would read the answer: a causal LM needs an encoder
+    whose position t sees only positions ≤ t (``token`` with ``causal=True``)."""
+    if objective == "causal" and not bool(getattr(encoder, "causal", False)):
+        raise ConfigError(
+            f"causal LM: encoder {type(encoder).__name__} is not causal, so position t sees the "
+            "word it must predict; use the 'token' encoder with kind 'transformer', causal=True"
+        )
+
+
+__all__ = ["LMHead", "check_lm_encoder"]

@@ -24,16 +24,6 @@ from mtlkit.train.state import join_state, split_state
 MODEL_FILE, TENSORS_FILE, JSON_FILE = "model.safetensors", "state.safetensors", "state.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def model_tensors(model: nn.Module) -> dict[str, Any]:
     """The model's state dict as contiguous CPU tensors (safetensors needs no aliasing)."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

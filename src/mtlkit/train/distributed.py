@@ -21,10 +21,11 @@ proofs)::
   through a backward pass) are local shares and get one sum all-reduce of a flat buffer.
   The method's own parameters (uncertainty weighting's log-variances) get identical gradients
   on every rank, and are averaged so that rounding never lets them drift.
-- :class:`ShardedLoader` gives each rank a contiguous slice of every global batch of the same
-  permutation (drawn from the global torch generator, seeded alike on every rank);
-  :func:`shard_split` gives each rank a contiguous block of an evaluation split, and
-  :meth:`Distributed.gather` puts the outputs back together in the single-process order.
+- :class:`~mtlkit.data.sharding.ShardedLoader` gives each rank a contiguous slice of every
+  global batch of the same permutation (drawn from the global torch generator, seeded alike on
+  every rank); :func:`~mtlkit.data.sharding.shard_split` gives each rank a contiguous block of
+  an evaluation split, and :meth:`Distributed.gather` puts the outputs back together in the
+  single-process order.
   Multi-input data (:class:`~mtlkit.data.multi.MultiTaskLoader` with ``rank``/``world_size``)
   shards each task's batch of a step the same way; its task sampler draws from a generator
   seeded by (seed, epoch) only, so all ranks draw the same task, and
@@ -38,7 +39,7 @@ so that a rank that dies makes the others fail with an error instead of waiting 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -47,8 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mtlkit.data.base import Batch, TensorSplit
-from mtlkit.errors import ConfigError, DatasetError, TaskDataError
+from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.tasks import Task
 from mtlkit.weighting.base import StepRecord, Weighting
 from mtlkit.weighting.compose import Composed
@@ -59,12 +59,10 @@ __all__ = [
     "Distributed",
     "DistributedWeighting",
     "GlobalLosses",
-    "ShardedLoader",
     "current",
     "init_distributed",
     "label_count",
     "launched_by_torchrun",
-    "shard_split",
     "teardown",
 ]
 
@@ -463,69 +461,3 @@ class DistributedWeighting(Weighting):
 
     def __str__(self) -> str:
         return str(self.method)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def shard_split(split: TensorSplit, rank: int, world_size: int) -> TensorSplit:
-    """Rank ``rank``'s contiguous block of ``split`` (sizes differ by at most one), for
-    evaluation: concatenating the blocks in rank order gives back the split."""
-    _check_rank(rank, world_size)
-    index = torch.tensor_split(torch.arange(len(split)), world_size)[rank]
-    inputs, targets = split[index]
-    return TensorSplit(inputs, targets, f"{split.name}[{rank}/{world_size}]")
-
-
-def _check_rank(rank: int, world_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise DatasetError(
-            f"sharding: option 'rank' must be in [0, world_size), got rank {rank} of {world_size}"
-        )
-
-
-class ShardedLoader:
-    """This rank's part of every global batch of a :class:`TensorSplit`.
-
-    A global batch has ``batch_size · world_size`` samples of one permutation (drawn from the
-    global torch generator, like :class:`~mtlkit.data.TensorLoader`, so every rank draws the
-    same one); rank r takes its r-th contiguous slice. The ranks' slices of step k are
-    therefore exactly the batch k of a single-process TensorLoader with batch size
-    ``batch_size · world_size``. A last global batch with fewer samples than ranks is skipped
-    (no rank may have an empty batch); otherwise the last batch is split as evenly as possible.
-    """
-
-    def __init__(
-        self,
-        split: TensorSplit,
-        batch_size: int,
-        *,
-        rank: int,
-        world_size: int,
-        shuffle: bool = True,
-        drop_last: bool = False,
-    ) -> None:
-        if batch_size < 1:
-            raise DatasetError(f"sharding: option 'batch_size' must be ≥ 1, got {batch_size}")
-        _check_rank(rank, world_size)
-        self.split = split
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.drop_last = shuffle, drop_last
-
-    @property
-    def global_batch_size(self) -> int:
-        """Samples per step over all ranks."""
-        return self.batch_size * self.world_size
-
-    def __len__(self) -> int:
-        n, size = len(self.split), self.global_batch_size
-        full, rest = divmod(n, size)
-        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
-
-    def __iter__(self) -> Iterator[Batch]:
-        n, size = len(self.split), self.global_batch_size
-        order = torch.randperm(n) if self.shuffle else torch.arange(n)
-        for step in range(len(self)):
-            chunk = order[step * size : (step + 1) * size]
-            yield self.split[torch.tensor_split(chunk, self.world_size)[self.rank]]

@@ -31,10 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mtlkit.data.base import to_device
 from mtlkit.data.multi import STEP_MODES, TaskBatches
 from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError, TaskDataError
-from mtlkit.metrics import better, get_metric
-from mtlkit.tasks import Task, task_map
+from mtlkit.tasks import Task, better, get_metric, task_map
 from mtlkit.train.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from mtlkit.train.distributed import Distributed, label_count
 from mtlkit.train.logging import JsonlLogger, ProgressBar, TensorBoardLogger, flatten
@@ -55,17 +55,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move tensors inside dicts, lists and tuples to ``device``."""
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def has_labels(task: Task, target: Tensor) -> bool:
@@ -164,7 +153,7 @@ class Trainer:
         callbacks: functions ``(trainer, epoch_record)`` called after each epoch.
         distributed: the process group (:func:`mtlkit.train.distributed.init_distributed`) for
             data-parallel training: give each rank its shard of the data
-            (:class:`~mtlkit.train.distributed.ShardedLoader`); the weighting method then
+            (:class:`~mtlkit.data.sharding.ShardedLoader`); the weighting method then
             combines the global per-task gradients, evaluation gathers every rank's outputs,
             and rank 0 alone writes to ``run_dir`` (docs/distributed.md).
         step_mode: for multi-input data, ``"single"`` (one task's batch per step) or

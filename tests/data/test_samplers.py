@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
+from mtlkit.data.samplers import TASK_SAMPLERS, Annealed, build_sampler
 from mtlkit.errors import ConfigError, RegistryError
-from mtlkit.train.samplers import TASK_SAMPLERS, Annealed, build_sampler
 
 SIZES = {"a": 8000, "b": 1000, "c": 125}
 BATCHES = {"a": 250, "b": 32, "c": 4}

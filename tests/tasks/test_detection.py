@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import mtlkit.vision  # noqa: F401  (registers the detection metrics)
-from mtlkit.detection_metrics import (
+from mtlkit.errors import TaskDataError
+from mtlkit.tasks import METRICS
+from mtlkit.tasks.boxes import EXTRA_CHANNELS
+from mtlkit.tasks.detection import (
     ImageDetections,
     ImageTruth,
     evaluate_detections,
     evaluate_output,
     pairwise_iou,
 )
-from mtlkit.errors import TaskDataError
-from mtlkit.metrics import METRICS
-from mtlkit.nn.detection import EXTRA_CHANNELS
 
 
 def det(boxes, scores, classes) -> ImageDetections:

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from mtlkit.dense_metrics import (
+from mtlkit.errors import TaskDataError
+from mtlkit.tasks import METRICS
+from mtlkit.tasks.dense import (
     confusion_matrix,
     depth_abs_err,
     depth_rel_err,
@@ -21,8 +23,6 @@ from mtlkit.dense_metrics import (
     normal_within_30,
     pixel_accuracy,
 )
-from mtlkit.errors import TaskDataError
-from mtlkit.metrics import METRICS
 
 NAN = float("nan")
 

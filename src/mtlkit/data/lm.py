@@ -1,13 +1,8 @@
-"""Language modelling as a task: masked-token and next-token prediction on a token encoder.
+"""Language-modelling batches: BERT's dynamic masking, next-token targets, :class:`LMLoader`.
 
-Importing this module registers:
-
-- task kinds ``masked_lm`` and ``causal_lm``: output ``(B, L, V)`` word logits, target
-  ``(B, L)`` word ids with ``-100`` where nothing is predicted; loss ``token_cross_entropy``;
-  metrics ``perplexity`` (lower is better) and ``token_accuracy``;
-- metric ``perplexity``: exp of the mean cross-entropy over the predicted positions;
-- metric ``token_macro_f1``: per-token F1 averaged over classes, for tagging tasks;
-- head ``lm_head`` (:class:`mtlkit.nn.lm.LMHead`).
+The task side (kinds ``masked_lm`` and ``causal_lm``, metric ``perplexity``,
+:func:`mtlkit.tasks.lm.lm_task`) is in :mod:`mtlkit.tasks.lm`; the head is
+:class:`mtlkit.nn.lm.LMHead`.
 
 **Masked LM** (Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers
 for Language Understanding", NAACL), for a bidirectional encoder: :func:`mask_tokens`
@@ -35,76 +30,24 @@ exact 0 and its metrics NaN; it is an auxiliary task, so model selection ignores
 measure the masked LM itself, evaluate with ``mode="fixed"`` (a private generator seeded by
 ``seed``, the same masks every pass, the global generator untouched). Next-token targets
 need no masking, so a causal LM is evaluated on clean batches in every mode.
+
+Word ids follow the vocabularies of :mod:`mtlkit.data.conll`: 0 = ``<pad>`` (the padding id
+of the ``token`` encoder), 1 = ``<unk>``, 2 = ``<mask>``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-import mtlkit.tagging_metrics  # noqa: F401  (registers token_accuracy)
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.kinds import TokenKind
-from mtlkit.losses import IGNORE_INDEX
-from mtlkit.metrics import metric
-from mtlkit.nn.lm import LMHead
-from mtlkit.nn.sequence import PAD_INDEX
-from mtlkit.tasks import TASK_KINDS, Task
+from mtlkit.tasks import IGNORE_INDEX
+from mtlkit.tasks.lm import Objective
 
-Objective = Literal["masked", "causal"]
 Mode = Literal["dynamic", "fixed", "clean"]
-
-MASKED_LM = TokenKind(
-    "masked_lm", "token_cross_entropy", ("perplexity", "token_accuracy"), True, True
-)
-CAUSAL_LM = TokenKind(
-    "causal_lm", "token_cross_entropy", ("perplexity", "token_accuracy"), True, True
-)
-for _kind in (MASKED_LM, CAUSAL_LM):
-    TASK_KINDS.register(_kind.name, _kind)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _token_pairs(output: Tensor, target: Tensor, what: str) -> tuple[Tensor, Tensor]:
-    if output.dim() != target.dim() + 1 or tuple(output.shape[:-1]) != tuple(target.shape):
-        raise TaskDataError(
-            f"metric '{what}': output shape {tuple(output.shape)} does not fit target shape "
-            f"{tuple(target.shape)} (expected output (*target.shape, num_classes))"
-        )
-    keep = target != IGNORE_INDEX
-    return output[keep], target[keep].long()
-
-
-@metric("perplexity", "min")
-def perplexity(output: Tensor, target: Tensor) -> float:
-    """exp(mean cross-entropy) over positions whose target is not -100 (NaN if none)."""
-    logits, tgt = _token_pairs(output, target, "perplexity")
-    if tgt.numel() == 0:
-        return math.nan
-    return float(torch.exp(F.cross_entropy(logits.double(), tgt)))
-
-
-@metric("token_macro_f1", "max")
-def token_macro_f1(output: Tensor, target: Tensor) -> float:
-    """Per-token F1 averaged over the classes that occur in the target or the prediction
-    (the argmax over the last dim of ``(B, L, C)`` logits; targets -100 left out)."""
-    logits, tgt = _token_pairs(output, target, "token_macro_f1")
-    if tgt.numel() == 0:
-        return math.nan
-    pred = logits.argmax(dim=-1)
-    classes = torch.unique(torch.cat([pred, tgt]))
-    p, t = pred.unsqueeze(1) == classes, tgt.unsqueeze(1) == classes
-    tp = (p & t).sum(0).double()
-    denom = p.sum(0).double() + t.sum(0).double()
-    return float(np.mean((2 * tp / denom).numpy()))
 
 
 # --------------------------------------------------------------------------- targets
@@ -172,7 +115,7 @@ def _check_masking(
         )
 
 
-def next_token_targets(tokens: Tensor, pad_id: int = PAD_INDEX) -> Tensor:
+def next_token_targets(tokens: Tensor, pad_id: int = 0) -> Tensor:
     """Targets of next-token prediction for right-padded ``(B, L)`` ids: position t gets the
     id at t + 1 when both are real tokens, -100 otherwise (so the last word predicts nothing)."""
     real = tokens != pad_id
@@ -272,37 +215,4 @@ class LMLoader:
             yield inputs, {**targets, self.task: lm_target}
 
 
-def lm_task(
-    name: str = "lm", objective: Objective = "masked", vocab_size: int = 2, weight: float = 1.0
-) -> Task:
-    """An auxiliary language-modelling task over ``vocab_size`` words, on the ``lm_head``."""
-    if objective not in ("masked", "causal"):
-        raise ConfigError(
-            f"task '{name}': option 'objective' must be 'masked' or 'causal', got {objective!r}"
-        )
-    kind = "masked_lm" if objective == "masked" else "causal_lm"
-    return Task(name, kind, vocab_size, weight=weight, auxiliary=True, head="lm_head")
-
-
-def check_lm_encoder(encoder: nn.Module, objective: Objective) -> None:
-    """Raise when next-token prediction would read the answer: a causal LM needs an encoder
-    whose position t sees only positions ≤ t (``token`` with ``causal=True``)."""
-    if objective == "causal" and not bool(getattr(encoder, "causal", False)):
-        raise ConfigError(
-            f"causal LM: encoder {type(encoder).__name__} is not causal, so position t sees the "
-            "word it must predict; use the 'token' encoder with kind 'transformer', causal=True"
-        )
-
-
-__all__ = [
-    "CAUSAL_LM",
-    "MASKED_LM",
-    "LMHead",
-    "LMLoader",
-    "check_lm_encoder",
-    "lm_task",
-    "mask_tokens",
-    "next_token_targets",
-    "perplexity",
-    "token_macro_f1",
-]
+__all__ = ["LMLoader", "Mode", "mask_tokens", "next_token_targets"]

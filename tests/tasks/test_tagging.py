@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from mtlkit import kinds  # noqa: F401  (registers the tagging kinds)
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.metrics import METRICS
-from mtlkit.tagging_metrics import (
+from mtlkit.tasks import METRICS, Task
+from mtlkit.tasks.tagging import (
     bind_labels,
     bio_spans,
     conll_labels,
@@ -19,7 +18,6 @@ from mtlkit.tagging_metrics import (
     entity_f1_metric,
     token_accuracy,
 )
-from mtlkit.tasks import Task
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 

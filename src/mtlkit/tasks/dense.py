@@ -1,7 +1,22 @@
-"""Metrics of dense (per-pixel) tasks: semantic segmentation, depth and surface normals.
+"""Dense (per-pixel) tasks: semantic segmentation, depth and surface normals.
 
-These are the metrics of the NYUv2 / Cityscapes multi-task benchmarks as used since
-Liu, Johns & Davison, 2019, "End-to-End Multi-Task Learning with Attention", CVPR (MTAN), and
+Importing this module registers:
+
+- ``segmentation``: output ``(B, C, H, W)``, target ``(B, H, W)``; loss
+  ``segmentation_cross_entropy``; metrics ``miou``, ``pixel_accuracy``.
+- ``depth``: output ``(B, 1, H, W)``, target ``(B, H, W)`` or ``(B, 1, H, W)``; loss
+  ``depth_l1``; metrics ``depth_abs_err``, ``depth_rel_err``.
+- ``normals`` (``num_outputs=3``): output and target ``(B, 3, H, W)``; loss ``normal_cosine``;
+  metrics ``normal_mean_angle``, ``normal_median_angle``, ``normal_within_11_25``,
+  ``normal_within_22_5``, ``normal_within_30``.
+
+A batch with nothing valid has an exact zero loss that still depends on the output (so
+backward runs and sends zero gradient), as in :mod:`mtlkit.tasks.losses`. The losses are
+those of the MTAN benchmark (Liu, Johns & Davison, 2019, "End-to-End Multi-Task Learning with
+Attention", CVPR): pixel-wise cross-entropy, L1 on valid depth, and 1 − cosine similarity for
+normals.
+
+The metrics are those of the NYUv2 / Cityscapes multi-task benchmarks as used since MTAN, and
 Eigen & Fergus, 2015, "Predicting Depth, Surface Normals and Semantic Labels with a Common
 Multi-Scale Convolutional Architecture", ICCV. Every metric pools all valid pixels of the
 split (it is not a mean of per-image or per-batch values):
@@ -22,17 +37,68 @@ split (it is not a mean of per-image or per-batch values):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.errors import TaskDataError
-from mtlkit.losses import IGNORE_INDEX
-from mtlkit.metrics import metric
+from mtlkit.tasks._task import TASK_KINDS, TaskKind
+from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
+from mtlkit.tasks.metrics import metric
 
 SEGMENTATION_IGNORE: tuple[int, ...] = (IGNORE_INDEX, -1, 255)
 """Segmentation labels that mark a pixel as unlabelled."""
+
+
+@dataclass(frozen=True)
+class DenseKind(TaskKind):
+    """A per-pixel kind: outputs ``(B, K, H, W)``; targets ``(B, H, W)`` or ``(B, K, H, W)``.
+
+    ``ignore_labels`` are the integer labels that mark an unlabelled pixel.
+    """
+
+    ignore_labels: tuple[int, ...] = (IGNORE_INDEX,)
+
+    def expected_output_shape(self, target: Tensor, num_outputs: int) -> tuple[int, ...]:
+        if self.class_dim or (target.dim() == 3 and num_outputs == 1):
+            return (target.shape[0], num_outputs, *target.shape[1:])
+        return tuple(target.shape)
+
+
+SEGMENTATION = DenseKind(
+    "segmentation",
+    "segmentation_cross_entropy",
+    ("miou", "pixel_accuracy"),
+    integer_targets=True,
+    class_dim=True,
+    ignore_labels=SEGMENTATION_IGNORE,
+)
+DEPTH = DenseKind("depth", "depth_l1", ("depth_abs_err", "depth_rel_err"), False, False)
+NORMALS = DenseKind(
+    "normals",
+    "normal_cosine",
+    (
+        "normal_mean_angle",
+        "normal_median_angle",
+        "normal_within_11_25",
+        "normal_within_22_5",
+        "normal_within_30",
+    ),
+    False,
+    False,
+)
+for _kind in (SEGMENTATION, DEPTH, NORMALS):
+    TASK_KINDS.register(_kind.name, _kind)
+
+
+def _fit(output: Tensor, target: Tensor, expected: tuple[int, ...], loss: str) -> None:
+    if tuple(output.shape) != tuple(expected):
+        raise TaskDataError(
+            f"loss '{loss}': output shape {tuple(output.shape)} does not fit target shape "
+            f"{tuple(target.shape)} (expected output {tuple(expected)})"
+        )
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -44,6 +110,17 @@ def segmentation_valid(target: Tensor) -> Tensor:
     for value in SEGMENTATION_IGNORE:
         keep &= target != value
     return keep
+
+
+@LOSSES.register("segmentation_cross_entropy")
+def segmentation_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Pixel-wise cross-entropy over dim 1, mean over pixels not labelled 255, −1 or −100."""
+    _fit(output, target, (target.shape[0], output.shape[1], *target.shape[1:]), "segmentation")
+    keep = segmentation_valid(target)
+    if not bool(keep.any()):
+        return empty_loss(output)
+    labels = torch.where(keep, target.long(), torch.full_like(target.long(), IGNORE_INDEX))
+    return F.cross_entropy(output.float(), labels, ignore_index=IGNORE_INDEX)
 
 
 def confusion_matrix(output: Tensor, target: Tensor) -> Tensor:
@@ -91,6 +168,17 @@ def pixel_accuracy(output: Tensor, target: Tensor) -> float:
 # --------------------------------------------------------------------------- depth
 
 
+@LOSSES.register("depth_l1")
+def depth_l1(output: Tensor, target: Tensor) -> Tensor:
+    """Mean |d̂ − d| over the pixels whose target depth is finite and > 0."""
+    out = output.squeeze(1) if output.dim() == target.dim() + 1 else output
+    _fit(out, target, tuple(target.shape), "depth_l1")
+    keep = torch.isfinite(target) & (target > 0)
+    if not bool(keep.any()):
+        return empty_loss(output)
+    return F.l1_loss(out.float()[keep], target.float()[keep])
+
+
 def depth_pair(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Predicted and true depth at the valid pixels (target finite and > 0), as float64."""
     out = output
@@ -126,6 +214,27 @@ def depth_rel_err(output: Tensor, target: Tensor) -> float:
 def normals_valid(target: Tensor) -> Tensor:
     """Mask ``(N, H, W)`` of pixels whose target normal is finite and non-zero."""
     return torch.isfinite(target).all(dim=1) & (target.abs().sum(dim=1) > 0)
+
+
+@LOSSES.register("normal_cosine")
+def normal_cosine(output: Tensor, target: Tensor) -> Tensor:
+    """Mean of 1 − cos(n̂, n) over pixels with a finite non-zero target normal.
+
+    Both vectors are L2-normalised over dim 1, so the loss lies in [0, 2].
+    """
+    _fit(output, target, tuple(target.shape), "normal_cosine")
+    if output.dim() < 2 or output.shape[1] != 3:
+        raise TaskDataError(
+            f"loss 'normal_cosine': output shape {tuple(output.shape)} has "
+            f"{output.shape[1] if output.dim() > 1 else 0} channels, expected 3 (x, y, z)"
+        )
+    keep = normals_valid(target)
+    if not bool(keep.any()):
+        return empty_loss(output)
+    pred = F.normalize(output.float(), dim=1)
+    tgt = F.normalize(torch.nan_to_num(target.float()), dim=1)
+    cos = (pred * tgt).sum(dim=1)
+    return (1.0 - cos[keep]).mean()
 
 
 def _check_normals(output: Tensor, target: Tensor) -> None:
@@ -190,13 +299,19 @@ def normal_within_30(output: Tensor, target: Tensor) -> float:
 
 
 __all__ = [
+    "DEPTH",
+    "NORMALS",
+    "SEGMENTATION",
     "SEGMENTATION_IGNORE",
+    "DenseKind",
     "confusion_matrix",
     "depth_abs_err",
+    "depth_l1",
     "depth_pair",
     "depth_rel_err",
     "miou",
     "normal_angles",
+    "normal_cosine",
     "normal_mean_angle",
     "normal_median_angle",
     "normal_within_11_25",
@@ -204,6 +319,7 @@ __all__ = [
     "normal_within_30",
     "normals_valid",
     "pixel_accuracy",
+    "segmentation_cross_entropy",
     "segmentation_valid",
     "within",
 ]

@@ -80,8 +80,6 @@ def test_all_missing_labels_give_zero_loss_and_zero_gradient() -> None:
 
 
 def test_segmentation_ignore_labels_pass_the_range_check() -> None:
-    import mtlkit.kinds  # noqa: F401
-
     task = Task("seg", "segmentation", 3)
     target = torch.tensor([[[0, 255], [-1, 2]]])
     loss = task.compute_loss(torch.zeros(1, 3, 2, 2), target)

@@ -10,20 +10,14 @@ import torch
 
 from mtlkit import Task, Trainer, build_model
 from mtlkit.data import TensorLoader, TensorSplit
+from mtlkit.data.lm import LMLoader, mask_tokens, next_token_targets
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.lm import (
-    LMLoader,
-    check_lm_encoder,
-    lm_task,
-    mask_tokens,
-    next_token_targets,
-    perplexity,
-    token_macro_f1,
-)
-from mtlkit.metrics import METRICS
 from mtlkit.nn import HEADS
-from mtlkit.nn.lm import LMHead
+from mtlkit.nn.lm import LMHead, check_lm_encoder
 from mtlkit.nn.sequence import TokenEncoder
+from mtlkit.tasks import METRICS, lm_task
+from mtlkit.tasks.lm import perplexity
+from mtlkit.tasks.tagging import token_macro_f1
 
 V = 50
 

@@ -2,23 +2,24 @@
 
 A :class:`Task` names one prediction problem: its kind (which fixes the head, the default loss
 and the default metrics), its output size, its loss, its metrics and its static weight. Task
-kinds are registered in :data:`TASK_KINDS`, so new kinds (token tagging, dense maps) plug in
-the same way as the built-in ones.
+kinds are registered in :data:`TASK_KINDS`; each task family module of :mod:`mtlkit.tasks`
+(tabular, tagging, dense, detection, language modelling) registers its own, and a user's new
+kinds plug in the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.losses import IGNORE_INDEX, LOSSES, LossFn
-from mtlkit.metrics import METRICS, Metric
 from mtlkit.registry import Registry
+from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, LossFn
+from mtlkit.tasks.metrics import METRICS, Metric
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,6 @@ class TaskKind:
 
 
 TASK_KINDS: Registry[TaskKind] = Registry("task kind")
-for _kind in (
-    TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True),
-    TaskKind("binary", "bce", ("accuracy", "auroc"), False, False, binary_targets=True),
-    TaskKind("multilabel", "bce", ("macro_f1_multilabel",), False, False, binary_targets=True),
-    TaskKind("regression", "mse", ("mae", "rmse", "r2"), False, False),
-):
-    TASK_KINDS.register(_kind.name, _kind)
 
 
 @dataclass
@@ -211,6 +205,3 @@ def task_map(tasks: Sequence[Task]) -> dict[str, Task]:
     """Tasks keyed by name, after checking the names."""
     check_task_names(tasks)
     return {t.name: t for t in tasks}
-
-
-HeadFactory = Callable[[int, Task], nn.Module]

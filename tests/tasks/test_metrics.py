@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtlkit.errors import ConfigError
-from mtlkit.metrics import METRICS, delta_m, delta_m_per_task, get_metric, mean_std
+from mtlkit.tasks import METRICS, delta_m, delta_m_per_task, get_metric, mean_std
 
 
 def test_directions() -> None:

@@ -1,8 +1,19 @@
-"""Metrics of token-tagging tasks: token accuracy and entity-level F1 on BIO tags.
+"""Token tagging: one class per token (part of speech, BIO entity tags), and its metrics.
 
-Outputs are per-token logits ``(B, L, C)`` and targets per-token class indices ``(B, L)``;
-positions whose target is ``-100`` (padding, or sub-word pieces after the first) are left out
-of every metric, in the output and in the target alike.
+Importing this module registers:
+
+- task kind ``tagging``: output ``(B, L, C)`` per-token logits, target ``(B, L)``; loss
+  ``token_cross_entropy``; metrics ``token_accuracy``;
+- task kind ``bio_tagging``: the same for BIO entity tags; metrics ``entity_f1``,
+  ``token_accuracy``;
+- loss ``token_cross_entropy``: cross-entropy over the last dim, mean over labelled tokens;
+- metrics ``token_accuracy``, ``entity_f1`` and ``token_macro_f1`` (per-token F1 averaged over
+  classes).
+
+Positions whose target is ``-100`` (padding, or sub-word pieces after the first) are left out
+of the loss and of every metric, in the output and in the target alike. A batch with nothing
+labelled has an exact zero loss that still depends on the output (so backward runs and sends
+zero gradient), as in :mod:`mtlkit.tasks.losses`.
 
 Entity F1 follows the CoNLL-2000/2003 evaluation script ``conlleval`` (Tjong Kim Sang &
 Buchholz, 2000, "Introduction to the CoNLL-2000 Shared Task: Chunking", CoNLL), which is also
@@ -21,14 +32,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.losses import IGNORE_INDEX
-from mtlkit.metrics import Metric, metric
-from mtlkit.tasks import Task
+from mtlkit.tasks._task import TASK_KINDS, Task, TaskKind
+from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
+from mtlkit.tasks.metrics import Metric, metric
 
 Span = tuple[int, int, str]
 """An entity: first token, last token (inclusive) and type."""
@@ -42,6 +57,58 @@ def _check_tokens(output: Tensor, target: Tensor, what: str) -> None:
         )
 
 
+def token_pairs(output: Tensor, target: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    """The ``(N, C)`` logits and ``(N,)`` labels of the labelled tokens (target ≠ -100), after
+    checking that ``output`` is ``(*target.shape, C)``; ``what`` names the metric in errors."""
+    _check_tokens(output, target, f"metric '{what}'")
+    keep = target != IGNORE_INDEX
+    return output[keep], target[keep].long()
+
+
+# --------------------------------------------------------------------------- kinds and loss
+
+
+@dataclass(frozen=True)
+class TokenKind(TaskKind):
+    """A per-token classification kind: outputs ``(B, L, C)`` for targets ``(B, L)``.
+
+    Token encoders keep the sequence in dim 1 and features last, so the class dimension of
+    the output is the last one, not dim 1 as for images.
+    """
+
+    def expected_output_shape(self, target: Tensor, num_outputs: int) -> tuple[int, ...]:
+        return (*target.shape, num_outputs)
+
+
+TAGGING = TokenKind("tagging", "token_cross_entropy", ("token_accuracy",), True, True)
+BIO_TAGGING = TokenKind(
+    "bio_tagging", "token_cross_entropy", ("entity_f1", "token_accuracy"), True, True
+)
+for _kind in (TAGGING, BIO_TAGGING):
+    TASK_KINDS.register(_kind.name, _kind)
+
+
+@LOSSES.register("token_cross_entropy")
+def token_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy over the last dim of ``(B, L, C)`` logits, mean over tokens ≠ -100."""
+    expected = (*target.shape, output.shape[-1])
+    if tuple(output.shape) != expected:
+        raise TaskDataError(
+            f"loss 'token_cross_entropy': output shape {tuple(output.shape)} does not fit "
+            f"target shape {tuple(target.shape)} (expected output {expected})"
+        )
+    if not bool((target != IGNORE_INDEX).any()):
+        return empty_loss(output)
+    return F.cross_entropy(
+        output.float().reshape(-1, output.shape[-1]),
+        target.long().reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
 @metric("token_accuracy", "max")
 def token_accuracy(output: Tensor, target: Tensor) -> float:
     """Share of labelled tokens (target ≠ -100) whose argmax class equals the target."""
@@ -51,6 +118,24 @@ def token_accuracy(output: Tensor, target: Tensor) -> float:
         return math.nan
     pred = output.argmax(dim=-1)
     return float((pred[keep] == target[keep]).double().mean())
+
+
+@metric("token_macro_f1", "max")
+def token_macro_f1(output: Tensor, target: Tensor) -> float:
+    """Per-token F1 averaged over the classes that occur in the target or the prediction
+    (the argmax over the last dim of ``(B, L, C)`` logits; targets -100 left out)."""
+    logits, tgt = token_pairs(output, target, "token_macro_f1")
+    if tgt.numel() == 0:
+        return math.nan
+    pred = logits.argmax(dim=-1)
+    classes = torch.unique(torch.cat([pred, tgt]))
+    p, t = pred.unsqueeze(1) == classes, tgt.unsqueeze(1) == classes
+    tp = (p & t).sum(0).double()
+    denom = p.sum(0).double() + t.sum(0).double()
+    return float(np.mean((2 * tp / denom).numpy()))
+
+
+# --------------------------------------------------------------------------- entity F1
 
 
 def check_bio_labels(labels: Sequence[str], where: str = "entity F1") -> list[str]:
@@ -104,7 +189,7 @@ def conll_labels(num_classes: int) -> list[str]:
         raise TaskDataError(
             f"metric 'entity_f1': {num_classes} classes do not fit the default BIO layout "
             "(O, B-1, I-1, B-2, I-2, ...: an odd count ≥ 3); pass the tag names with "
-            "mtlkit.tagging_metrics.bind_labels(task, labels)"
+            "mtlkit.tasks.tagging.bind_labels(task, labels)"
         )
     names = ["O"]
     for k in range(1, (num_classes - 1) // 2 + 1):
@@ -181,6 +266,9 @@ def bind_labels(task: Task, labels: Sequence[str]) -> None:
 
 
 __all__ = [
+    "BIO_TAGGING",
+    "TAGGING",
+    "TokenKind",
     "bind_labels",
     "bio_spans",
     "check_bio_labels",
@@ -189,4 +277,7 @@ __all__ = [
     "entity_f1",
     "entity_f1_metric",
     "token_accuracy",
+    "token_cross_entropy",
+    "token_macro_f1",
+    "token_pairs",
 ]

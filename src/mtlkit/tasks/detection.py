@@ -1,8 +1,21 @@
-"""COCO-style detection metrics: mAP@[.5:.95] and mAP@.5.
+"""Object detection: the task kind, its loss and its COCO-style metrics mAP@[.5:.95], mAP@.5.
 
-The protocol of the COCO detection benchmark (Lin et al., 2014, "Microsoft COCO: Common
-Objects in Context", ECCV) as its reference evaluator ``COCOeval`` computes it for boxes over
-the area range "all" with at most ``max_detections`` = 100 detections per image and class:
+Importing this module registers:
+
+- task kind ``detection``: output ``(B, K + 7, h, w)`` of head ``fcos``, target ``(B, M, 5)``
+  rows ``(x1, y1, x2, y2, class)`` padded with class −1 (layout in :mod:`mtlkit.tasks.boxes`);
+  loss ``fcos`` (:class:`mtlkit.tasks.fcos.FCOSLoss`); metrics ``map`` (COCO mAP@[.5:.95]) and
+  ``map50``.
+
+The head is :class:`mtlkit.nn.detection.FCOSHead`, registered as head ``fcos``. With the
+``resnet`` encoder and ``pool: false``, one model carries a ``pooled`` multi-label head, an
+``fcos`` detection head and a ``dense`` segmentation head on the same feature map, and any
+loss-balancing method trains them together (``examples/vision_mtl.py``).
+
+The metrics follow the protocol of the COCO detection benchmark (Lin et al., 2014, "Microsoft
+COCO: Common Objects in Context", ECCV) as its reference evaluator ``COCOeval`` computes it for
+boxes over the area range "all" with at most ``max_detections`` = 100 detections per image
+and class:
 
 1. per image and class, detections by decreasing score (ties: input order) are matched
    greedily to the still unmatched ground truth of highest IoU ≥ t; crowd boxes
@@ -16,7 +29,7 @@ the area range "all" with at most ``max_detections`` = 100 detections per image 
    the thresholds t = 0.5, 0.55, ..., 0.95; mAP@.5 uses t = 0.5 alone.
 
 The registered metrics ``map`` and ``map50`` take a detection head's raw output and the
-``(N, M, 5)`` targets (:mod:`mtlkit.nn.detection`), decode the boxes (FCOS inference) and
+``(N, M, 5)`` targets (:mod:`mtlkit.tasks.boxes`), decode the boxes (FCOS inference) and
 apply this protocol. Crowd regions cannot be expressed in that target layout; use
 :func:`evaluate_detections` to evaluate with them.
 """
@@ -31,11 +44,52 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.errors import TaskDataError
-from mtlkit.metrics import metric
-from mtlkit.nn.detection import check_detection_target, decode, split_output, target_boxes
+from mtlkit.tasks._task import TASK_KINDS, TaskKind
+from mtlkit.tasks.boxes import (
+    EXTRA_CHANNELS,
+    check_detection_target,
+    decode,
+    split_output,
+    target_boxes,
+)
+from mtlkit.tasks.fcos import FCOSLoss
+from mtlkit.tasks.losses import LOSSES
+from mtlkit.tasks.metrics import metric
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+# --------------------------------------------------------------------------- the task kind
+
+
+@dataclass(frozen=True)
+class DetectionKind(TaskKind):
+    """Object detection: ``(B, M, 5)`` float box rows in, ``(B, K + 7, h, w)`` out.
+
+    The target layout is checked here (rows of 5, classes in ``[0, K)`` or −1, no negative
+    box size), so :meth:`mtlkit.tasks.Task.check` reports bad boxes before any loss runs.
+    """
+
+    def output_fits(self, output: Tensor, target: Tensor, num_outputs: int) -> bool:
+        """Any ``(B, K + 7, h, w)`` map fits: the boxes do not fix the map size."""
+        check_detection_target(target, num_outputs, "detection")
+        return (
+            output.dim() == 4
+            and output.shape[0] == target.shape[0]
+            and output.shape[1] == num_outputs + EXTRA_CHANNELS
+        )
+
+    def describe_expected(self, target: Tensor, num_outputs: int) -> str:
+        return f"({target.shape[0]}, {num_outputs + EXTRA_CHANNELS}, h, w)"
+
+
+DETECTION = DetectionKind("detection", "fcos", ("map", "map50"), False, False)
+TASK_KINDS.register(DETECTION.name, DETECTION)
+LOSSES.register("fcos", FCOSLoss())
+
+
+# --------------------------------------------------------------------------- COCO evaluation
 
 
 @dataclass
@@ -227,8 +281,10 @@ def mean_average_precision_50(output: Tensor, target: Tensor) -> float:
 
 
 __all__ = [
+    "DETECTION",
     "IOU_THRESHOLDS",
     "RECALL_POINTS",
+    "DetectionKind",
     "ImageDetections",
     "ImageTruth",
     "evaluate_detections",

@@ -1,0 +1,296 @@
+"""Per-sample tasks: one prediction per input (a table row, a whole image, a sentence).
+
+Importing this module registers:
+
+- task kinds ``classification`` (output ``(B, C)`` logits, target ``(B,)`` class indices;
+  loss ``cross_entropy``; metrics ``accuracy``, ``macro_f1``), ``binary`` (output ``(B,)`` or
+  ``(B, 1)`` logits, target in {0, 1}; loss ``bce``; metrics ``accuracy``, ``auroc``),
+  ``multilabel`` (output and target ``(B, L)``; loss ``bce``; metric ``macro_f1_multilabel``)
+  and ``regression`` (output ``(B, D)``, target ``(B, D)`` or ``(B,)`` for D = 1; loss
+  ``mse``; metrics ``mae``, ``rmse``, ``r2``);
+- losses ``cross_entropy``, ``bce``, ``mse``, ``l1``, ``smooth_l1``;
+- metrics ``accuracy``, ``macro_f1``, ``auroc``, ``mae``, ``rmse``, ``r2``,
+  ``macro_f1_multilabel`` and ``multilabel_map``: the mean over labels of the average
+  precision of the label's scores (the multi-label classification metric of PASCAL VOC /
+  COCO, e.g. Everingham et al., 2010, "The PASCAL Visual Object Classes (VOC) Challenge",
+  IJCV, non-interpolated form).
+
+Missing labels are ``-100`` (integer targets) or NaN (float targets), as in
+:mod:`mtlkit.tasks.losses`; :class:`StandardizedMSE` is the loss of a regression target that
+a ``standardized`` head predicts in its original units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.tasks._task import TASK_KINDS, TaskKind
+from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
+from mtlkit.tasks.metrics import metric
+
+CLASSIFICATION = TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True)
+BINARY = TaskKind("binary", "bce", ("accuracy", "auroc"), False, False, binary_targets=True)
+MULTILABEL = TaskKind(
+    "multilabel", "bce", ("macro_f1_multilabel",), False, False, binary_targets=True
+)
+REGRESSION = TaskKind("regression", "mse", ("mae", "rmse", "r2"), False, False)
+for _kind in (CLASSIFICATION, BINARY, MULTILABEL, REGRESSION):
+    TASK_KINDS.register(_kind.name, _kind)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Softmax cross-entropy over dim 1 (works per sample, per token and per pixel)."""
+    if not bool((target != IGNORE_INDEX).any()):
+        return empty_loss(output)
+    return F.cross_entropy(output.float(), target.long(), ignore_index=IGNORE_INDEX)
+
+
+def _masked_float(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    out = output.float().reshape(target.shape)
+    keep = ~torch.isnan(target)  # NaN marks a missing label; inf is bad data and stays
+    return out[keep], target[keep].float()
+
+
+@LOSSES.register("bce")
+def bce(output: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy on logits, for binary and multi-label targets in {0, 1}."""
+    out, tgt = _masked_float(output, target.float())
+    return F.binary_cross_entropy_with_logits(out, tgt) if tgt.numel() else empty_loss(output)
+
+
+@LOSSES.register("mse")
+def mse(output: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over finite targets."""
+    out, tgt = _masked_float(output, target)
+    return F.mse_loss(out, tgt) if tgt.numel() else empty_loss(output)
+
+
+@LOSSES.register("l1")
+def l1(output: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over finite targets."""
+    out, tgt = _masked_float(output, target)
+    return F.l1_loss(out, tgt) if tgt.numel() else empty_loss(output)
+
+
+@LOSSES.register("smooth_l1")
+def smooth_l1(output: Tensor, target: Tensor) -> Tensor:
+    """Huber-style smooth L1 (β = 1) over finite targets."""
+    out, tgt = _masked_float(output, target)
+    return F.smooth_l1_loss(out, tgt) if tgt.numel() else empty_loss(output)
+
+
+class StandardizedMSE:
+    """MSE of standardised values: ``mean((ŷ − y)²) / std²`` for outputs in original units."""
+
+    def __init__(self, std: float) -> None:
+        if not std > 0:
+            raise ConfigError(f"loss 'standardized_mse': option 'std' must be > 0, got {std}")
+        self.std = float(std)
+
+    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
+        out = output.reshape(target.shape) if output.numel() == target.numel() else output
+        return F.mse_loss(out.float(), target.float()) / self.std**2
+
+    def __repr__(self) -> str:
+        return f"StandardizedMSE(std={self.std:.6g})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def class_predictions(output: Tensor, target: Tensor) -> Tensor:
+    """Predicted labels: argmax over the class dimension, or a 0 threshold on logits for
+    binary outputs shaped like the target (or with a trailing singleton).
+
+    The class dimension is dim 1 (``(B, C)``, ``(B, C, H, W)``) when the other dimensions fit
+    the target, else the last one (per-token ``(B, L, C)``); a layout that fits neither is an
+    error rather than a silently wrong score.
+    """
+    if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
+        if output.shape[0] == target.shape[0] and output.shape[2:] == target.shape[1:]:
+            return output.argmax(dim=1)
+        if output.shape[:-1] == target.shape:
+            return output.argmax(dim=-1)
+        raise TaskDataError(
+            f"output shape {tuple(output.shape)} has no class dimension that fits "
+            f"target shape {tuple(target.shape)}"
+        )
+    return (output.reshape(target.shape) > 0).long()
+
+
+def _valid(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    keep = target != ignore_index
+    return pred[keep], target[keep]
+
+
+def _scores(output: Tensor, target: Tensor) -> np.ndarray:
+    """Class-probability scores for AUROC: sigmoid for binary logits, softmax otherwise."""
+    if output.dim() == target.dim() + 1 and output.shape[1] > 1:
+        if output.dim() > 2:
+            raise TaskDataError("auroc scores one prediction per sample: (B,) or (B, C) outputs")
+        return torch.softmax(output.float(), dim=1).numpy()
+    return torch.sigmoid(output.float().reshape(target.shape)).numpy()
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@metric("accuracy", "max")
+def accuracy(output: Tensor, target: Tensor) -> float:
+    """Share of correct predictions (labels equal to -100 are ignored)."""
+    pred, tgt = _valid(class_predictions(output, target), target.long())
+    return float((pred == tgt).float().mean()) if tgt.numel() else math.nan
+
+
+@metric("macro_f1", "max")
+def macro_f1(output: Tensor, target: Tensor) -> float:
+    """F1 averaged over the classes that occur in the target or the prediction."""
+    pred, tgt = _valid(class_predictions(output, target), target.long())
+    if tgt.numel() == 0:
+        return math.nan
+    scores = []
+    for c in torch.unique(torch.cat([pred, tgt])).tolist():
+        tp = float(((pred == c) & (tgt == c)).sum())
+        fp = float(((pred == c) & (tgt != c)).sum())
+        fn = float(((pred != c) & (tgt == c)).sum())
+        denom = 2 * tp + fp + fn
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+@metric("auroc", "max")
+def auroc(output: Tensor, target: Tensor) -> float:
+    """Area under the ROC curve; one-vs-rest macro average for more than two classes."""
+    from sklearn.metrics import roc_auc_score
+
+    keep = (target != IGNORE_INDEX).numpy()
+    y = target.long().numpy()[keep]
+    scores = _scores(output, target)[keep]
+    if len(np.unique(y)) < 2:
+        return math.nan
+    if scores.ndim == 1:
+        return float(roc_auc_score(y, scores))
+    present = np.unique(y)
+    if len(present) < scores.shape[1]:  # restrict to classes seen, renormalised
+        scores = scores[:, present] / scores[:, present].sum(axis=1, keepdims=True)
+        y = np.searchsorted(present, y)
+    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro"))
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def _regression_pair(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    out = output.double().reshape(target.shape)
+    tgt = target.double()
+    keep = torch.isfinite(tgt)
+    return out[keep], tgt[keep]
+
+
+@metric("mae", "min")
+def mae(output: Tensor, target: Tensor) -> float:
+    """Mean absolute error over finite targets."""
+    out, tgt = _regression_pair(output, target)
+    return float((out - tgt).abs().mean()) if tgt.numel() else math.nan
+
+
+@metric("rmse", "min")
+def rmse(output: Tensor, target: Tensor) -> float:
+    """Root mean squared error over finite targets."""
+    out, tgt = _regression_pair(output, target)
+    return float((out - tgt).pow(2).mean().sqrt()) if tgt.numel() else math.nan
+
+
+@metric("r2", "max")
+def r2(output: Tensor, target: Tensor) -> float:
+    """Coefficient of determination, 1 − SS_res / SS_tot, pooled over all target entries."""
+    out, tgt = _regression_pair(output, target)
+    ss_tot = float((tgt - tgt.mean()).pow(2).sum())
+    if tgt.numel() < 2 or ss_tot == 0.0:
+        return math.nan
+    return 1.0 - float((out - tgt).pow(2).sum()) / ss_tot
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+@metric("macro_f1_multilabel", "max")
+def macro_f1_multilabel(output: Tensor, target: Tensor) -> float:
+    """Multi-label F1 averaged over labels (logit > 0 is a positive prediction)."""
+    pred = (output.reshape(target.shape) > 0).float()
+    tgt = target.float()
+    keep = torch.isfinite(tgt)
+    scores = []
+    for j in range(tgt.shape[-1]):
+        k = keep[..., j]
+        p, t = pred[..., j][k], tgt[..., j][k]
+        tp, fp, fn = float((p * t).sum()), float((p * (1 - t)).sum()), float(((1 - p) * t).sum())
+        if 2 * tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def average_precision(scores: Tensor, labels: Tensor) -> float:
+    """Non-interpolated AP of one label: the mean, over the positives, of the precision at
+    each positive's rank when the samples are sorted by decreasing score (NaN without
+    positives). Tied scores are ranked together: each gets the precision at the tie's end."""
+    s = scores.double().numpy()
+    y = labels.double().numpy() > 0.5
+    if not y.any():
+        return math.nan
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    # the end of each run of equal scores
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+    end = np.repeat(last, np.diff(np.r_[-1, last]))
+    precision = tp[end] / (end + 1)
+    return float(precision[y].sum() / y.sum())
+
+
+@metric("multilabel_map", "max")
+def multilabel_map(output: Tensor, target: Tensor) -> float:
+    """Mean over labels (with at least one positive) of the average precision of the logits."""
+    out = output.reshape(target.shape).float()
+    keep = torch.isfinite(target.float())
+    values = []
+    for j in range(target.shape[-1]):
+        k = keep[..., j]
+        ap = average_precision(out[..., j][k], target[..., j][k].float())
+        if not math.isnan(ap):
+            values.append(ap)
+    return float(np.mean(values)) if values else math.nan
+
+
+__all__ = [
+    "BINARY",
+    "CLASSIFICATION",
+    "MULTILABEL",
+    "REGRESSION",
+    "StandardizedMSE",
+    "accuracy",
+    "auroc",
+    "average_precision",
+    "bce",
+    "class_predictions",
+    "cross_entropy",
+    "l1",
+    "macro_f1",
+    "macro_f1_multilabel",
+    "mae",
+    "mse",
+    "multilabel_map",
+    "r2",
+    "rmse",
+    "smooth_l1",
+]
