@@ -75,6 +75,8 @@ class RunConfig(Strict):
 
     name: str = "run"
     seed: int = 0
+    #: modules or .py files to import first, so the components they register can be named
+    imports: list[str] = Field(default_factory=list)
     data: DataConfig
     tasks: list[TaskConfig] | None = None
     weights: dict[str, float] | None = None

@@ -26,6 +26,7 @@ from mtlkit.data.sharding import ShardedLoader, shard_split
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.files import atomic_write_text
 from mtlkit.nn import ENCODERS, MTLModel, build_model
+from mtlkit.plugins import import_plugins
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
 from mtlkit.train.checkpoint import load_model_weights
@@ -156,6 +157,7 @@ def build_run(config: RunConfig | dict[str, Any]) -> Run:
     """Resolve a config into data, tasks, model and weighting (seeded by ``config.seed``)."""
     if not isinstance(config, RunConfig):
         config = parse_config(config)
+    import_plugins(config.imports)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data.name, **config.data.params)
     _training_strategy(config, data)
