@@ -29,6 +29,12 @@ def delta_m(
     over the K (task, metric) pairs of ``baseline``, where l_k = 1 if lower is better for
     metric k and 0 otherwise. Positive Δm means the multi-task model is better on average.
     ``directions[task][metric]`` overrides the registry's direction of a metric.
+
+    Accuracy 2 % higher on one task, MAE 10 % higher (worse) on the other:
+
+    >>> round(delta_m({"a": {"accuracy": 0.918}, "b": {"mae": 1.1}},
+    ...               {"a": {"accuracy": 0.9}, "b": {"mae": 1.0}}), 6)
+    -4.0
     """
     terms: list[float] = []
     for task, metrics in baseline.items():
