@@ -49,7 +49,6 @@ from torch import Tensor, nn
 
 from mtlkit.data.base import Batch, TensorSplit
 from mtlkit.errors import ConfigError, DatasetError, TaskDataError
-from mtlkit.tasks import Task
 from mtlkit.weighting.base import StepRecord, Weighting
 from mtlkit.weighting.compose import Composed
 from mtlkit.weighting.gradient import GradientWeighting
@@ -62,7 +61,6 @@ __all__ = [
     "ShardedLoader",
     "current",
     "init_distributed",
-    "label_count",
     "launched_by_torchrun",
     "shard_split",
     "teardown",
@@ -298,15 +296,6 @@ class Distributed:
         boxes: list[Any] = [None] * self.world_size
         dist.all_gather_object(boxes, list(items))
         return [item for box in boxes for item in box]
-
-
-def label_count(task: Task, target: Tensor) -> int:
-    """The labelled entries of ``target`` (not the ignore value, not NaN): the number a task's
-    masked mean loss averages over, and so its weight in the global mean."""
-    if task.spec.integer_targets:
-        ignored = torch.tensor(task.spec.ignore_labels, device=target.device)
-        return int((~torch.isin(target, ignored)).sum())
-    return int((~torch.isnan(target.float())).sum())
 
 
 # ---------------------------------------------------------------------------- the wrapper

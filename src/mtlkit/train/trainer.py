@@ -36,7 +36,7 @@ from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError, TaskDat
 from mtlkit.metrics import better, get_metric
 from mtlkit.tasks import Task, task_map
 from mtlkit.train.checkpoint import load_checkpoint, model_tensors, save_checkpoint
-from mtlkit.train.distributed import Distributed, label_count
+from mtlkit.train.distributed import Distributed
 from mtlkit.train.logging import JsonlLogger, ProgressBar, TensorBoardLogger, flatten
 from mtlkit.train.optim import SCHEDULERS, build_optimizer
 from mtlkit.train.seed import rng_state, seed_everything, set_rng_state
@@ -66,14 +66,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
-
-
-def has_labels(task: Task, target: Tensor) -> bool:
-    """Whether ``target`` holds at least one label (not the ignore value, not NaN)."""
-    if task.spec.integer_targets:
-        ignored = torch.tensor(task.spec.ignore_labels, device=target.device)
-        return bool((~torch.isin(target, ignored)).any())
-    return bool((~torch.isnan(target.float())).any())
 
 
 @dataclass
@@ -378,14 +370,14 @@ class Trainer:
             with self.autocast():
                 outputs, representation = self._forward(inputs)
             present = self.compute_losses(outputs, targets)
-        present = {t: v for t, v in present.items() if has_labels(self.tasks[t], targets[t])}
+        present = {t: v for t, v in present.items() if self.tasks[t].label_mask(targets[t]).any()}
         if not present and self.distributed is None:  # distributed: decided over all ranks
             return {}
         losses: dict[str, Tensor | None] = {t: present.get(t) for t in self.tasks}
         if len(present) == len(self.tasks):
             losses = dict(present)
         if self.distributed is not None:  # global values, this rank's share of the gradient
-            counts = {t: label_count(self.tasks[t], targets[t]) for t in present}
+            counts = {t: int(self.tasks[t].label_mask(targets[t]).sum()) for t in present}
             losses = self.distributed.globalize(losses, counts)
         present = {t: v for t, v in losses.items() if v is not None}
         if not present:
