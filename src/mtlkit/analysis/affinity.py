@@ -279,7 +279,7 @@ def measure_affinity(
         raise ConfigError(f"affinity: option 'lr' must be > 0, got {eta}")
     if len(tasks) < 2:
         raise ConfigError("affinity: needs at least two tasks")
-    from mtlkit.train.trainer import to_device
+    from mtlkit.train.batches import to_device
 
     device = torch.device(device)
     model.to(device)

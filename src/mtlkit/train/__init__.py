@@ -2,7 +2,8 @@
 
 from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.train.seed import seed_everything
-from mtlkit.train.trainer import FitResult, Monitor, Trainer
+from mtlkit.train.selection import Monitor
+from mtlkit.train.trainer import FitResult, Trainer
 
 __all__ = [
     "FitResult",
