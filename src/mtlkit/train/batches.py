@@ -1,4 +1,4 @@
-"""From a batch to each task's loss: to the device, the forward pass, the checked losses.
+"""From a batch to each task's loss: the device, the forward pass, the checked losses.
 
 A batch is either joint, ``(inputs, targets)`` with a target for every task, or multi-input,
 a :class:`~mtlkit.data.multi.TaskBatches` of ``task → (inputs, targets)`` (one dataset per
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.data.multi import TaskBatches
+from mtlkit.data.multi import STEP_MODES, TaskBatches
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.tasks import Task
 from mtlkit.weighting import Weighting
@@ -22,6 +22,17 @@ from mtlkit.weighting import Weighting
 Batch = tuple[Any, Mapping[str, Tensor]]
 #: a forward pass: each task's output, each task's target, the shared representation (or None)
 Forward = tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -33,6 +44,21 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
+
+
+def check_step_mode(step_mode: str | None, method: Weighting) -> None:
+    """A ConfigError when ``step_mode`` is unknown, or ``single`` with a method that
+    combines several tasks' gradients per step (``needs_all_tasks``)."""
+    if step_mode is None:
+        return
+    if step_mode not in STEP_MODES:
+        raise ConfigError(f"step_mode must be one of {', '.join(STEP_MODES)}, got '{step_mode}'")
+    if step_mode == "single" and getattr(method, "needs_all_tasks", False):
+        raise ConfigError(
+            f"weighting '{method}' is gradient-based: it combines the gradients of "
+            "several tasks in one step, so it needs step_mode: mixed (one batch of every "
+            "task per step); step_mode: single gives it one task per step"
+        )
 
 
 def forward(
@@ -135,3 +161,16 @@ def task_losses(
             raise TaskDataError(f"task '{name}': the model produced no output for it")
         losses[name] = task.compute_loss(outputs[name], targets[name], check)
     return losses
+
+
+def labelled_losses(
+    tasks: Mapping[str, Task], losses: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor | None], dict[str, int]]:
+    """Every task's loss, None for a task absent from the batch or whose target has no label
+    (:meth:`~mtlkit.tasks.Task.label_mask`); and the number of labels of each task's target,
+    which its (masked mean) loss averages over."""
+    counts = {t: int(tasks[t].label_mask(targets[t]).sum()) for t in losses}
+    present = {t: loss for t, loss in losses.items() if counts[t] > 0}
+    if len(present) == len(tasks):
+        return dict(present), counts
+    return {t: present.get(t) for t in tasks}, counts

@@ -85,14 +85,19 @@ class Selection:
     bad_epochs: int = 0
     best_weights: dict[str, Tensor] | None = None
 
-    def update(self, value: float, epoch: int, model: nn.Module) -> bool:
-        """Record ``epoch``'s monitored value; True when it is the best so far."""
+    def __post_init__(self) -> None:
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be ≥ 1, got {self.patience}")
+
+    def update(self, value: float, epoch: int, model: nn.Module) -> dict[str, Tensor] | None:
+        """Record ``epoch``'s monitored value; the model's weights (kept as the best) when it
+        is the best so far, else None."""
         if self.best_value is None or better(value, self.best_value, self.monitor.direction):
             self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
             self.best_weights = model_tensors(model)
-            return True
+            return self.best_weights
         self.bad_epochs += 1
-        return False
+        return None
 
     @property
     def should_stop(self) -> bool:

@@ -1,28 +1,23 @@
 """The Trainer: fit, evaluate and predict a multi-task model.
 
-A training step is a short sequence of named steps (:meth:`Trainer.train_step`)::
+:meth:`Trainer.train_step` is a sequence of named steps::
 
-    outputs, targets, rep = forward(batch)            # under the precision's autocast
-    losses = task_losses(outputs, targets)            # None for a task without labels
-    losses = strategy.globalize(losses, counts)       # data-parallel: over all ranks
-    check_finite(losses)                              # names the task and the step
-    record = weighting.backward(losses, model, loss_scale=precision.loss_scale())
-    precision.step(optimizer, params, grad_clip)      # unscale, clip, step
-    log(record)
+    outputs, targets, rep = self._forward(batch)        # under the precision's autocast
+    losses = self._losses(outputs, targets)             # global over the ranks; None: no label
+    values = self._check_finite(present)                # names the task and the step
+    record = self._backward(losses, rep)                # the method, at the precision's scale
+    self.precision.step(optimizer, parameters, grad_clip)  # unscale, clip, step
+    self._log_step(values, record)
 
 The Trainer never asks which weighting method it runs (everything a method needs travels
-through the :class:`~mtlkit.weighting.Weighting` interface), nor whether it runs in one
-process or many: a :class:`~mtlkit.train.strategy.Strategy` (``SingleProcess`` or
-``DataParallel``) is chosen once at construction, and so is the
-:class:`~mtlkit.train.precision.Precision` (full, bf16 autocast, fp16 with gradient scaling).
-
-Multi-input batches (:class:`~mtlkit.data.multi.TaskBatches`, one dataset per task) carry
-each task's own inputs: only the tasks present get a loss (:mod:`mtlkit.train.batches`). A
-task whose batch has no label at all (:meth:`~mtlkit.tasks.Task.label_mask` all False) is
-absent too: its loss is ``None`` for the weighting method, so it adds no loss and no gradient
-(:meth:`~mtlkit.weighting.Weighting.restrict`). The evaluation loop is in
-:mod:`mtlkit.train.evaluation`, model selection's :class:`Monitor` in
-:mod:`mtlkit.train.monitor`.
+through the :class:`~mtlkit.weighting.Weighting` interface), nor whether it runs in one process
+or many: its :class:`~mtlkit.train.strategy.Strategy` (``SingleProcess`` or ``DataParallel``)
+and :class:`~mtlkit.train.precision.Precision` (fp32, bf16 autocast, fp16 with gradient
+scaling) are chosen once, at construction. A task whose target holds no label
+(:meth:`~mtlkit.tasks.Task.label_mask`) gets a ``None`` loss: the method runs on the present
+tasks (:meth:`~mtlkit.weighting.Weighting.restrict`). Around it: ``batches.py`` (forward
+and losses of joint and multi-input batches), ``evaluation.py`` (the evaluation loop),
+``selection.py`` (model selection, early stopping), ``logging.py`` (the run folder).
 """
 
 from __future__ import annotations
@@ -35,16 +30,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from mtlkit.data.multi import STEP_MODES, TaskBatches
+from mtlkit.data.multi import TaskBatches
 from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError
 from mtlkit.tasks import Task, task_map
-from mtlkit.train.batches import Batch, Forward, forward_batch, task_losses
-from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
+from mtlkit.train.batches import (
+    Batch,
+    Forward,
+    check_step_mode,
+    forward_batch,
+    labelled_losses,
+    resolve_device,
+    task_losses,
+)
+from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.evaluation import Evaluator
-from mtlkit.train.logging import JsonlLogger, ProgressBar, TensorBoardLogger, flatten
+from mtlkit.train.logging import ProgressBar, RunFolder
 from mtlkit.train.optim import SCHEDULERS, build_optimizer
 from mtlkit.train.precision import Precision
 from mtlkit.train.seed import rng_state, seed_everything, set_rng_state
@@ -53,17 +56,6 @@ from mtlkit.train.strategy import DataParallel, SingleProcess, Strategy
 from mtlkit.weighting import EW, StepRecord, Weighting
 
 __all__ = ["FitResult", "Trainer", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -151,15 +143,13 @@ class Trainer:
         self.weighting = self.strategy.wrap(weighting if weighting is not None else EW())
         self.weighting.bind(list(self.tasks))
         self.step_mode = step_mode
-        self.check_step_mode(step_mode)
+        check_step_mode(step_mode, self.weighting)
         for p in self.weighting.parameters():
             p.data = p.data.to(self.device)
         if epochs < 1:
             raise ConfigError(f"epochs must be ≥ 1, got {epochs}")
         if grad_clip is not None and not grad_clip > 0:
             raise ConfigError(f"grad_clip must be > 0, got {grad_clip}")
-        if patience is not None and patience < 1:
-            raise ConfigError(f"patience must be ≥ 1, got {patience}")
         self.epochs = epochs
         self.grad_clip = grad_clip
         self.monitor = Monitor(monitor)
@@ -185,29 +175,8 @@ class Trainer:
         self.progress = progress
         self.step = 0
         self.epoch = 0
-        self.logger: JsonlLogger | None = None  # set by fit(); train_step works without it
+        self.run = RunFolder(None)  # set by fit(); train_step works without it
         self.history: list[dict[str, Any]] = []
-
-    @property
-    def writes(self) -> bool:
-        """Whether this process writes to ``run_dir`` (there is one, and it is rank 0)."""
-        return self.run_dir is not None and self.strategy.is_main
-
-    def check_step_mode(self, step_mode: str | None) -> None:
-        """A ConfigError when ``step_mode`` is unknown, or ``single`` with a method that
-        combines several tasks' gradients per step (``needs_all_tasks``)."""
-        if step_mode is None:
-            return
-        if step_mode not in STEP_MODES:
-            raise ConfigError(
-                f"step_mode must be one of {', '.join(STEP_MODES)}, got '{step_mode}'"
-            )
-        if step_mode == "single" and getattr(self.weighting, "needs_all_tasks", False):
-            raise ConfigError(
-                f"weighting '{self.weighting}' is gradient-based: it combines the gradients of "
-                "several tasks in one step, so it needs step_mode: mixed (one batch of every "
-                "task per step); step_mode: single gives it one task per step"
-            )
 
     # ------------------------------------------------------------------ one step
 
@@ -239,11 +208,7 @@ class Trainer:
         computed = task_losses(
             self.tasks, outputs, targets, self.check_inputs, every_task=every_task
         )
-        counts = {t: int(self.tasks[t].label_mask(targets[t]).sum()) for t in computed}
-        present = {t: loss for t, loss in computed.items() if counts[t] > 0}
-        losses: dict[str, Tensor | None] = {t: present.get(t) for t in self.tasks}
-        if len(present) == len(self.tasks):
-            losses = dict(present)
+        losses, counts = labelled_losses(self.tasks, computed, targets)
         # data-parallel: the global values, with this rank's share of the gradient
         return self.strategy.globalize(losses, counts)
 
@@ -276,16 +241,9 @@ class Trainer:
 
     def _log_step(self, losses: dict[str, float], record: StepRecord) -> None:
         """Every ``log_every`` steps, the losses and what the method decided."""
-        if self.logger is not None and self.step % self.log_every == 0:
-            self.logger.log(
-                {
-                    "type": "step",
-                    "epoch": self.epoch + 1,
-                    "step": self.step,
-                    "loss": losses,
-                    **record.to_log(),
-                }
-            )
+        if self.run.writes and self.step % self.log_every == 0:
+            step = {"type": "step", "epoch": self.epoch + 1, "step": self.step, "loss": losses}
+            self.run.log({**step, **record.to_log()})
 
     # ------------------------------------------------------------------ fit
 
@@ -303,13 +261,10 @@ class Trainer:
         ``stop_after`` ends this call after that epoch (the checkpoint lets a later call with
         ``resume`` continue exactly), for time-boxed jobs.
         """
-        run_dir = self.run_dir if self.writes else None
-        self.logger = JsonlLogger(run_dir / "metrics.jsonl") if run_dir is not None else None
-        board = TensorBoardLogger(run_dir / "tensorboard") if run_dir is not None else None
+        self.run = RunFolder(self.run_dir if self.strategy.is_main else None)
         if resume is not None:
             self.resume(resume)
-            if self.logger is not None:
-                self.logger.truncate_after(self.epoch)
+            self.run.truncate_after(self.epoch)
         elif self.epoch == 0 and self.seed is not None:
             seed_everything(self.seed, self.deterministic)  # the run's random stream starts here
         bar = ProgressBar(self.progress and self.strategy.is_main)
@@ -317,50 +272,27 @@ class Trainer:
         try:
             last = self.epochs if stop_after is None else min(self.epochs, stop_after)
             while self.epoch < last and not stopped:
-                stopped = self._run_epoch(train, val, bar, board)
+                stopped = self._run_epoch(train, val, bar)
         finally:
             bar.close()
-            if board is not None:
-                board.close()
+            self.run.close()
         self.strategy.barrier()  # rank 0's checkpoint is on disk before any rank goes on
-        selection = self.selection
-        if selection.best_weights is not None:
-            self.model.load_state_dict(selection.best_weights)
-        return FitResult(self.history, selection.best_epoch, selection.best_value, stopped)
+        best = self.selection
+        if best.best_weights is not None:
+            self.model.load_state_dict(best.best_weights)
+        return FitResult(self.history, best.best_epoch, best.best_value, stopped)
 
     def _run_epoch(
         self,
         train: Iterable[Batch],
         val: Iterable[Batch] | None,
         bar: ProgressBar,
-        board: TensorBoardLogger | None,
     ) -> bool:
+        """One epoch, then its end: the method's and the scheduler's epoch step, validation
+        and model selection, the logs, the checkpoint, the callbacks. True: stop early."""
         started = time.perf_counter()
-        totals = dict.fromkeys(self.tasks, 0.0)
-        counts = dict.fromkeys(self.tasks, 0)  # steps in which each task was present
-        batches = 0
-        if self.step_mode is None:  # a multi-input loader says its mode
-            self.check_step_mode(getattr(train, "step_mode", None))
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(self.epoch)
-        total = len(train) if hasattr(train, "__len__") else 0  # type: ignore[arg-type]
-        bar.start_epoch(f"epoch {self.epoch + 1}/{self.epochs}", total)
-        for batch in train:
-            losses = self.train_step(batch)
-            for name, value in losses.items():
-                totals[name] += value
-                counts[name] += 1
-            batches += 1
-            bar.update(losses)
-        if batches == 0:
-            raise DatasetError("the training data yielded no batch: the train split is empty")
+        mean_losses = self._train_epoch(train, bar)
         self.epoch += 1
-        # a task absent from the whole epoch keeps its previous mean (NaN in the first epoch)
-        previous = self.history[-1]["train"]["loss"] if self.history else {}
-        mean_losses = {
-            t: v / counts[t] if counts[t] else float(previous.get(t, math.nan))
-            for t, v in totals.items()
-        }
         self.weighting.on_epoch_end(self.epoch, mean_losses)
         if self.scheduler is not None:
             self.scheduler.step()
@@ -378,26 +310,45 @@ class Trainer:
             record["val"] = results
             record["monitor"] = {"name": self.monitor.spec, "value": value}
             best = self.selection.update(value, self.epoch, self.model)
-            if best and self.writes and self.run_dir is not None:
-                (self.run_dir / "best").mkdir(parents=True, exist_ok=True)
-                weights = self.selection.best_weights
-                save_file(weights, str(self.run_dir / "best" / "model.safetensors"))
+            if best is not None:
+                self.run.save_best(best)
             stop = self.selection.should_stop
         else:
             self.selection.best_epoch = self.epoch
         record["time"] = time.perf_counter() - started
         self.history.append(record)
-        if self.logger is not None:
-            self.logger.log(record)
-        if board is not None:
-            board.log(
-                flatten("", {k: record[k] for k in ("train", "val") if k in record}), self.epoch
-            )
-        if self.writes and self.run_dir is not None:
-            save_checkpoint(self.run_dir / "checkpoint", self.model, self.state_dict())
+        self.run.log_epoch(record)
+        self.run.save_checkpoint(self.model, self.state_dict)
         for callback in self.callbacks:
             callback(self, record)
         return stop
+
+    def _train_epoch(self, train: Iterable[Batch], bar: ProgressBar) -> dict[str, float]:
+        """The training steps of one epoch; each task's mean loss over the steps it was in."""
+        totals = dict.fromkeys(self.tasks, 0.0)
+        counts = dict.fromkeys(self.tasks, 0)  # steps in which each task was present
+        batches = 0
+        if self.step_mode is None:  # a multi-input loader says its mode
+            check_step_mode(getattr(train, "step_mode", None), self.weighting)
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(self.epoch)
+        total = len(train) if hasattr(train, "__len__") else 0  # type: ignore[arg-type]
+        bar.start_epoch(f"epoch {self.epoch + 1}/{self.epochs}", total)
+        for batch in train:
+            losses = self.train_step(batch)
+            for name, value in losses.items():
+                totals[name] += value
+                counts[name] += 1
+            batches += 1
+            bar.update(losses)
+        if batches == 0:
+            raise DatasetError("the training data yielded no batch: the train split is empty")
+        # a task absent from the whole epoch keeps its previous mean (NaN in the first epoch)
+        previous = self.history[-1]["train"]["loss"] if self.history else {}
+        return {
+            t: v / counts[t] if counts[t] else float(previous.get(t, math.nan))
+            for t, v in totals.items()
+        }
 
     # ------------------------------------------------------------------ evaluation
 
