@@ -28,7 +28,6 @@ from mtlkit.train.distributed import (
     Distributed,
     DistributedWeighting,
     init_distributed,
-    label_count,
     teardown,
 )
 from mtlkit.weighting import compose, get
@@ -467,7 +466,7 @@ def test_the_wrapper_keeps_the_method_state_and_name() -> None:
     assert str(wrapped) == str(method) and wrapped.stateful == method.stateful
 
 
-def test_label_count_is_what_a_masked_mean_averages_over() -> None:
+def test_label_mask_counts_what_a_masked_mean_averages_over() -> None:
     cls, reg = tiny_tasks()
-    assert label_count(cls, torch.tensor([0, -100, 2, 1])) == 3
-    assert label_count(reg, torch.tensor([0.5, float("nan"), 1.0])) == 2
+    assert int(cls.label_mask(torch.tensor([0, -100, 2, 1])).sum()) == 3
+    assert int(reg.label_mask(torch.tensor([0.5, float("nan"), 1.0])).sum()) == 2

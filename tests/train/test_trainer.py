@@ -215,8 +215,8 @@ def test_gradient_scaling_path_equals_unscaled(weighting: str) -> None:
     plain = make_trainer(weighting=weighting, epochs=1)
     plain.fit(*data())
     scaled = make_trainer(weighting=weighting, epochs=1)
-    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10**6)
+    scaled.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10**6)
     scaled.fit(*data())
-    assert scaled.scaler.get_scale() == 2.0**10  # no inf/NaN step was skipped
+    assert scaled.precision.scaler.get_scale() == 2.0**10  # no inf/NaN step was skipped
     for key, value in params(plain).items():
         assert torch.allclose(value, params(scaled)[key], rtol=1e-5, atol=1e-7), key

@@ -7,9 +7,9 @@ from typing import Any
 
 from mtlkit.analysis.affinity import Affinity, measure_affinity
 from mtlkit.experiments.run import build_run
+from mtlkit.train.batches import resolve_device
 from mtlkit.train.optim import build_optimizer
 from mtlkit.train.seed import seed_everything
-from mtlkit.train.trainer import resolve_device
 
 
 def run_affinity(

@@ -152,10 +152,7 @@ class Task:
                 f"{tuple(output.shape)} (expected output {expected})"
             )
         if self.spec.integer_targets and target.numel():
-            ignored = torch.isin(
-                target, torch.tensor(self.spec.ignore_labels, device=target.device)
-            )
-            valid = target[~ignored]
+            valid = target[self.label_mask(target)]
             if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_outputs):
                 bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
                 raise TaskDataError(
@@ -166,6 +163,14 @@ class Task:
             finite = target[torch.isfinite(target.float())].float()
             if finite.numel() and not bool(((finite == 0) | (finite == 1)).all()):
                 raise TaskDataError(f"{where}: a {self.kind} target must hold only 0 and 1")
+
+    def label_mask(self, target: Tensor) -> Tensor:
+        """Which entries of ``target`` are labelled: not an ignore value (integer targets), not
+        NaN (float targets). Losses and metrics average over these entries."""
+        if self.spec.integer_targets:
+            ignored = torch.tensor(self.spec.ignore_labels, device=target.device)
+            return ~torch.isin(target, ignored)
+        return ~torch.isnan(target.float())
 
     def compute_loss(self, output: Tensor, target: Tensor, check: bool = True) -> Tensor:
         """This task's loss on one batch, after checking shapes, dtypes and label range."""

@@ -8,7 +8,7 @@ proofs)::
     record  = method.backward(losses, model)     # method = ctx.wrap(method)
     optimizer.step()                             # every rank holds the same gradients
 
-- :meth:`Distributed.globalize` all-reduces the detached loss values: L̄_i = Σ_r n_r L_i^r / N is
+- :meth:`DataParallel.globalize` all-reduces the detached loss values: L̄_i = Σ_r n_r L_i^r / N is
   the loss a single process would compute on the whole global batch. The returned tensor has
   that value and back-propagates into this rank's graph with the factor n_r/N, so a sum
   all-reduce of gradients afterwards gives exactly the single-process gradient of any
@@ -24,23 +24,24 @@ proofs)::
 - :class:`~mtlkit.data.sharding.ShardedLoader` gives each rank a contiguous slice of every
   global batch of the same permutation (drawn from the global torch generator, seeded alike on
   every rank); :func:`~mtlkit.data.sharding.shard_split` gives each rank a contiguous block of
-  an evaluation split, and :meth:`Distributed.gather` puts the outputs back together in the
+  an evaluation split, and :meth:`DataParallel.gather` puts the outputs back together in the
   single-process order.
   Multi-input data (:class:`~mtlkit.data.multi.MultiTaskLoader` with ``rank``/``world_size``)
   shards each task's batch of a step the same way; its task sampler draws from a generator
   seeded by (seed, epoch) only, so all ranks draw the same task, and
-  :meth:`Distributed.check_same` verifies at start that the ranks' schedules agree.
+  :meth:`DataParallel.check_same` verifies at start that the ranks' schedules agree.
 
 A process group is started from torchrun's environment by :func:`init_distributed` (or by the
 ``mtlkit train`` command when it finds ``WORLD_SIZE`` > 1), with a timeout on every collective
-so that a rank that dies makes the others fail with an error instead of waiting forever.
+so that a rank that dies makes the others fail with an error instead of waiting forever. It
+returns the process-group handle :class:`~mtlkit.train.strategy.DataParallel` (also named
+``Distributed``): the collectives, and the Trainer's data-parallel strategy (train/strategy.py).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -49,19 +50,19 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.tasks import Task
+from mtlkit.train.strategy import DataParallel, Distributed, GlobalLosses
 from mtlkit.weighting.base import StepRecord, Weighting
 from mtlkit.weighting.compose import Composed
 from mtlkit.weighting.gradient import GradientWeighting
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "DataParallel",
     "Distributed",
     "DistributedWeighting",
     "GlobalLosses",
     "current",
     "init_distributed",
-    "label_count",
     "launched_by_torchrun",
     "teardown",
 ]
@@ -136,175 +137,6 @@ def current() -> Distributed | None:
     return Distributed(
         dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     )
-
-
-# ---------------------------------------------------------------------------- losses
-
-
-class GlobalLosses(dict[str, Tensor | None]):
-    """Task losses made by :meth:`Distributed.globalize`: each holds the global value and
-    back-propagates this rank's share. ``shares`` maps each task to n_r / N."""
-
-    shares: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in the process group, and the collectives training needs."""
-
-    rank: int
-    world_size: int
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 writes logs, checkpoints and results."""
-        return self.rank == 0
-
-    # ------------------------------------------------------------------ collectives
-
-    def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
-        """``tensor`` reduced over the ranks (``sum`` or ``mean``), in place."""
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        if op == "mean":
-            tensor /= self.world_size
-        return tensor
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank ``src``'s ``obj`` on every rank (a run folder name, ...)."""
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-
-    def check_same(self, value: Any, what: str) -> None:
-        """A ConfigError on every rank unless ``value`` (picklable, comparable with ``==``) is
-        the same on all ranks; ``what`` names it in the message. One gather of ``value``."""
-        values = self.gather([value])
-        differ = [r for r, v in enumerate(values) if v != values[0]]
-        if not differ:
-            return
-        first, other = values[0], values[differ[0]]
-        fields = ""
-        if isinstance(first, Mapping) and isinstance(other, Mapping):
-            keys = sorted(
-                str(k) for k in first.keys() | other.keys() if first.get(k) != other.get(k)
-            )
-            fields = f" (fields that differ: {', '.join(keys)})"
-        raise ConfigError(
-            f"distributed: {what} differs between rank 0 and rank(s) "
-            f"{', '.join(map(str, differ))}{fields}; build every rank from the same config and seed"
-        )
-
-    def barrier(self) -> None:
-        """Wait until every rank gets here."""
-        dist.barrier()
-
-    def broadcast_model(self, model: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank (as DDP does at start)."""
-        with torch.no_grad():
-            for tensor in [*model.parameters(), *model.buffers()]:
-                dist.broadcast(tensor.data, src=0)
-
-    # ------------------------------------------------------------------ training
-
-    def globalize(
-        self, losses: Mapping[str, Tensor | None], count: float | Mapping[str, float]
-    ) -> GlobalLosses:
-        """Each task's loss over the global batch, differentiable into this rank's share.
-
-        ``count`` is the number of samples this rank's mean losses average over (a number, or
-        one per task). With N_i = Σ_r n_i^r, the returned loss of task i has the value
-        L̄_i = Σ_r n_i^r L_i^r / N_i (identical on every rank) and the gradient
-        (n_i^r / N_i) ∇L_i^r. A task with no samples here (``None``, or a count of 0) but some
-        elsewhere becomes a constant L̄_i; a task with no samples on any rank stays ``None``.
-        """
-        names = list(losses)
-        counts = [
-            0.0 if losses[t] is None else float(count[t] if isinstance(count, Mapping) else count)
-            for t in names
-        ]
-        present = [t for t in names if losses[t] is not None]
-        ref = losses[present[0]] if present else None
-        device = ref.device if ref is not None else torch.device("cpu")
-        buffer = torch.zeros(2 * len(names), dtype=torch.float64, device=device)
-        for i, t in enumerate(names):
-            loss = losses[t]
-            if loss is not None and counts[i] > 0:
-                buffer[i] = counts[i] * loss.detach().double()
-                buffer[len(names) + i] = counts[i]
-        self.all_reduce(buffer)
-        out = GlobalLosses()
-        out.shares = {}
-        for i, t in enumerate(names):
-            total = float(buffer[len(names) + i])
-            if total == 0:
-                out[t] = None
-                continue
-            value = buffer[i] / total
-            loss = losses[t]
-            if loss is None or counts[i] == 0:
-                out[t] = value.to(ref.dtype if ref is not None else torch.float32)
-                out.shares[t] = 0.0
-                continue
-            share = counts[i] / total
-            # value exactly L̄ (x − x = 0), gradient share · ∇L^r
-            out[t] = value.to(loss.dtype) + share * (loss - loss.detach())
-            out.shares[t] = share
-        return out
-
-    def wrap(self, method: Weighting) -> DistributedWeighting:
-        """``method`` made to combine the global per-task gradients (see the module docs)."""
-        return (
-            method
-            if isinstance(method, DistributedWeighting)
-            else DistributedWeighting(method, self)
-        )
-
-    def sync_gradients(self, params: Sequence[Tensor], op: str = "sum") -> None:
-        """All-reduce the ``.grad`` of ``params`` in one flat buffer.
-
-        A parameter whose gradient is None on every rank stays None; one that has a gradient on
-        some rank gets the reduced gradient everywhere (zeros count for the others).
-        """
-        if not params:
-            return
-        dtype = params[0].dtype
-        for p in params[1:]:
-            dtype = torch.promote_types(dtype, p.dtype)
-        device = params[0].device
-        parts = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-            for p in params
-        ]
-        flags = torch.tensor(
-            [float(p.grad is not None) for p in params], dtype=dtype, device=device
-        )
-        flat = torch.cat([*parts, flags])
-        self.all_reduce(flat, op)
-        offset = 0
-        sizes = [p.numel() for p in params]
-        flags_out = flat[sum(sizes) :]
-        for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
-            if flags_out[i] > 0:
-                p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
-            offset += n
-
-    # ------------------------------------------------------------------ evaluation
-
-    def gather(self, items: Sequence[Any]) -> list[Any]:
-        """Every rank's ``items``, concatenated in rank order (any picklable values)."""
-        boxes: list[Any] = [None] * self.world_size
-        dist.all_gather_object(boxes, list(items))
-        return [item for box in boxes for item in box]
-
-
-def label_count(task: Task, target: Tensor) -> int:
-    """The labelled entries of ``target`` (not the ignore value, not NaN): the number a task's
-    masked mean loss averages over, and so its weight in the global mean."""
-    if task.spec.integer_targets:
-        ignored = torch.tensor(task.spec.ignore_labels, device=target.device)
-        return int((~torch.isin(target, ignored)).sum())
-    return int((~torch.isnan(target.float())).sum())
 
 
 # ---------------------------------------------------------------------------- the wrapper

@@ -1,15 +1,20 @@
-"""Where training reports go: a JSONL file, TensorBoard (when installed), a progress bar."""
+"""Where training reports go: a JSONL file, TensorBoard (when installed), a progress bar, and
+the run folder that holds them with the selected weights and the checkpoint."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from mtlkit.train.checkpoint import save_checkpoint
 
 
 def _clean(value: Any) -> Any:
@@ -122,3 +127,50 @@ class ProgressBar:
     def close(self) -> None:
         if self.progress is not None and self.task_id is not None:
             self.progress.stop()
+
+
+class RunFolder:
+    """What a run writes to its folder: ``metrics.jsonl``, ``tensorboard/``, ``best/`` (the
+    selected weights) and ``checkpoint/``. ``folder=None`` (no run folder, or a rank other
+    than 0) writes nothing."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.jsonl = JsonlLogger(folder / "metrics.jsonl") if folder is not None else None
+        self.board = TensorBoardLogger(folder / "tensorboard") if folder is not None else None
+
+    @property
+    def writes(self) -> bool:
+        return self.folder is not None
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """One record (a step's or an epoch's) in ``metrics.jsonl``."""
+        if self.jsonl is not None:
+            self.jsonl.log(record)
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """An epoch's record in ``metrics.jsonl``, its losses and metrics in TensorBoard."""
+        self.log(record)
+        if self.board is not None:
+            scalars = {k: record[k] for k in ("train", "val") if k in record}
+            self.board.log(flatten("", scalars), record["epoch"])
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop the records of epochs after ``epoch`` (a resumed run writes them again)."""
+        if self.jsonl is not None:
+            self.jsonl.truncate_after(epoch)
+
+    def save_best(self, weights: Mapping[str, Tensor]) -> None:
+        """The selected model's weights, in ``best/model.safetensors``."""
+        if self.folder is not None:
+            (self.folder / "best").mkdir(parents=True, exist_ok=True)
+            save_file(dict(weights), str(self.folder / "best" / "model.safetensors"))
+
+    def save_checkpoint(self, model: nn.Module, state: Callable[[], dict[str, Any]]) -> None:
+        """The model and ``state()`` (called only when writing) in ``checkpoint/``."""
+        if self.folder is not None:
+            save_checkpoint(self.folder / "checkpoint", model, state())
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()

@@ -1,0 +1,166 @@
+"""From a batch to each task's loss: the device, the forward pass, the checked losses.
+
+A batch is either joint, ``(inputs, targets)`` with a target for every task, or multi-input,
+a :class:`~mtlkit.data.multi.TaskBatches` of ``task → (inputs, targets)`` (one dataset per
+task). A multi-input batch whose tasks' inputs stack into one tensor is forwarded in one
+pass; only its tasks get a loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.data.base import to_device
+from mtlkit.data.multi import STEP_MODES, TaskBatches
+from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.tasks import Task
+from mtlkit.weighting import Weighting
+
+Batch = tuple[Any, Mapping[str, Tensor]]
+#: a forward pass: each task's output, each task's target, the shared representation (or None)
+Forward = tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_step_mode(step_mode: str | None, method: Weighting) -> None:
+    """A ConfigError when ``step_mode`` is unknown, or ``single`` with a method that
+    combines several tasks' gradients per step (``needs_all_tasks``)."""
+    if step_mode is None:
+        return
+    if step_mode not in STEP_MODES:
+        raise ConfigError(f"step_mode must be one of {', '.join(STEP_MODES)}, got '{step_mode}'")
+    if step_mode == "single" and getattr(method, "needs_all_tasks", False):
+        raise ConfigError(
+            f"weighting '{method}' is gradient-based: it combines the gradients of "
+            "several tasks in one step, so it needs step_mode: mixed (one batch of every "
+            "task per step); step_mode: single gives it one task per step"
+        )
+
+
+def forward(
+    model: nn.Module, method: Weighting, inputs: Any
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Outputs, plus the shared representation when the method needs it or can use it."""
+    wanted = method.needs_representation or (
+        method.uses_representation and getattr(model, "has_representation", False)
+    )
+    if wanted:
+        return model.forward_with_representation(inputs)
+    return model(inputs), None
+
+
+def forward_batch(
+    model: nn.Module,
+    method: Weighting,
+    tasks: Mapping[str, Task],
+    batch: Batch | TaskBatches,
+    device: torch.device,
+) -> Forward:
+    """The forward pass of a training step on a joint or a multi-input batch."""
+    if isinstance(batch, TaskBatches):
+        return _forward_tasks(model, method, tasks, batch, device)
+    inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
+    outputs, representation = forward(model, method, inputs)
+    return outputs, targets, representation
+
+
+def _forward_tasks(
+    model: nn.Module,
+    method: Weighting,
+    tasks: Mapping[str, Task],
+    batch: TaskBatches,
+    device: torch.device,
+) -> Forward:
+    """Outputs and targets of the tasks of a multi-input step, plus the shared
+    representation when every task's inputs stack into one batch (one forward pass)."""
+    unknown = sorted(set(batch) - set(tasks))
+    if unknown:
+        raise TaskDataError(
+            f"the batch has data for unknown task(s) {', '.join(unknown)}; "
+            f"the tasks are {', '.join(tasks)}"
+        )
+    names = list(batch)
+    inputs = [to_device(batch[t][0], device) for t in names]
+    targets = {t: to_device(batch[t][1][t], device) for t in names}
+    if all(isinstance(x, Tensor) for x in inputs) and (
+        len({(tuple(x.shape[1:]), x.dtype) for x in inputs}) == 1
+    ):
+        sizes = [x.shape[0] for x in inputs]
+        out, rep = forward(model, method, torch.cat(inputs))
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        outputs = {t: out[t][a : a + n] for t, a, n in zip(names, starts, sizes, strict=True)}
+        return outputs, targets, rep
+    if method.needs_representation:
+        raise ConfigError(
+            f"weighting '{method}' needs one shared representation, but the tasks' "
+            "inputs differ in shape and are forwarded separately; use jacobian: shared"
+        )
+    outputs = {}
+    for t, x in zip(names, inputs, strict=True):
+        outputs[t] = model(x)[t]
+    return outputs, targets, None
+
+
+def task_losses(
+    tasks: Mapping[str, Task],
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    check: bool,
+    *,
+    every_task: bool = True,
+) -> dict[str, Tensor]:
+    """Each task's loss, after checking its target (``check``) against its output.
+
+    ``every_task``: the batch is joint and must carry a target for every task; otherwise
+    (multi-input) the tasks are those of ``targets``, in its order.
+    """
+    if not every_task:
+        return {t: tasks[t].compute_loss(outputs[t], y, check) for t, y in targets.items()}
+    if not isinstance(targets, Mapping):
+        raise TaskDataError(
+            f"a batch's targets must be a dict task → tensor, got {type(targets).__name__}"
+        )
+    unknown = sorted(set(targets) - set(tasks))
+    if unknown:
+        raise TaskDataError(
+            f"the batch has targets for unknown task(s) {', '.join(unknown)}; "
+            f"the tasks are {', '.join(tasks)}"
+        )
+    losses = {}
+    for name, task in tasks.items():
+        if name not in targets:
+            raise TaskDataError(
+                f"task '{name}': the batch has no target for it "
+                f"(targets present: {', '.join(targets) or 'none'})"
+            )
+        if name not in outputs:
+            raise TaskDataError(f"task '{name}': the model produced no output for it")
+        losses[name] = task.compute_loss(outputs[name], targets[name], check)
+    return losses
+
+
+def labelled_losses(
+    tasks: Mapping[str, Task], losses: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor | None], dict[str, int]]:
+    """Every task's loss, None for a task absent from the batch or whose target has no label
+    (:meth:`~mtlkit.tasks.Task.label_mask`); and the number of labels of each task's target,
+    which its (masked mean) loss averages over."""
+    counts = {t: int(tasks[t].label_mask(targets[t]).sum()) for t in losses}
+    present = {t: loss for t, loss in losses.items() if counts[t] > 0}
+    if len(present) == len(tasks):
+        return dict(present), counts
+    return {t: present.get(t) for t in tasks}, counts

@@ -1,0 +1,122 @@
+"""The evaluation loop: every task's outputs, targets and mean loss over a split.
+
+Under data-parallel training each rank evaluates its block of the split; the strategy gathers
+the outputs and targets in rank order and sums the loss totals, so every rank computes the
+metrics of the whole split, as a single process would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.data.base import to_device
+from mtlkit.data.multi import TaskBatches
+from mtlkit.errors import DatasetError
+from mtlkit.tasks import Task
+from mtlkit.train.batches import Batch, task_losses
+from mtlkit.train.precision import Precision
+from mtlkit.train.strategy import Strategy
+
+Metrics = dict[str, dict[str, float]]
+
+
+@dataclass
+class Collected:
+    """What :meth:`Evaluator.collect` returns (``targets``, ``losses``: None without targets)."""
+
+    outputs: dict[str, Tensor]
+    targets: dict[str, Tensor] | None = None
+    losses: dict[str, float] | None = None
+
+
+@dataclass
+class Evaluator:
+    """Evaluates a model on its tasks, in the run's precision and strategy."""
+
+    model: nn.Module
+    tasks: Mapping[str, Task]
+    device: torch.device
+    precision: Precision
+    strategy: Strategy
+    check: bool = True
+
+    @torch.no_grad()
+    def predict(self, data: Iterable[Batch | TaskBatches]) -> dict[str, Tensor]:
+        """Every task's outputs over ``data``, concatenated on the CPU."""
+        return self.collect(data).outputs
+
+    @torch.no_grad()
+    def evaluate(self, data: Iterable[Batch | TaskBatches]) -> Metrics:
+        """Each task's mean loss and metrics over ``data``."""
+        collected = self.collect(data, with_targets=True)
+        assert collected.targets is not None and collected.losses is not None
+        return {
+            name: {
+                "loss": collected.losses[name],
+                **task.compute_metrics(collected.outputs[name], collected.targets[name]),
+            }
+            for name, task in self.tasks.items()
+        }
+
+    @torch.no_grad()
+    def collect(self, data: Iterable[Batch | TaskBatches], with_targets: bool = False) -> Collected:
+        """Every task's outputs over ``data`` (on the CPU, in the data's order over all
+        ranks); ``with_targets``: also the targets and each task's mean loss."""
+        self.model.eval()
+        outputs: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        targets: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        loss_sums = dict.fromkeys(self.tasks, 0.0)
+        count = 0
+        task_counts = dict.fromkeys(self.tasks, 0)  # multi-input data: examples per task
+        for batch in data:
+            if isinstance(batch, TaskBatches):
+                for name, (x, y) in batch.items():
+                    with self.precision.autocast():
+                        out_t = self.model(to_device(x, self.device))[name]
+                    outputs[name].append(out_t.float().cpu())
+                    if with_targets:
+                        tgt_t = to_device(y[name], self.device)
+                        loss = self.tasks[name].compute_loss(out_t, tgt_t, self.check)
+                        loss_sums[name] += float(loss) * tgt_t.shape[0]
+                        targets[name].append(tgt_t.cpu())
+                    task_counts[name] += out_t.shape[0]
+                continue
+            inputs = to_device(batch[0] if isinstance(batch, tuple | list) else batch, self.device)
+            with self.precision.autocast():
+                out = self.model(inputs)
+            if with_targets:
+                tgt = to_device(batch[1], self.device)
+                losses = task_losses(self.tasks, out, tgt, self.check)
+                size = next(iter(tgt.values())).shape[0]
+                for name, loss in losses.items():
+                    loss_sums[name] += float(loss) * size
+                    targets[name].append(tgt[name].cpu())
+                count += size
+            for name in self.tasks:
+                outputs[name].append(out[name].float().cpu())
+        # every rank's outputs, in rank order, and the loss totals over all ranks
+        outputs = {t: self.strategy.gather(v) for t, v in outputs.items()}
+        targets = {t: self.strategy.gather(v) for t, v in targets.items()}
+        totals = torch.tensor(
+            [count, *loss_sums.values(), *task_counts.values()],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        count, *rest = self.strategy.all_reduce(totals).tolist()
+        n = len(loss_sums)
+        loss_sums = dict(zip(loss_sums, rest[:n], strict=True))
+        task_counts = dict(zip(task_counts, rest[n:], strict=True))
+        if not outputs or not next(iter(outputs.values())):
+            raise DatasetError("the evaluation data yielded no batch: the split is empty")
+        cat = {t: torch.cat(v) for t, v in outputs.items()}
+        if not with_targets:
+            return Collected(cat)
+        return Collected(
+            cat,
+            {t: torch.cat(v) for t, v in targets.items()},
+            {t: s / (task_counts[t] or count) for t, s in loss_sums.items()},
+        )
