@@ -21,7 +21,7 @@ from mtlkit.nn.architectures import (
     smooth_step,
 )
 from mtlkit.nn.encoders import MLPEncoder
-from tests.nn.test_architectures import (
+from tests.nn._architectures import (
     ENCODER_KINDS,
     losses_of,
     make_encoder,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.nn.architectures import MTAN, CrossStitch, CrossStitchUnit, build_model
-from tests.nn.test_architectures import (
+from tests.nn._architectures import (
     ENCODER_KINDS,
     make_encoder,
     make_inputs,

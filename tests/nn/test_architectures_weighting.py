@@ -9,7 +9,7 @@ import torch
 from mtlkit.errors import ConfigError
 from mtlkit.nn.architectures import ARCHITECTURES
 from mtlkit.weighting import WEIGHTINGS, GradientWeighting, Weighting, get
-from tests.nn.test_architectures import (
+from tests.nn._architectures import (
     losses_of,
     make_inputs,
     make_model,

@@ -24,7 +24,7 @@ from mtlkit.tasks.boxes import (
     split_output,
 )
 from mtlkit.tasks.fcos import FCOSLoss, centerness_target, encode_targets, iou_loss
-from tests.tasks.test_detection import perfect_output
+from tests.tasks._detection import perfect_output
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from mtlkit.nn.encoders import (
     StagedEncoder,
     require_stages,
 )
-from tests.nn.test_architectures import one_thread  # noqa: F401  (autouse fixture)
+from tests.nn._architectures import one_thread  # noqa: F401  (autouse fixture)
 
 
 def run_stages(encoder: StagedEncoder, inputs: object) -> torch.Tensor:

@@ -13,7 +13,6 @@ import torch
 
 from mtlkit.errors import TaskDataError
 from mtlkit.tasks import METRICS
-from mtlkit.tasks.boxes import EXTRA_CHANNELS
 from mtlkit.tasks.detection import (
     ImageDetections,
     ImageTruth,
@@ -21,6 +20,7 @@ from mtlkit.tasks.detection import (
     evaluate_output,
     pairwise_iou,
 )
+from tests.tasks._detection import perfect_output
 
 
 def det(boxes, scores, classes) -> ImageDetections:
@@ -111,26 +111,6 @@ def test_max_detections_truncates_per_image_and_class() -> None:
     dets = det(boxes, scores, [0] * 6)
     assert evaluate_detections([dets], [gt([BOX], [0])], max_detections=5)["map"] == 0.0
     assert evaluate_detections([dets], [gt([BOX], [0])], max_detections=6)["map"] > 0.0
-
-
-def perfect_output(target: torch.Tensor, k: int, h: int = 8, w: int = 8, stride: int = 4):
-    """A detection output that predicts each target box exactly at its centre location."""
-    out = torch.full((target.shape[0], k + EXTRA_CHANNELS, h, w), -10.0)
-    ys = (torch.arange(h) + 0.5) * stride
-    xs = (torch.arange(w) + 0.5) * stride
-    out[:, k + 5] = xs[None, :].expand(h, w)
-    out[:, k + 6] = ys[:, None].expand(h, w)
-    out[:, k : k + 4] = 1.0
-    for b in range(target.shape[0]):
-        for x1, y1, x2, y2, c in target[b].tolist():
-            if c < 0:
-                continue
-            i, j = int((y1 + y2) / 2 // stride), int((x1 + x2) / 2 // stride)
-            cx, cy = float(xs[j]), float(ys[i])
-            out[b, int(c), i, j] = 10.0
-            out[b, k : k + 4, i, j] = torch.tensor([cx - x1, cy - y1, x2 - cx, y2 - cy])
-            out[b, k + 4, i, j] = 10.0
-    return out
 
 
 def test_registered_metrics_decode_outputs() -> None:

@@ -32,7 +32,7 @@ from mtlkit.train.distributed import (
 )
 from mtlkit.weighting import compose, get
 from tests.conftest import tiny_model, tiny_split, tiny_tasks
-from tests.train import test_distributed_multi as multi
+from tests.train import _multi_input as multi
 
 WORLD = 2
 PER_RANK = 8  # batch per rank; the single process uses WORLD · PER_RANK

@@ -5,58 +5,18 @@ ranks' slices of every task's batch at step k, joined in rank order, are the tas
 step k of one process with batch R·b; and the task each step draws (``single`` mode) does not
 depend on the rank. Every rank seeds the global generator alike, which a test reproduces by
 seeding it before iterating each rank's loader. The 2-process run of the same data is in
-``test_distributed.py`` (``test_two_gloo_ranks``).
+``test_distributed.py`` (``test_two_gloo_ranks``); the data both use is in ``_multi_input.py``.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import pytest
 import torch
 
-from mtlkit.data import TensorSplit
 from mtlkit.data.multi import MultiInputData, MultiTaskLoader, TaskBatches
 from mtlkit.data.samplers import TASK_SAMPLERS
 from mtlkit.errors import ConfigError, DatasetError
-from mtlkit.tasks import Task
-
-WORLD = 2
-PER_RANK = 4  # batch per rank; one process uses WORLD · PER_RANK
-#: different sizes, neither a multiple of the global batch 8: last global batches of 5 (3 + 2)
-#: and 6 (3 + 3); 6 and 3 batches per epoch
-SIZES = {"cls": 45, "reg": 22}
-TASKS = [Task("cls", "classification", 3), Task("reg", "regression", 1)]
-
-
-def task_split(task: str, n: int, seed: int, name: str = "train") -> TensorSplit:
-    """A task's own dataset: 6 features, the task's target only."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 6, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long() if task == "cls" else x[:, 2] * 2 + x[:, 3]
-    return TensorSplit(x, {task: y}, name)
-
-
-def multi_data(
-    step_mode: str = "mixed", sampler: Any = "proportional", epochs: int = 2, seed: int = 0
-) -> MultiInputData:
-    """Two tasks with their own splits of different sizes (val: 13 and 9 examples)."""
-    return MultiInputData(
-        "tiny_multi",
-        [copy.deepcopy(t) for t in TASKS],
-        {t: task_split(t, n, i) for i, (t, n) in enumerate(SIZES.items())},
-        {
-            t: task_split(t, n, 10 + i, "val")
-            for i, (t, n) in enumerate({"cls": 13, "reg": 9}.items())
-        },
-        {t: task_split(t, 8, 20 + i, "test") for i, t in enumerate(SIZES)},
-        ("mlp", {"in_features": 6}),
-        step_mode=step_mode,
-        sampler=sampler,
-        epochs=epochs,
-        seed=seed,
-    )
+from tests.train._multi_input import PER_RANK, SIZES, WORLD, multi_data, task_split
 
 
 def _steps(loader: MultiTaskLoader, epochs: int, seed: int = 3) -> list[TaskBatches]:

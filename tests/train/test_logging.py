@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from mtlkit.train.logging import ProgressBar, TensorBoardLogger, flatten
-from tests.train.test_trainer import data, make_trainer
+from tests.train._trainer import data, make_trainer
 
 
 class FakeWriter:
