@@ -51,11 +51,6 @@ class JsonlLogger:
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every record of a JSONL file."""
-    return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x]
-
-
 class TensorBoardLogger:
     """Scalars to TensorBoard; a no-op when the ``tensorboard`` extra is not installed."""
 
