@@ -1,0 +1,43 @@
+"""COCO-format datasets (see :mod:`mtlkit.data.coco.io`)."""
+
+from mtlkit.data.coco.io import (
+    CocoAnnotation,
+    CocoDataset,
+    CocoFormatError,
+    CocoImage,
+    coco,
+    coco_shapes,
+    coco_split,
+    encode_mask,
+    polygons_to_mask,
+    read_coco,
+    read_image,
+    rle_decode,
+    rle_encode,
+    rle_from_string,
+    rle_to_string,
+    vision_tasks,
+    write_coco,
+    write_shapes,
+)
+
+__all__ = [
+    "CocoAnnotation",
+    "CocoDataset",
+    "CocoFormatError",
+    "CocoImage",
+    "coco",
+    "coco_shapes",
+    "coco_split",
+    "encode_mask",
+    "polygons_to_mask",
+    "read_coco",
+    "read_image",
+    "rle_decode",
+    "rle_encode",
+    "rle_from_string",
+    "rle_to_string",
+    "vision_tasks",
+    "write_coco",
+    "write_shapes",
+]

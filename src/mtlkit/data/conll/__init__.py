@@ -1,0 +1,43 @@
+"""Token-tagging corpora (see :mod:`mtlkit.data.conll.readers`)."""
+
+from mtlkit.data.conll.readers import (
+    CONLL2003_COLUMNS,
+    MASK_ID,
+    PAD_ID,
+    UNK_ID,
+    Sentence,
+    TextBundle,
+    Vocabulary,
+    check_bio,
+    conll2003_dataset,
+    conllu_dataset,
+    encode_sentences,
+    label_vocabulary,
+    parse_conll2003,
+    parse_conllu,
+    read_conll2003,
+    read_conllu,
+    tagging_bundle,
+    word_vocabulary,
+)
+
+__all__ = [
+    "CONLL2003_COLUMNS",
+    "MASK_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "Sentence",
+    "TextBundle",
+    "Vocabulary",
+    "check_bio",
+    "conll2003_dataset",
+    "conllu_dataset",
+    "encode_sentences",
+    "label_vocabulary",
+    "parse_conll2003",
+    "parse_conllu",
+    "read_conll2003",
+    "read_conllu",
+    "tagging_bundle",
+    "word_vocabulary",
+]
