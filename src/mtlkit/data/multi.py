@@ -417,8 +417,3 @@ def _renamed(task: Task, name: str) -> Task:
     fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
     fields["name"] = name
     return Task(**fields)
-
-
-def task_sizes(data: MultiInputData, split: str = "train") -> dict[str, int]:
-    """The number of examples of each task in ``split``."""
-    return {t.name: len(getattr(data, split)[t.name]) for t in data.tasks}
