@@ -183,7 +183,7 @@ def group(
 ) -> None:
     """Choose which tasks to train together in at most k models."""
     from mtlkit.config import load_config
-    from mtlkit.experiments.compare import run_group
+    from mtlkit.experiments.group import run_group
     from mtlkit.experiments.run import new_run_dir
 
     cfg = load_config(config, _overrides(set_))

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from mtlkit.config import parse_config
 from mtlkit.errors import ConfigError
-from mtlkit.experiments.compare import run_compare, run_group, summarise, to_markdown
+from mtlkit.experiments.compare import run_compare, summarise, to_markdown
+from mtlkit.experiments.group import run_group
 
 from ..conftest import small_digits_config
 

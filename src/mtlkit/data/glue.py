@@ -53,10 +53,6 @@ class GlueFormat:
     label: str
     classes: tuple[str, ...] | None = None
 
-    @property
-    def is_pair(self) -> bool:
-        return len(self.text) == 2
-
 
 GLUE_FORMATS: dict[str, GlueFormat] = {
     "sst2": GlueFormat(("sentence",), "label", ("0", "1")),

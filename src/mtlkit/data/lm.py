@@ -31,7 +31,7 @@ measure the masked LM itself, evaluate with ``mode="fixed"`` (a private generato
 ``seed``, the same masks every pass, the global generator untouched). Next-token targets
 need no masking, so a causal LM is evaluated on clean batches in every mode.
 
-Word ids follow the vocabularies of :mod:`mtlkit.data.conll`: 0 = ``<pad>`` (the padding id
+Word ids follow the vocabularies of :mod:`mtlkit.data.conll.vocab`: 0 = ``<pad>`` (the padding id
 of the ``token`` encoder), 1 = ``<unk>``, 2 = ``<mask>``.
 """
 
@@ -145,7 +145,7 @@ class LMLoader:
             each pass (measuring the masked LM); ``"clean"``: inputs untouched, targets -100
             (evaluating the other tasks).
         vocab_size, mask_id, special_ids, mask_prob, mask_fraction, random_fraction: see
-            :func:`mask_tokens`; the defaults fit :mod:`mtlkit.data.conll` vocabularies.
+            :func:`mask_tokens`; the defaults fit :mod:`mtlkit.data.conll.vocab` vocabularies.
     """
 
     def __init__(

@@ -13,12 +13,12 @@ the same comparison into the same folder reuses every run whose ``results.json``
 whose saved config equals the one it would train, so an interrupted comparison resumes; a run
 folder that was trained on different data is an error, since the numbers would not be
 comparable.
+
+The summary over seeds and its tables are in :mod:`mtlkit.experiments.compare.summary`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -26,15 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from rich.console import Console
 
 from mtlkit.config import RunConfig, TaskConfig, parse_config
 from mtlkit.errors import ConfigError
+from mtlkit.experiments.compare.summary import summarise, to_csv, to_markdown
 from mtlkit.experiments.run import _differences, build_run, train_run
 from mtlkit.files import atomic_write_text
-from mtlkit.tasks import Task, delta_m, delta_m_per_task, mean_std
+from mtlkit.tasks import Task, mean_std
+
+__all__ = [
+    "STL_ARCHITECTURE",
+    "Variant",
+    "check_architectures",
+    "check_methods",
+    "check_same_data",
+    "main_metrics",
+    "run_compare",
+    "stl_config",
+    "train_or_reuse",
+    "variant_config",
+]
 
 #: the architecture of the single-task baselines: one encoder and one head
 STL_ARCHITECTURE = "hps"
@@ -195,62 +208,9 @@ def check_same_data(results: dict[str, dict[str, Any]]) -> None:
             )
 
 
-def _main_metrics(tasks: Sequence[Task], test: dict[str, dict[str, float]]) -> dict[str, Any]:
+def main_metrics(tasks: Sequence[Task], test: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``task → metric → value`` of ``tasks`` (their own metrics) in a run's ``test`` results."""
     return {t.name: {m: test[t.name][m] for m in t.metrics or []} for t in tasks}
-
-
-def summarise(
-    stl: dict[int, dict[str, dict[str, float]]],
-    variants: dict[str, dict[int, dict[str, dict[str, float]]]],
-) -> dict[str, Any]:
-    """Mean ± std over seeds of each metric, and of Δm (overall and per task) against STL.
-
-    ``stl[seed][task][metric]`` are the baselines' test metrics; ``variants[label][seed]``
-    the same for each multi-task variant. Δm is computed per seed against that seed's
-    baselines, then averaged.
-    """
-    seeds = sorted(stl)
-    tasks = list(stl[seeds[0]])
-    out: dict[str, Any] = {"stl": _metric_stats(stl, seeds, tasks), "variants": {}}
-    for label, runs in variants.items():
-        missing = [s for s in seeds if s not in runs]
-        if missing:
-            raise ConfigError(f"compare: variant '{label}' lacks seed(s) {missing}")
-        dms = [delta_m(runs[s], stl[s]) for s in seeds]
-        per_task = [delta_m_per_task(runs[s], stl[s]) for s in seeds]
-        dm_mean, dm_std = mean_std(dms)
-        task_dm = {t: mean_std([p[t] for p in per_task]) for t in tasks}
-        out["variants"][label] = {
-            "metrics": _metric_stats(runs, seeds, tasks),
-            "delta_m": {"mean": dm_mean, "std": dm_std, "values": dms},
-            "delta_m_per_task": {t: {"mean": m, "std": s} for t, (m, s) in task_dm.items()},
-            "wins": sum(1 for m, _ in task_dm.values() if m > 0),
-            "verdict": verdict(label, task_dm, (dm_mean, dm_std)),
-        }
-    return out
-
-
-def _metric_stats(
-    runs: dict[int, dict[str, dict[str, float]]], seeds: Sequence[int], tasks: Sequence[str]
-) -> dict[str, dict[str, dict[str, float]]]:
-    stats: dict[str, dict[str, dict[str, float]]] = {}
-    for task in tasks:
-        stats[task] = {}
-        for metric in runs[seeds[0]][task]:
-            mean, std = mean_std([runs[s][task][metric] for s in seeds])
-            stats[task][metric] = {"mean": mean, "std": std}
-    return stats
-
-
-def verdict(
-    label: str, task_dm: dict[str, tuple[float, float]], overall: tuple[float, float]
-) -> str:
-    """A plain sentence: on how many tasks MTL beats STL (mean per-task Δm > 0), and Δm."""
-    wins = sum(1 for m, _ in task_dm.values() if m > 0)
-    mean, std = overall
-    return (
-        f"MTL ({label}) beats STL on {wins} of {len(task_dm)} tasks; Δm = {mean:+.1f} ± {std:.1f} %"
-    )
 
 
 def run_compare(
@@ -289,7 +249,7 @@ def run_compare(
             console.print(f"[bold]STL[/] {task.name} (seed {seed})")
             cfg = stl_config(config, task, seed)
             res = train_or_reuse(cfg, out_dir / "runs" / f"stl-{task.name}-seed{seed}", progress)
-            stl[seed][task.name] = _main_metrics([task], res["test"])[task.name]
+            stl[seed][task.name] = main_metrics([task], res["test"])[task.name]
             seconds["stl"].append(res["train_seconds"])
             data_of[f"stl-{task.name}-seed{seed}"] = {"data": cfg.data.model_dump()}
         for v in variants:
@@ -297,7 +257,7 @@ def run_compare(
             cfg = variant_config(config, v, seed)
             folder = f"{v.method}-{v.architecture}-seed{seed}"
             res = train_or_reuse(cfg, out_dir / "runs" / folder, progress)
-            runs[v.label][seed] = _main_metrics(main, res["test"])
+            runs[v.label][seed] = main_metrics(main, res["test"])
             seconds[v.label].append(res["train_seconds"])
             data_of[folder] = {"data": cfg.data.model_dump()}
     check_same_data(data_of)
@@ -314,180 +274,3 @@ def run_compare(
     atomic_write_text(out_dir / "compare.csv", to_csv(summary))
     atomic_write_text(out_dir / "compare.md", to_markdown(summary))
     return summary
-
-
-def _fmt(stat: dict[str, float], digits: int = 4) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
-def rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per (model, task, metric): mean ± std, the per-task Δm, and train time."""
-    out = []
-    times = summary.get("train_seconds", {})
-    for task, metrics in summary["stl"].items():
-        for metric, stat in metrics.items():
-            out.append(
-                {
-                    "model": "STL",
-                    "task": task,
-                    "metric": metric,
-                    "value": _fmt(stat),
-                    "delta_m_task": "",
-                    "delta_m": "",
-                    "train_s": f"{times['stl'][0]:.1f}" if "stl" in times else "",
-                }
-            )
-    for label, res in summary["variants"].items():
-        for task, metrics in res["metrics"].items():
-            for metric, stat in metrics.items():
-                out.append(
-                    {
-                        "model": label,
-                        "task": task,
-                        "metric": metric,
-                        "value": _fmt(stat),
-                        "delta_m_task": _fmt(res["delta_m_per_task"][task], 2),
-                        "delta_m": _fmt(res["delta_m"], 2),
-                        "train_s": f"{times[label][0]:.1f}" if label in times else "",
-                    }
-                )
-    return out
-
-
-def to_csv(summary: dict[str, Any]) -> str:
-    """The table as CSV (values ``mean ± std``; Δm in percent)."""
-    buffer = io.StringIO()
-    table = rows(summary)
-    writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
-    return buffer.getvalue()
-
-
-def to_markdown(summary: dict[str, Any]) -> str:
-    """The table and the verdicts as Markdown."""
-    seeds = summary.get("seeds", [])
-    lines = [
-        f"Test metrics, mean ± std over {len(seeds)} seed(s); Δm (%) against the single-task "
-        "models of the same seed (positive: MTL better). Models selected on validation.",
-        "",
-        "| model | task | metric | value | Δm task (%) | Δm (%) | train s/run |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows(summary):
-        lines.append("| " + " | ".join(r.values()) + " |")
-    lines.append("")
-    lines += [f"- {res['verdict']}" for res in summary["variants"].values()]
-    return "\n".join(lines) + "\n"
-
-
-def print_summary(summary: dict[str, Any], console: Console) -> None:
-    """The table and a verdict per variant."""
-    from rich.table import Table
-
-    table = Table(title="Test metrics, mean ± std over seeds; Δm against STL")
-    for column in ("model", "task", "metric", "value", "Δm task %", "Δm %", "train s"):
-        table.add_column(column)
-    for r in rows(summary):
-        table.add_row(*r.values())
-    console.print(table)
-    for res in summary["variants"].values():
-        console.print(res["verdict"])
-
-
-def run_group(
-    config: RunConfig,
-    out_dir: str | Path,
-    models: int,
-    affinity_file: str | Path | None = None,
-    measure: str = "tag",
-    verify: bool = False,
-    console: Console | None = None,
-) -> dict[str, Any]:
-    """Choose at most ``models`` groups of the config's tasks from their affinity (read from
-    ``affinity_file`` or measured), write ``group.json``; with ``verify``, train the chosen
-    grouping, the all-in-one model and the single-task models (seed ``config.seed``) and
-    report each choice's per-task test metrics and Δm against the single-task models.
-
-    With the grouping, each task's metrics come from the model that serves it; a group of one
-    task is its single-task model."""
-    from mtlkit.analysis.affinity import Affinity
-    from mtlkit.analysis.grouping import best_grouping
-    from mtlkit.experiments.affinity import run_affinity
-
-    console = console or Console()
-    out = Path(out_dir)
-    tasks = build_run(config).tasks
-    names = [t.name for t in tasks]
-    if not 1 <= models <= len(names):
-        raise ConfigError(
-            f"group: option 'models' (k) must be between 1 and the number of tasks "
-            f"({len(names)}: {', '.join(names)}), got {models}"
-        )
-    if measure not in ("tag", "cosine"):
-        raise ConfigError(f"group: option 'measure' must be 'tag' or 'cosine', got '{measure}'")
-    if affinity_file is not None:
-        affinity = Affinity.load(affinity_file)
-        if sorted(affinity.tasks) != sorted(names):
-            raise ConfigError(
-                f"group: the affinity file {affinity_file} is for tasks "
-                f"{', '.join(affinity.tasks)}, but the config's tasks are {', '.join(names)}"
-            )
-    else:
-        console.print("group: measuring the task affinity (mtlkit affinity)")
-        affinity = run_affinity(config, out / "affinity")
-    index = [affinity.tasks.index(n) for n in names]
-    matrix = affinity.matrix(measure)[np.ix_(index, index)]
-    grouping = best_grouping(matrix, models, names)
-    result: dict[str, Any] = {"measure": measure, "grouping": grouping.to_json()}
-    if verify:
-        result["verify"] = _verify_grouping(config, tasks, grouping, out, console)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "group.json", json.dumps(result, indent=2))
-    return result
-
-
-def _verify_grouping(
-    config: RunConfig, tasks: list[Task], grouping: Any, out: Path, console: Console
-) -> dict[str, Any]:
-    seed = config.seed
-    main = [t for t in tasks if not t.auxiliary]
-    by_name = {t.name: t for t in tasks}
-    stl: dict[str, dict[str, float]] = {}
-    for task in main:
-        cfg = stl_config(config, task, seed)
-        res = train_or_reuse(cfg, out / "runs" / f"stl-{task.name}", False, console)
-        stl[task.name] = _main_metrics([task], res["test"])[task.name]
-    overrides = {t.name: t for t in config.tasks or []}
-
-    def group_run(members: list[str]) -> dict[str, Any]:
-        chosen = [overrides.get(n, TaskConfig(name=n)) for n in members]
-        cfg = config.model_copy(
-            deep=True, update={"name": f"{config.name}-{'+'.join(members)}", "tasks": chosen}
-        )
-        if cfg.weights:
-            cfg.weights = {k: v for k, v in cfg.weights.items() if k in members}
-        return train_or_reuse(cfg, out / "runs" / f"group-{'+'.join(members)}", False, console)
-
-    all_in_one = group_run([t.name for t in tasks])
-    choices = {"all-in-one": _main_metrics(main, all_in_one["test"])}
-    grouped: dict[str, dict[str, float]] = {}
-    for members, serves in zip(grouping.groups, grouping.serves, strict=True):
-        served = [s for s in serves if s in stl]
-        if not served:
-            continue
-        if len(members) == 1:
-            grouped.update({s: stl[s] for s in served})
-            continue
-        res = group_run(members)
-        grouped.update(_main_metrics([by_name[s] for s in served], res["test"]))
-    choices["grouping"] = grouped
-    report = {}
-    for name, metrics in choices.items():
-        report[name] = {
-            "metrics": metrics,
-            "delta_m": delta_m(metrics, stl),
-            "delta_m_per_task": delta_m_per_task(metrics, stl),
-        }
-    report["stl"] = {"metrics": stl, "delta_m": 0.0}
-    return report

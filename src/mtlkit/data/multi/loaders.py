@@ -1,4 +1,4 @@
-"""Multi-input data: each task has its own dataset, with its own inputs and size.
+"""Multi-input loaders: training batches of several per-task datasets, and evaluation ones.
 
 A step's batch is a :class:`TaskBatches`, a dict ``task → (inputs, targets)``; the Trainer
 forwards each task's inputs and balances the losses of the tasks present. Two step modes
@@ -19,8 +19,9 @@ per epoch in expectation); in ``mixed`` mode the largest task's number of batche
 and continues; every epoch starts each task's data afresh (a new shuffle, from the global
 random stream that the Trainer saves and restores).
 
-Validation and test data (:meth:`MultiInputData.loader` for ``val``/``test``) go through each
-task's own split once, task by task, one task's batch per item.
+Validation and test data (:class:`EvalLoader`, what
+:meth:`~mtlkit.data.multi.dataset.MultiInputData.loader` gives for ``val``/``test``) go through
+each task's own split once, task by task, one task's batch per item.
 
 Under torchrun (``rank``/``world_size``, docs/distributed.md) each task's batch of a step is
 sharded like :class:`~mtlkit.data.sharding.ShardedLoader` shards a joint batch: a task's
@@ -33,26 +34,17 @@ evaluation split is cut into one contiguous block per rank.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mtlkit.data.base import DATASETS, Batch, TensorLoader, TensorSplit
+from mtlkit.data.base import Batch, TensorLoader, TensorSplit
 from mtlkit.data.samplers import TaskSampler, build_sampler
-from mtlkit.data.sharding import ShardedLoader, shard_split
+from mtlkit.data.sharding import ShardedLoader
 from mtlkit.errors import ConfigError, DatasetError
-from mtlkit.tasks import Task, check_task_names
 
 STEP_MODES = ("single", "mixed")
 
-__all__ = [
-    "STEP_MODES",
-    "MultiInputData",
-    "MultiTaskLoader",
-    "TaskBatches",
-    "multi_input",
-]
+__all__ = ["STEP_MODES", "EvalLoader", "MultiTaskLoader", "TaskBatches", "task_split"]
 
 
 class TaskBatches(dict[str, Batch]):
@@ -60,7 +52,8 @@ class TaskBatches(dict[str, Batch]):
     that task's target (``{task: tensor}``). Tasks not in the dict are absent this step."""
 
 
-def _own(split: TensorSplit, task: str) -> TensorSplit:
+def task_split(split: TensorSplit, task: str) -> TensorSplit:
+    """``split`` with only ``task``'s target; a split without it is a DatasetError."""
     if task not in split.targets:
         raise DatasetError(
             f"task '{task}': its {split.name} split has no target for it "
@@ -122,7 +115,7 @@ class MultiTaskLoader:
             )
         self.rank, self.world_size = rank, world_size
         self.loaders: dict[str, TensorLoader | ShardedLoader] = {
-            t: _task_loader(_own(s, t), int(sizes[t]), shuffle, rank, world_size)
+            t: _task_loader(task_split(s, t), int(sizes[t]), shuffle, rank, world_size)
             for t, s in splits.items()
         }
         for task, loader in self.loaders.items():
@@ -227,7 +220,7 @@ class EvalLoader:
     """Each task's split once, task by task: one task's batch per item."""
 
     def __init__(self, splits: Mapping[str, TensorSplit], batch_size: int) -> None:
-        self.loaders = {t: TensorLoader(_own(s, t), batch_size) for t, s in splits.items()}
+        self.loaders = {t: TensorLoader(task_split(s, t), batch_size) for t, s in splits.items()}
 
     def __len__(self) -> int:
         return sum(len(loader) for loader in self.loaders.values())
@@ -236,189 +229,3 @@ class EvalLoader:
         for task, loader in self.loaders.items():
             for batch in loader:
                 yield TaskBatches({task: batch})
-
-
-@dataclass
-class MultiInputData:
-    """Per-task datasets: for each task its own train/val/test splits, and a shared encoder.
-
-    It offers what :class:`~mtlkit.data.DataBundle` offers (``tasks``, ``encoder``,
-    ``loader``, ``select_tasks``), so runs, the Trainer and the STL/MTL comparison use it the
-    same way. ``step_mode``, ``sampler`` and ``steps_per_epoch`` configure the training
-    loader (see :class:`MultiTaskLoader`).
-    """
-
-    name: str
-    tasks: list[Task]
-    train: dict[str, TensorSplit]
-    val: dict[str, TensorSplit]
-    test: dict[str, TensorSplit]
-    encoder: tuple[str, dict[str, Any]]
-    info: dict[str, Any] = field(default_factory=dict)
-    step_mode: str = "mixed"
-    sampler: str | Mapping[str, Any] | TaskSampler = "proportional"
-    steps_per_epoch: int | None = None
-    epochs: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_task_names(self.tasks)
-        for split_name in ("train", "val", "test"):
-            splits = getattr(self, split_name)
-            for task in self.tasks:
-                if task.name not in splits:
-                    raise ConfigError(
-                        f"multi-input dataset '{self.name}': task '{task.name}' has no "
-                        f"{split_name} data; under a multi-input config every task needs a "
-                        "dataset of its own"
-                    )
-                split = splits[task.name]
-                _own(split, task.name)
-                if len(split) == 0:
-                    raise DatasetError(
-                        f"multi-input dataset '{self.name}': task '{task.name}': "
-                        f"the {split_name} split is empty"
-                    )
-        if self.step_mode not in STEP_MODES:
-            raise ConfigError(
-                f"multi-input dataset '{self.name}': step_mode must be one of "
-                f"{', '.join(STEP_MODES)}, got '{self.step_mode}'"
-            )
-
-    def loader(
-        self,
-        name: str,
-        batch_size: int,
-        shuffle: bool | None = None,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> MultiTaskLoader | EvalLoader:
-        """The training loader (``train``) or a task-by-task evaluation loader; with
-        ``world_size`` > 1, rank ``rank``'s shard of it (``batch_size`` per rank)."""
-        if name not in ("train", "val", "test"):
-            raise DatasetError(f"unknown split '{name}'; available: train, val, test")
-        splits = {t.name: getattr(self, name)[t.name] for t in self.tasks}
-        if name != "train":
-            if world_size > 1:  # a contiguous block per rank; gathered in rank order
-                splits = {t: shard_split(s, rank, world_size) for t, s in splits.items()}
-            return EvalLoader(splits, batch_size)
-        return MultiTaskLoader(
-            splits,
-            batch_size,
-            step_mode=self.step_mode,
-            sampler=self.sampler,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=self.epochs,
-            seed=self.seed,
-            shuffle=True if shuffle is None else shuffle,
-            rank=rank,
-            world_size=world_size,
-        )
-
-    def select_tasks(self, names: Sequence[str]) -> MultiInputData:
-        """The same data restricted to the tasks in ``names`` (for single-task baselines)."""
-        unknown = sorted(set(names) - {t.name for t in self.tasks})
-        if unknown:
-            raise ConfigError(
-                f"task(s) {', '.join(unknown)} have no dataset in multi-input dataset "
-                f"'{self.name}' (its tasks: {', '.join(t.name for t in self.tasks)})"
-            )
-        keep = [t for t in self.tasks if t.name in names]
-        return MultiInputData(
-            self.name,
-            keep,
-            {t.name: self.train[t.name] for t in keep},
-            {t.name: self.val[t.name] for t in keep},
-            {t.name: self.test[t.name] for t in keep},
-            self.encoder,
-            dict(self.info),
-            self.step_mode,
-            self.sampler,
-            self.steps_per_epoch,
-            self.epochs,
-            self.seed,
-        )
-
-
-@DATASETS.register("multi_input")
-def multi_input(
-    datasets: Mapping[str, Mapping[str, Any]] | None = None,
-    step_mode: str = "mixed",
-    sampler: str | Mapping[str, Any] = "proportional",
-    steps_per_epoch: int | None = None,
-    epochs: int = 1,
-    seed: int = 0,
-) -> MultiInputData:
-    """A multi-input dataset built from registered datasets, one per task.
-
-    ``datasets`` maps each task to ``{name: <dataset>, params: {...}, task: <its task>}``:
-    the task takes that dataset's splits and its task ``task`` (the same name by default),
-    renamed. Datasets named twice with the same options are loaded once. The encoder is the
-    first dataset's; datasets that declare different encoders need ``model.encoder``.
-    """
-    if not datasets:
-        raise ConfigError(
-            "dataset 'multi_input': option 'datasets' must map each task to its own dataset, "
-            "e.g. {left: {name: multidigits, task: left}}"
-        )
-    cache: dict[str, Any] = {}
-    tasks: list[Task] = []
-    splits: dict[str, dict[str, TensorSplit]] = {"train": {}, "val": {}, "test": {}}
-    encoders: dict[str, tuple[str, dict[str, Any]]] = {}
-    for task_name, spec in datasets.items():
-        where = f"dataset 'multi_input': task '{task_name}'"
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-            raise ConfigError(f"{where} has no dataset: give {{name: <dataset>, params: {{}}}}")
-        extra = sorted(set(spec) - {"name", "params", "task"})
-        if extra:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}")
-        params = dict(spec.get("params") or {})
-        key = repr((spec["name"], sorted(params.items())))
-        if key not in cache:
-            cache[key] = DATASETS.build(spec["name"], **params)
-        bundle = cache[key]
-        source = str(spec.get("task", task_name))
-        found = {t.name: t for t in bundle.tasks}
-        if source not in found:
-            raise ConfigError(
-                f"{where}: dataset '{spec['name']}' has no task '{source}' "
-                f"(its tasks: {', '.join(found)})"
-            )
-        base = found[source]
-        tasks.append(_renamed(base, task_name))
-        for split_name in splits:
-            if not hasattr(bundle, "split"):
-                raise ConfigError(f"{where}: dataset '{spec['name']}' is itself multi-input")
-            split = bundle.split(split_name)
-            target = split.targets[source]
-            splits[split_name][task_name] = TensorSplit(
-                split.inputs, {task_name: target}, split_name
-            )
-        encoders[task_name] = bundle.encoder
-    first = next(iter(encoders.values()))
-    return MultiInputData(
-        "multi_input",
-        tasks,
-        splits["train"],
-        splits["val"],
-        splits["test"],
-        first,
-        info={"sources": {t: dict(s) for t, s in datasets.items()}, "encoders": encoders},
-        step_mode=step_mode,
-        sampler=sampler,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        seed=seed,
-    )
-
-
-def _renamed(task: Task, name: str) -> Task:
-    fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
-    fields["name"] = name
-    return Task(**fields)
-
-
-def task_sizes(data: MultiInputData, split: str = "train") -> dict[str, int]:
-    """The number of examples of each task in ``split``."""
-    return {t.name: len(getattr(data, split)[t.name]) for t in data.tasks}

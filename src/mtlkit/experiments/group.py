@@ -1,0 +1,123 @@
+"""Task grouping: which tasks to train together, chosen from their measured affinity.
+
+:func:`run_group` chooses at most k groups of a config's tasks (:mod:`mtlkit.analysis`) and,
+with ``verify``, trains the chosen grouping, the all-in-one model and the single-task models
+(the runs of :mod:`mtlkit.experiments.compare`, reused when finished) to report Δm of each
+choice against the single-task models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from mtlkit.config import RunConfig, TaskConfig
+from mtlkit.errors import ConfigError
+from mtlkit.experiments.compare import main_metrics, stl_config, train_or_reuse
+from mtlkit.experiments.run import build_run
+from mtlkit.files import atomic_write_text
+from mtlkit.tasks import Task, delta_m, delta_m_per_task
+
+__all__ = ["run_group"]
+
+
+def run_group(
+    config: RunConfig,
+    out_dir: str | Path,
+    models: int,
+    affinity_file: str | Path | None = None,
+    measure: str = "tag",
+    verify: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Choose at most ``models`` groups of the config's tasks from their affinity (read from
+    ``affinity_file`` or measured), write ``group.json``; with ``verify``, train the chosen
+    grouping, the all-in-one model and the single-task models (seed ``config.seed``) and
+    report each choice's per-task test metrics and Δm against the single-task models.
+
+    With the grouping, each task's metrics come from the model that serves it; a group of one
+    task is its single-task model."""
+    from mtlkit.analysis.affinity import Affinity
+    from mtlkit.analysis.grouping import best_grouping
+    from mtlkit.experiments.affinity import run_affinity
+
+    console = console or Console()
+    out = Path(out_dir)
+    tasks = build_run(config).tasks
+    names = [t.name for t in tasks]
+    if not 1 <= models <= len(names):
+        raise ConfigError(
+            f"group: option 'models' (k) must be between 1 and the number of tasks "
+            f"({len(names)}: {', '.join(names)}), got {models}"
+        )
+    if measure not in ("tag", "cosine"):
+        raise ConfigError(f"group: option 'measure' must be 'tag' or 'cosine', got '{measure}'")
+    if affinity_file is not None:
+        affinity = Affinity.load(affinity_file)
+        if sorted(affinity.tasks) != sorted(names):
+            raise ConfigError(
+                f"group: the affinity file {affinity_file} is for tasks "
+                f"{', '.join(affinity.tasks)}, but the config's tasks are {', '.join(names)}"
+            )
+    else:
+        console.print("group: measuring the task affinity (mtlkit affinity)")
+        affinity = run_affinity(config, out / "affinity")
+    index = [affinity.tasks.index(n) for n in names]
+    matrix = affinity.matrix(measure)[np.ix_(index, index)]
+    grouping = best_grouping(matrix, models, names)
+    result: dict[str, Any] = {"measure": measure, "grouping": grouping.to_json()}
+    if verify:
+        result["verify"] = _verify_grouping(config, tasks, grouping, out, console)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "group.json", json.dumps(result, indent=2))
+    return result
+
+
+def _verify_grouping(
+    config: RunConfig, tasks: list[Task], grouping: Any, out: Path, console: Console
+) -> dict[str, Any]:
+    seed = config.seed
+    main = [t for t in tasks if not t.auxiliary]
+    by_name = {t.name: t for t in tasks}
+    stl: dict[str, dict[str, float]] = {}
+    for task in main:
+        cfg = stl_config(config, task, seed)
+        res = train_or_reuse(cfg, out / "runs" / f"stl-{task.name}", False, console)
+        stl[task.name] = main_metrics([task], res["test"])[task.name]
+    overrides = {t.name: t for t in config.tasks or []}
+
+    def group_run(members: list[str]) -> dict[str, Any]:
+        chosen = [overrides.get(n, TaskConfig(name=n)) for n in members]
+        cfg = config.model_copy(
+            deep=True, update={"name": f"{config.name}-{'+'.join(members)}", "tasks": chosen}
+        )
+        if cfg.weights:
+            cfg.weights = {k: v for k, v in cfg.weights.items() if k in members}
+        return train_or_reuse(cfg, out / "runs" / f"group-{'+'.join(members)}", False, console)
+
+    all_in_one = group_run([t.name for t in tasks])
+    choices = {"all-in-one": main_metrics(main, all_in_one["test"])}
+    grouped: dict[str, dict[str, float]] = {}
+    for members, serves in zip(grouping.groups, grouping.serves, strict=True):
+        served = [s for s in serves if s in stl]
+        if not served:
+            continue
+        if len(members) == 1:
+            grouped.update({s: stl[s] for s in served})
+            continue
+        res = group_run(members)
+        grouped.update(main_metrics([by_name[s] for s in served], res["test"]))
+    choices["grouping"] = grouped
+    report = {}
+    for name, metrics in choices.items():
+        report[name] = {
+            "metrics": metrics,
+            "delta_m": delta_m(metrics, stl),
+            "delta_m_per_task": delta_m_per_task(metrics, stl),
+        }
+    report["stl"] = {"metrics": stl, "delta_m": 0.0}
+    return report
