@@ -7,9 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.weighting import jacobian as jac_mod
-from mtlkit.weighting.gradient import GramianWeighting, JacobianAggregator
-from mtlkit.weighting.jacobian import (
+from mtlkit.weighting._engine import (
     compute_gramian,
     head_gradients,
     last_shared_parameters,
@@ -17,6 +15,8 @@ from mtlkit.weighting.jacobian import (
     release_hooks,
     task_jacobian,
 )
+from mtlkit.weighting._engine import gram as gram_mod
+from mtlkit.weighting.gradient import GramianWeighting, JacobianAggregator
 
 # ---------------------------------------------------------------------------- test fixtures
 
@@ -141,9 +141,9 @@ def test_layerwise_gramian_equals_explicit(
 ) -> None:
     model, x = MODELS[kind]()
     calls = []
-    original = jac_mod.layer_gramian
+    original = gram_mod.layer_gramian
     monkeypatch.setattr(
-        jac_mod, "layer_gramian", lambda a, d, **kw: calls.append(1) or original(a, d, **kw)
+        gram_mod, "layer_gramian", lambda a, d, **kw: calls.append(1) or original(a, d, **kw)
     )
     shared = model.shared_parameters()
     for step in range(2):  # step 0 installs the hooks, step 1 uses them

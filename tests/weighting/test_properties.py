@@ -23,8 +23,7 @@ from torch import Tensor
 import mtlkit.weighting as weighting_pkg
 from mtlkit.weighting import WEIGHTINGS
 from mtlkit.weighting.base import Weighting
-from mtlkit.weighting.gradient import GradientWeighting
-from mtlkit.weighting.jacobian import task_jacobian
+from mtlkit.weighting.gradient import GradientWeighting, task_jacobian
 from tests.weighting.test_engine import TinyHPS, mlp_model, shared_grad
 
 for _info in pkgutil.iter_modules(weighting_pkg.__path__):

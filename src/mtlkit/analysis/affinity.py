@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
-from mtlkit.weighting.jacobian import task_jacobian
+from mtlkit.weighting.gradient import task_jacobian
 
 MEASURES = ("cosine", "conflict", "tag")
 

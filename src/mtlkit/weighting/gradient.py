@@ -8,7 +8,7 @@ Two kinds of method:
 
 - :class:`GramianWeighting` needs only the Gram matrix G = J Jᵀ: it computes task weights
   α = f(G) and the update is Jᵀα (MGDA, IMTL-G, CAGrad, Nash-MTL, UPGrad, ...). J is never
-  formed: G is built layer by layer (:func:`mtlkit.weighting.jacobian.gramian`) from each
+  formed: G is built layer by layer (:func:`mtlkit.weighting._engine.gram.gramian`) from each
   shared layer's inputs A and per-task output gradients Δ_i, and the update of that layer's
   weight is (Σ_i α_i Δ_i)ᵀA, one product per layer from the same A and Δ, with no further
   backward pass;
@@ -49,8 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import StepRecord, TaskState, Weighting
-from mtlkit.weighting.jacobian import (
+from mtlkit.weighting._engine import (
     effective_weights,
     gram_statistics,
     gramian,
@@ -59,6 +58,7 @@ from mtlkit.weighting.jacobian import (
     row_gram,
     task_jacobian,
 )
+from mtlkit.weighting.base import StepRecord, TaskState, Weighting
 
 JACOBIAN_MODES = ("shared", "last_shared", "representation")
 
@@ -356,8 +356,8 @@ class GramianWeighting(GradientWeighting):
 
     Subclasses implement :meth:`weights_from_gram`. In mode 'shared', :meth:`backward` never
     forms J: G is built layer by layer, and the update Jᵀα comes from the same per-layer
-    inputs and per-task output gradients (:meth:`~mtlkit.weighting.jacobian.Gramian.combine`),
-    without another backward pass.
+    inputs and per-task output gradients
+    (:meth:`~mtlkit.weighting._engine.gram.Gramian.combine`), without another backward pass.
     """
 
     reuse_rows = True  # the method sees G only
