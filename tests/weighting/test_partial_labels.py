@@ -16,7 +16,7 @@ from torch import Tensor
 from mtlkit.errors import TaskDataError
 from mtlkit.losses import IGNORE_INDEX, cross_entropy, mse
 from mtlkit.weighting import WEIGHTINGS, Weighting
-from mtlkit.weighting.base import _take
+from mtlkit.weighting._state import take as _take
 from tests.weighting.test_engine import TinyHPS, mlp_model
 from tests.weighting.test_properties import METHODS, losses_of, make
 
@@ -46,7 +46,9 @@ def task_state_of(method: Weighting, index: int) -> dict[str, object]:
     """The entries of task ``index`` in every per-task state attribute (and its children)."""
     out: dict[str, object] = {}
     for owner_name, owner in [("", method), *_children(method)]:
-        for name, spec in type(owner).task_state.items():
+        for name, spec in type(owner).state_fields.items():
+            if spec.axes is None:
+                continue
             value = getattr(owner, name)
             if value is None or (isinstance(value, list) and not value):
                 out[owner_name + name] = None

@@ -26,14 +26,19 @@ and :func:`build` turns that into one :class:`Composed` method.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
-
-from torch import Tensor, nn
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StepRecord, Weighting
+from mtlkit.weighting.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    StateField,
+    StepContext,
+    StepRecord,
+    Weighting,
+)
 from mtlkit.weighting.gradient import GradientWeighting
 
 __all__ = ["Composed", "build", "compose"]
@@ -70,6 +75,11 @@ class Composed(Weighting):
     """
 
     name = "compose"
+    #: both parts' state, saved under their keys; restrict() and reset() reach them
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "weighting": StateField("method"),
+        "aggregator": StateField("method"),
+    }
 
     def __init__(self, weighting: Spec | Weighting, aggregator: Spec | Weighting) -> None:
         super().__init__()
@@ -98,16 +108,13 @@ class Composed(Weighting):
     def needs_all_tasks(self) -> bool:
         return self.aggregator.needs_all_tasks
 
-    def step(
-        self,
-        losses: Mapping[str, Tensor],
-        stacked: Tensor,
-        model: nn.Module,
-        *,
-        representation: Tensor | None,
-        loss_scale: float,
-    ) -> StepRecord:
+    @property
+    def jacobian_mode(self) -> str | None:
+        return self.aggregator.jacobian_mode
+
+    def step(self, ctx: StepContext, /) -> StepRecord:
         assert self.tasks is not None
+        stacked = ctx.stacked
         self.weighting.bind(self.tasks)
         objective, w = self.weighting.combine(stacked)
         w = w.detach().to(stacked.dtype)
@@ -115,12 +122,11 @@ class Composed(Weighting):
         own = [p for p in self.weighting.parameters() if p.requires_grad]
         if own:
             rest = objective - weighted.sum()
-            (rest * loss_scale).backward(inputs=own, retain_graph=True)
-        record = self.aggregator.backward(
-            {t: losses[t] * w[i] for i, t in enumerate(self.tasks)},
-            model,
-            representation=representation,
-            loss_scale=loss_scale,
+            (rest * ctx.loss_scale).backward(inputs=own, retain_graph=True)
+        # the aggregator steps on the weighted losses, in the same context (and its hooks)
+        losses = {t: ctx.losses[t] * w[i] for i, t in enumerate(self.tasks)}
+        record = self.aggregator.step(
+            replace(ctx, losses=losses, stacked=self.aggregator.stack_losses(losses))
         )
         alpha = record.weights
         extra = dict(record.extra)
@@ -139,39 +145,9 @@ class Composed(Weighting):
         self.weighting.bind(self.tasks)
         self.aggregator.bind(self.tasks)
 
-    @contextmanager
-    def restrict(self, present: Sequence[str]) -> Iterator[None]:
-        """Restricts both parts to the present tasks."""
-        with (
-            super().restrict(present),
-            self.weighting.restrict(present),
-            self.aggregator.restrict(present),
-        ):
-            yield
-
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         self.weighting.on_epoch_end(epoch, mean_losses)
         self.aggregator.on_epoch_end(epoch, mean_losses)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return self.weighting.parameters() + self.aggregator.parameters()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "weighting": self.weighting.state_dict(),
-            "aggregator": self.aggregator.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.weighting.load_state_dict(state.get("weighting", {}))
-        self.aggregator.load_state_dict(state.get("aggregator", {}))
-
-    def reset(self) -> None:
-        super().reset()
-        self.weighting.reset()
-        self.aggregator.reset()
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"weighting": self.weighting, "aggregator": self.aggregator}
