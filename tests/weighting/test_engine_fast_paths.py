@@ -25,8 +25,7 @@ from mtlkit.weighting._engine import (
     task_jacobian,
 )
 from mtlkit.weighting._engine import backward as backward_mod
-
-from .test_engine import MODELS, NormalisedSum, TinyHPS, as_dict, task_losses
+from tests.weighting._models import MODELS, NormalisedSum, TinyHPS, as_dict, task_losses
 
 
 def flat(grads: list[Tensor | None], params: list[nn.Parameter]) -> Tensor:

@@ -17,8 +17,8 @@ from mtlkit.errors import TaskDataError
 from mtlkit.losses import IGNORE_INDEX, cross_entropy, mse
 from mtlkit.weighting import WEIGHTINGS, Weighting
 from mtlkit.weighting._state import take as _take
-from tests.weighting.test_engine import TinyHPS, mlp_model
-from tests.weighting.test_properties import METHODS, losses_of, make
+from tests.weighting._methods import METHODS, losses_of, make
+from tests.weighting._models import TinyHPS, mlp_model
 
 
 def grads(model: TinyHPS) -> dict[str, Tensor | None]:
