@@ -157,7 +157,7 @@ class StateField:
 
     def reset(self, owner: Weighting, name: str) -> None:
         """Set ``owner``'s attribute ``name`` to its value before any training."""
-        current = getattr(owner, name, None)
+        current: Any = getattr(owner, name, None)
         if self.kind == "parameter":
             if current is not None:
                 assert self.init is not None, f"{owner}: parameter '{name}' needs init="

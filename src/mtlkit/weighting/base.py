@@ -418,7 +418,8 @@ def get(name: str, /, **params: Any) -> Weighting:
     >>> get("static", weights={"a": 2.0, "b": 1.0})
     Static(weights={'a': 2.0, 'b': 1.0})
     """
-    return WEIGHTINGS.build(name, **params)
+    method: Weighting = WEIGHTINGS.build(name, **params)
+    return method
 
 
 def available() -> list[str]:

@@ -50,14 +50,17 @@ def _from_spec(spec: Spec | Weighting, role: str) -> Weighting:
     """A method from a name, a ``{name: ..., **hyper-parameters}`` mapping or an instance."""
     if isinstance(spec, Weighting):
         return spec
+    method: Weighting
     if isinstance(spec, str):
-        return WEIGHTINGS.build(spec)
+        method = WEIGHTINGS.build(spec)
+        return method
     if isinstance(spec, Mapping):
         params = dict(spec)
         name = params.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"compose: option '{role}' needs a 'name', got {dict(spec)}")
-        return WEIGHTINGS.build(name, **params)
+        method = WEIGHTINGS.build(name, **params)
+        return method
     raise ConfigError(
         f"compose: option '{role}' must be a method name or a mapping with 'name', "
         f"got {type(spec).__name__}"
@@ -83,17 +86,18 @@ class Composed(Weighting):
 
     def __init__(self, weighting: Spec | Weighting, aggregator: Spec | Weighting) -> None:
         super().__init__()
-        self.weighting = _from_spec(weighting, "weighting")
-        self.aggregator = _from_spec(aggregator, "aggregator")
-        if not isinstance(self.weighting, LossWeighting):
+        first = _from_spec(weighting, "weighting")
+        second = _from_spec(aggregator, "aggregator")
+        if not isinstance(first, LossWeighting):
             raise ConfigError(
-                f"compose: option 'weighting' must be a loss-based method, got {self.weighting}"
+                f"compose: option 'weighting' must be a loss-based method, got {first}"
             )
-        if not isinstance(self.aggregator, GradientWeighting):
+        if not isinstance(second, GradientWeighting):
             raise ConfigError(
-                f"compose: option 'aggregator' must be a gradient-based method, "
-                f"got {self.aggregator}"
+                f"compose: option 'aggregator' must be a gradient-based method, got {second}"
             )
+        self.weighting: LossWeighting = first
+        self.aggregator: GradientWeighting = second
         self.stateful = self.weighting.stateful or self.aggregator.stateful  # type: ignore[misc]
 
     @property

@@ -130,6 +130,8 @@ class GradientWeighting(Weighting):
     #: whether the rows ∂L_i/∂r may be written into one buffer reused from step to step: only
     #: for methods that never see J (or a view of it) and so cannot keep it past the step
     reuse_rows: ClassVar[bool] = False
+    _step: int
+    _cached: Tensor | None
 
     def __init__(self, jacobian: str = "shared", update_every: int = 1) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ With T task losses L_i and inputs θ (P values), the Jacobian J is T × P (row i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +70,7 @@ def batched_grad(
     result: list[Tensor | None] = []
     for k in range(len(inputs)):
         chunks = [p[k] for p in parts]
-        result.append(None if chunks[0] is None else torch.cat(chunks))  # type: ignore[arg-type]
+        result.append(None if chunks[0] is None else torch.cat(chunks))
     return result
 
 
@@ -113,16 +114,16 @@ def head_passes(
     total = torch.stack(list(losses)).sum() * scale
     if readers is None:
         rows = head_gradients(losses, representation)
-        grads = (
+        grads: list[Tensor | None] = (
             list(torch.autograd.grad(total, list(params), retain_graph=True, allow_unused=True))
             if params
             else []
         )
         return rows, grads
     shape = (len(losses), *representation.shape)
-    like = {"dtype": representation.dtype, "device": representation.device}
+    like: dict[str, Any] = {"dtype": representation.dtype, "device": representation.device}
     if out is None or out.shape != shape or {"dtype": out.dtype, "device": out.device} != like:
-        out = torch.empty(shape, **like)  # type: ignore[arg-type]
+        out = torch.empty(shape, **like)
     written = [False] * len(losses)
 
     def keep(task: int, slots: list[int]) -> Callable[..., tuple[Tensor | None, ...]]:
@@ -143,7 +144,7 @@ def head_passes(
 
     handles = [node.register_hook(keep(task, slots)) for node, slots, task in readers]
     try:
-        grads = torch.autograd.grad(
+        passed = torch.autograd.grad(
             total, [representation, *params], retain_graph=True, allow_unused=True
         )[1:]
     finally:
@@ -154,7 +155,7 @@ def head_passes(
             out[task].zero_()
     if scale != 1.0:
         out /= scale
-    return out, list(grads)
+    return out, list(passed)
 
 
 def _readers_by_task(
@@ -227,7 +228,7 @@ def task_jacobian(
     return torch.cat(rows, dim=1)
 
 
-def last_shared_parameters(model: nn.Module, shared: Sequence[Tensor]) -> list[Tensor]:
+def last_shared_parameters(model: nn.Module, shared: Sequence[Tensor]) -> list[nn.Parameter]:
     """The parameters of the model's last shared layer.
 
     ``model.last_shared_parameters()`` when the model defines it; otherwise the parameters of
@@ -237,7 +238,7 @@ def last_shared_parameters(model: nn.Module, shared: Sequence[Tensor]) -> list[T
     if getter is not None:
         return [p for p in getter() if p.requires_grad]
     ids = {id(p) for p in shared}
-    last: list[Tensor] = []
+    last: list[nn.Parameter] = []
     for m in model.modules():
         own = [p for p in m.parameters(recurse=False) if p.requires_grad]
         if own and all(id(p) in ids for p in own):

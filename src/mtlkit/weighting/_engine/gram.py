@@ -100,8 +100,8 @@ def _conv_rows(module: nn.Conv2d, x: Tensor, dy: Tensor) -> tuple[Tensor, Tensor
         x,
         module.kernel_size,
         dilation=module.dilation,
-        padding=module.padding,
-        stride=module.stride,  # type: ignore[arg-type]
+        padding=module.padding,  # type: ignore[arg-type]  # not a str: see supported()
+        stride=module.stride,
     )  # B × (C·k·k) × L
     a = patches.transpose(1, 2).reshape(-1, patches.shape[1])
     t, b, o = dy.shape[:3]
@@ -241,7 +241,7 @@ def gramian(
     for m, a_list, d_list in by_module.values():
         a = a_list[0] if len(a_list) == 1 else torch.cat(a_list)
         d = d_list[0] if len(d_list) == 1 else torch.cat(d_list, dim=1)
-        gram += layer_gramian(a, d, bias=m.bias is not None).to(gram.dtype)  # type: ignore[arg-type]
+        gram += layer_gramian(a, d, bias=m.bias is not None).to(gram.dtype)
     per_param: dict[int, Tensor] = {}
     for p, g in zip(rest, grads[len(entries) :], strict=True):
         if g is not None:
@@ -281,4 +281,5 @@ def gram_statistics(
 def effective_weights(gram: Tensor, jacobian: Tensor, update: Tensor) -> Tensor:
     """The least-squares task weights w with Jᵀw ≈ update: w = G⁺ J update (minimum norm)."""
     rhs = (jacobian.double() @ update.double()).unsqueeze(1)
-    return (torch.linalg.pinv(gram.double(), hermitian=True) @ rhs)[:, 0]
+    weights: Tensor = (torch.linalg.pinv(gram.double(), hermitian=True) @ rhs)[:, 0]
+    return weights
