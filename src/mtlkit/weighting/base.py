@@ -45,6 +45,9 @@ weight 0 and no gradient, and the method runs exactly as it would on the present
 to the present tasks, and only their entries are updated. Leaving a bound task out of the dict
 is still an error, so a forgotten task is never silently dropped.
 
+This module is the whole interface (the record, the step context, the base classes), a little
+over 400 lines; the state mechanics it uses are in ``_state.py``.
+
 Capabilities are class attributes, read by the layers above instead of method names:
 ``static_weights`` (the weights are fixed hyper-parameters, which ``mtlkit tune`` can search)
 and ``takes_task_weights`` (the ``weights`` option is the α that a config's task weights give).
