@@ -16,7 +16,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.nn import MTLModel
 from mtlkit.tasks import Task
 from mtlkit.weighting import get
-from mtlkit.weighting.jacobian import task_jacobian
+from mtlkit.weighting.gradient import task_jacobian
 
 from ..conftest import tiny_model, tiny_split, tiny_tasks
 

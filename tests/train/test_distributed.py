@@ -77,14 +77,6 @@ def _run(method: Any, ctx: Distributed | None, **options: Any) -> dict[str, Any]
     stop_after = options.pop("stop_after", None)
     options.setdefault("epochs", EPOCHS)
     weights: list[dict[str, float]] = []
-    backward = method.backward
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        record = backward(*args, **kwargs)
-        weights.append(record.weights)
-        return record
-
-    method.backward = recording
     trainer = Trainer(
         tiny_model(),
         tiny_tasks(),
@@ -96,6 +88,14 @@ def _run(method: Any, ctx: Distributed | None, **options: Any) -> dict[str, Any]
         distributed=ctx,
         **options,
     )
+    backward = trainer.weighting.backward  # the method, or its distributed wrapper
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        record = backward(*args, **kwargs)
+        weights.append(record.weights)
+        return record
+
+    trainer.weighting.backward = recording  # type: ignore[method-assign]
     fit = trainer.fit(train_loader, val_loader, stop_after=stop_after)
     return {
         "weights": weights,

@@ -1,4 +1,8 @@
-"""Helpers for the tests of the projection / manipulation methods (test_projection_*.py)."""
+"""Helpers for the tests of the projection / manipulation methods (not a test module).
+
+Used by test_projection_common.py and by methods/test_<method>.py of PCGrad, GradDrop, GradVac,
+Aligned-MTL, ConFIG, MoCo and GradNorm.
+"""
 
 from __future__ import annotations
 

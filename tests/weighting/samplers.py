@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 import torch
 from torch import Tensor
 
@@ -135,3 +139,18 @@ DEGENERATE = {
     "stationary": stationary_row_at,
     "rank_deficient": rank_deficient,
 }
+
+
+def hard_jacobians(
+    sizes: tuple[tuple[int, int], ...] = ((2, 6), (4, 3), (5, 30), (10, 40)),
+) -> Iterator[Any]:
+    """Every HARD_CASES sampler at a few sizes, as pytest parameters with readable ids."""
+    for name, sampler in HARD_CASES.items():
+        for t, p in sizes:
+            if name == "conflicting" and p < t:
+                continue
+            yield pytest.param(sampler(t, p, seed=t + p), id=f"{name}-{t}x{p}")
+
+
+#: the hard cases at a few sizes (conflicting ones need P ≥ T)
+HARD = list(hard_jacobians())

@@ -25,9 +25,8 @@ from torch import Tensor
 
 from mtlkit.weighting import WEIGHTINGS
 from mtlkit.weighting.db_mtl import LOG_EPS
-from mtlkit.weighting.gradient import GradientWeighting
-from mtlkit.weighting.jacobian import task_jacobian
-from tests.weighting.test_engine import mlp_model, shared_grad
+from mtlkit.weighting.gradient import GradientWeighting, task_jacobian
+from tests.weighting._models import mlp_model, shared_grad
 
 from .samplers import DEGENERATE
 

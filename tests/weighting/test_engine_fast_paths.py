@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.weighting import UPGrad
-from mtlkit.weighting import jacobian as jac_mod
-from mtlkit.weighting.jacobian import (
+from mtlkit.weighting._engine import (
     ROW_GRAM_BLOCK,
     gramian,
     head_gradients,
@@ -25,8 +24,8 @@ from mtlkit.weighting.jacobian import (
     row_gram,
     task_jacobian,
 )
-
-from .test_engine import MODELS, NormalisedSum, TinyHPS, as_dict, task_losses
+from mtlkit.weighting._engine import backward as backward_mod
+from tests.weighting._models import MODELS, NormalisedSum, TinyHPS, as_dict, task_losses
 
 
 def flat(grads: list[Tensor | None], params: list[nn.Parameter]) -> Tensor:
@@ -121,7 +120,7 @@ def test_head_passes_give_rows_and_the_head_gradient(kind: str, scale: float) ->
     outs, rep = model.forward_with_representation(x)
     losses = [(k + 1) * o.pow(2).mean() for k, o in enumerate(outs.values())]
     heads = list(model.heads.parameters())
-    assert jac_mod._readers_by_task(losses, rep) is not None  # the one-pass path
+    assert backward_mod._readers_by_task(losses, rep) is not None  # the one-pass path
     rows, grads = head_passes(losses, rep, heads, scale=scale)
     for i, loss in enumerate(losses):
         (want,) = torch.autograd.grad(loss, rep, retain_graph=True)
@@ -144,7 +143,7 @@ def test_head_passes_with_shared_head_operations_and_unused_representation() -> 
         model.heads[2](x[:, :5]).pow(2).mean(),  # does not read r
     ]
     heads = list(model.heads.parameters())
-    assert jac_mod._readers_by_task(losses, rep) is None  # the per-task fallback
+    assert backward_mod._readers_by_task(losses, rep) is None  # the per-task fallback
     rows, grads = head_passes(losses, rep, heads)
     torch.testing.assert_close(rows, head_gradients(losses, rep))
     assert rows[2].abs().max() == 0

@@ -17,9 +17,9 @@ from mtlkit.errors import TaskDataError
 from mtlkit.tasks import IGNORE_INDEX
 from mtlkit.tasks.tabular import cross_entropy, mse
 from mtlkit.weighting import WEIGHTINGS, Weighting
-from mtlkit.weighting.base import _take
-from tests.weighting.test_engine import TinyHPS, mlp_model
-from tests.weighting.test_properties import METHODS, losses_of, make
+from mtlkit.weighting._state import take as _take
+from tests.weighting._methods import METHODS, losses_of, make
+from tests.weighting._models import TinyHPS, mlp_model
 
 
 def grads(model: TinyHPS) -> dict[str, Tensor | None]:
@@ -47,7 +47,9 @@ def task_state_of(method: Weighting, index: int) -> dict[str, object]:
     """The entries of task ``index`` in every per-task state attribute (and its children)."""
     out: dict[str, object] = {}
     for owner_name, owner in [("", method), *_children(method)]:
-        for name, spec in type(owner).task_state.items():
+        for name, spec in type(owner).state_fields.items():
+            if spec.axes is None:
+                continue
             value = getattr(owner, name)
             if value is None or (isinstance(value, list) and not value):
                 out[owner_name + name] = None

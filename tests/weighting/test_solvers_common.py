@@ -11,8 +11,9 @@ import mtlkit.weighting as weighting
 from mtlkit.errors import ConfigError
 from mtlkit.nn import ENCODERS, build_model
 from mtlkit.tasks import Task
-
-from .samplers import HARD_CASES
+from mtlkit.weighting import DualProj, UPGrad
+from tests.weighting._asserts import assert_non_conflicting
+from tests.weighting.samplers import HARD, HARD_CASES
 
 NAMES = ["mgda", "upgrad", "dualproj", "cagrad", "imtl_g", "nash_mtl", "fairgrad"]
 #: methods whose update is positively homogeneous of degree 1 in J
@@ -177,3 +178,17 @@ def test_non_finite_gradients_are_a_task_data_error(name: str) -> None:
     jac[1, 2] = float("nan")
     with pytest.raises(weighting.base.TaskDataError, match="NaN or inf"):
         build(name).aggregate(jac)
+
+
+@pytest.mark.parametrize("method", [UPGrad(), DualProj()], ids=str)
+@pytest.mark.parametrize("jac", HARD)
+def test_dual_cone_methods_do_not_conflict(method: UPGrad | DualProj, jac: Tensor) -> None:
+    update = method.aggregate(jac)
+    assert_non_conflicting(jac, update, method.last_weights())
+
+
+def test_pref_vector_length_must_match_the_tasks() -> None:
+    with pytest.raises(ConfigError, match="option 'pref_vector' has 2 entries but there are 3"):
+        UPGrad(pref_vector=[1.0, 1.0]).aggregate(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="option 'pref_vector' has 2 entries"):
+        DualProj(pref_vector=[1.0, 1.0]).bind(["a", "b", "c"])

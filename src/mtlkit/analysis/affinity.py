@@ -51,7 +51,7 @@ from mtlkit.data.base import to_device
 from mtlkit.errors import ConfigError
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task
-from mtlkit.weighting.jacobian import task_jacobian
+from mtlkit.weighting.gradient import task_jacobian
 
 MEASURES = ("cosine", "conflict", "tag")
 

@@ -31,7 +31,7 @@ from mtlkit.tasks import Task
 from mtlkit.train import Trainer
 from mtlkit.train.checkpoint import load_model_weights
 from mtlkit.train.distributed import current
-from mtlkit.weighting import Weighting, compose, get
+from mtlkit.weighting import WEIGHTINGS, Weighting, available, build
 
 
 @dataclass
@@ -134,7 +134,7 @@ def build_weighting(config: RunConfig, tasks: list[Task]) -> Weighting:
     """
     params = dict(config.weighting.params)
     weighted = {t.name: t.weight for t in tasks if t.weight != 1.0}
-    if config.weighting.name == "static":
+    if WEIGHTINGS.lookup(config.weighting.name).takes_task_weights:
         params.setdefault("weights", {t.name: t.weight for t in tasks})
         unknown = sorted(set(params["weights"]) - {t.name for t in tasks})
         if unknown:
@@ -143,14 +143,18 @@ def build_weighting(config: RunConfig, tasks: list[Task]) -> Weighting:
                 f"the tasks are {', '.join(t.name for t in tasks)}"
             )
     elif weighted:
+        users = " or ".join(
+            f"'weighting: {n}'" for n in available() if WEIGHTINGS.lookup(n).takes_task_weights
+        )
         raise ConfigError(
-            f"task weights {weighted} are only used by 'weighting: static'; "
+            f"task weights {weighted} are only used by {users}; "
             f"'{config.weighting.name}' sets its own weights"
         )
-    method = get(config.weighting.name, **params)
-    if config.aggregator is None:
-        return method
-    return compose(method, get(config.aggregator.name, **config.aggregator.params))
+    aggregator = config.aggregator
+    return build(
+        {**params, "name": config.weighting.name},
+        None if aggregator is None else {**aggregator.params, "name": aggregator.name},
+    )
 
 
 def build_run(config: RunConfig | dict[str, Any]) -> Run:

@@ -32,9 +32,7 @@ from mtlkit.experiments.compare import stl_config
 from mtlkit.experiments.run import build_run
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import delta_m
-
-#: methods whose loss weights are the static α being searched
-WEIGHT_METHODS = ("ew", "static")
+from mtlkit.weighting import WEIGHTINGS, Static, available
 
 
 def parse_param_ranges(specs: list[str] | None) -> dict[str, tuple[float, float, bool]]:
@@ -106,7 +104,7 @@ def trial_config(
     """The config of one trial: static ``weights`` and/or the method's ``params``."""
     if weights is not None:
         weighting = config.weighting.model_copy(
-            update={"name": "static", "params": {"weights": weights}}
+            update={"name": Static.name, "params": {"weights": weights}}
         )
         tasks = (
             [t.model_copy(update={"weight": None}) for t in config.tasks] if config.tasks else None
@@ -141,10 +139,12 @@ def run_tune(
         raise ConfigError(f"tune: option 'folds' must be ≥ 2, got {folds}")
     params = dict(params or {})
     method = config.weighting.name
-    search_weights = method in WEIGHT_METHODS if weights is None else weights
-    if search_weights and method not in WEIGHT_METHODS:
+    static = WEIGHTINGS.lookup(method).static_weights
+    search_weights = static if weights is None else weights
+    if search_weights and not static:
+        fixed = " or ".join(f"'{n}'" for n in available() if WEIGHTINGS.lookup(n).static_weights)
         raise ConfigError(
-            f"tune: static weights are searched with 'weighting: ew' or 'static', not "
+            f"tune: static weights are searched with weighting {fixed}, not "
             f"'{method}' (it sets its own weights); search its options with --param"
         )
     if search_weights and params:
@@ -156,7 +156,6 @@ def run_tune(
         raise ConfigError("tune: nothing to search: no weights and no --param ranges")
     if params:
         from mtlkit.registry import check_params
-        from mtlkit.weighting import WEIGHTINGS
 
         check_params(WEIGHTINGS.lookup(method), params, f"tune: weighting '{method}'")
     run = build_run(config)

@@ -13,8 +13,8 @@ proofs)::
   that value and back-propagates into this rank's graph with the factor n_r/N, so a sum
   all-reduce of gradients afterwards gives exactly the single-process gradient of any
   (possibly non-linear) objective F(L̄) a loss-based method builds.
-- :class:`DistributedWeighting` wraps any method. Gradient-based methods get a hook in the
-  engine (:attr:`GradientWeighting.reduce_jacobian`) that sum-all-reduces the T × P Jacobian
+- :class:`DistributedWeighting` wraps any method. Gradient-based methods get a hook in their
+  step context (:attr:`StepContext.reduce_jacobian`) that sum-all-reduces the T × P Jacobian
   of the shares, J̄ = Σ_r (n_r/N) J_r, before the method sees it: every rank then aggregates the
   same J̄ with the same state and random generators, and writes the same update. The remaining
   gradients (task-specific parameters, and shared ones when the method's update was applied
@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.distributed as dist
@@ -51,9 +53,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.train.strategy import DataParallel, Distributed, GlobalLosses
-from mtlkit.weighting.base import StepRecord, Weighting
-from mtlkit.weighting.compose import Composed
-from mtlkit.weighting.gradient import GradientWeighting
+from mtlkit.weighting.base import StepContext, StepRecord, Weighting
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -142,50 +142,38 @@ def current() -> Distributed | None:
 # ---------------------------------------------------------------------------- the wrapper
 
 
-def _gradient_parts(method: Weighting) -> list[GradientWeighting]:
-    if isinstance(method, GradientWeighting):
-        return [method]
-    if isinstance(method, Composed):
-        return _gradient_parts(method.aggregator)
-    return []
-
-
 class DistributedWeighting(Weighting):
     """A weighting method that sees the global per-task gradients on every rank.
 
-    Takes :class:`GlobalLosses` (from :meth:`Distributed.globalize`). Gradient-based parts
-    (the method itself, or the aggregator of a :class:`~mtlkit.weighting.compose.Composed`)
-    aggregate the sum-all-reduced Jacobian J̄ = Σ_r (n_r/N) J_r, which equals the Jacobian a
-    single process computes on the global batch; every other gradient is reduced once after
-    the backward pass. ``jacobian="representation"`` is refused: the representation belongs
-    to this rank's samples only, so its per-task gradients are not a shared T × P matrix.
-    Checkpoints hold the wrapped method's state, so they load in a single process too.
+    Takes :class:`GlobalLosses` (from :meth:`Distributed.globalize`). A gradient-based method
+    (or the aggregator of a :class:`~mtlkit.weighting.compose.Composed`) steps with a context
+    whose ``reduce_jacobian`` hook sum-all-reduces the Jacobian, J̄ = Σ_r (n_r/N) J_r, which
+    equals the Jacobian a single process computes on the global batch; every other gradient is
+    reduced once after the backward pass. ``jacobian="representation"`` is refused: the
+    representation belongs to this rank's samples only, so its per-task gradients are not a
+    shared T × P matrix. Checkpoints hold the wrapped method's state, so they load in a single
+    process too.
     """
 
     def __init__(self, method: Weighting, context: Distributed) -> None:
         super().__init__()
         self.method = method
         self.context = context
-        self._parts = _gradient_parts(method)
-        for part in self._parts:
-            if part.jacobian == "representation":
-                raise ConfigError(
-                    f"{part}: option 'jacobian' 'representation' cannot be used in distributed "
-                    "training (each rank's representation covers its own samples only); "
-                    "use 'shared' or 'last_shared'"
-                )
-            part.reduce_jacobian = self._make_hook(part)
+        if method.jacobian_mode == "representation":
+            raise ConfigError(
+                f"{method}: option 'jacobian' 'representation' cannot be used in distributed "
+                "training (each rank's representation covers its own samples only); "
+                "use 'shared' or 'last_shared'"
+            )
         self._global_update = False
         self.stateful = method.stateful  # type: ignore[misc]
 
-    def _make_hook(self, part: GradientWeighting) -> Any:
-        def reduce(jacobian: Tensor) -> Tensor:
-            jacobian = self.context.all_reduce(jacobian.contiguous())
-            if part.jacobian == "shared":
-                self._global_update = True  # the method writes the global update itself
-            return jacobian
-
-        return reduce
+    def _reduce_jacobian(self, jacobian: Tensor) -> Tensor:
+        """The hook of the step context: this rank's Jacobian share → the global Jacobian."""
+        jacobian = self.context.all_reduce(jacobian.contiguous())
+        if self.method.jacobian_mode == "shared":
+            self._global_update = True  # the method writes the global update itself
+        return jacobian
 
     @property
     def needs_representation(self) -> bool:
@@ -199,29 +187,20 @@ class DistributedWeighting(Weighting):
     def needs_all_tasks(self) -> bool:
         return self.method.needs_all_tasks
 
-    def step(
-        self,
-        losses: Mapping[str, Tensor],
-        stacked: Tensor,
-        model: nn.Module,
-        *,
-        representation: Tensor | None,
-        loss_scale: float,
-    ) -> StepRecord:
-        """Not a way in: the wrapper overrides :meth:`backward`, where the wrapped method
-        (which handles absent tasks itself) steps between the gradient reductions."""
-        raise TypeError(
-            f"distributed {self.method}: call backward() with globalised losses, not step()"
-        )
+    @property
+    def jacobian_mode(self) -> str | None:
+        return self.method.jacobian_mode
 
     def backward(
         self,
-        losses: Mapping[str, Tensor],
+        losses: Mapping[str, Tensor | None],
         model: nn.Module,
         *,
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
+        """The wrapped method's step (absent tasks handled as everywhere) between the
+        gradient reductions."""
         if not isinstance(losses, GlobalLosses):
             raise TaskDataError(
                 f"distributed {self.method}: pass the losses through Distributed.globalize "
@@ -229,14 +208,14 @@ class DistributedWeighting(Weighting):
             )
         params = [p for p in model.parameters() if p.requires_grad]
         shared: list[Tensor] = []
-        if self._parts:
+        if self.method.jacobian_mode is not None:
             getter = getattr(model, "shared_parameters", None)
             shared = [p for p in getter() if p.requires_grad] if getter is not None else []
         before = {id(p): p.grad for p in shared}  # local shares written earlier (regularisers)
         for p in shared:
             p.grad = None
         self._global_update = False
-        record = self.method.backward(
+        record = super().backward(
             losses, model, representation=representation, loss_scale=loss_scale
         )
         if self._global_update:
@@ -258,11 +237,21 @@ class DistributedWeighting(Weighting):
         self.context.sync_gradients(own, op="mean")
         return record
 
+    def step(self, ctx: StepContext, /) -> StepRecord:
+        """The wrapped method's step, in a context that reduces its Jacobian across ranks."""
+        return self.method.step(replace(ctx, reduce_jacobian=self._reduce_jacobian))
+
     # ------------------------------------------------------------------ delegation
 
     def bind(self, tasks: Sequence[str]) -> None:
         self.method.bind(tasks)
         self.tasks = self.method.tasks
+
+    def stack_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return self.method.stack_losses(losses)
+
+    def restrict(self, present: Sequence[str]) -> AbstractContextManager[None]:
+        return self.method.restrict(present)
 
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         """Pass the epoch's mean losses on; they must be the global ones (the Trainer's are)."""
@@ -282,11 +271,15 @@ class DistributedWeighting(Weighting):
         self.method.reset()
         self.tasks = None
 
+    def to(self, device: torch.device | str) -> Self:
+        self.method.to(device)
+        return self
+
     def hyperparameters(self) -> dict[str, Any]:
         return {"method": self.method, "world_size": self.context.world_size}
 
     def __getattr__(self, name: str) -> Any:
-        # the wrapped method's other public attributes (``task_weights``, ``restrict``, ...)
+        # the wrapped method's other public attributes (``task_weights``, ...)
         if name.startswith("_") or name in ("method", "context"):
             raise AttributeError(name)
         return getattr(self.method, name)

@@ -5,7 +5,16 @@
 for the interface and the scale convention.
 """
 
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StepRecord, Weighting, available, get
+from mtlkit.weighting.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    StateField,
+    StepContext,
+    StepRecord,
+    Weighting,
+    available,
+    get,
+)
 
 # loss-based methods (one module each)
 from mtlkit.weighting.ew import EW
@@ -79,7 +88,9 @@ __all__ = [
     "JacobianAggregator",
     "WEIGHTINGS",
     "LossWeighting",
+    "StateField",
     "Static",
+    "StepContext",
     "StepRecord",
     "Weighting",
     "available",

@@ -63,13 +63,3 @@ def check_positive_losses(method: str, tasks: list[str], losses: Tensor) -> None
 def task_parameter(n: int, init: float) -> nn.Parameter:
     """A learnable vector with one entry per task, filled with ``init``."""
     return nn.Parameter(torch.full((n,), float(init)))
-
-
-def follow_device(param: nn.Parameter, like: Tensor) -> None:
-    """Move ``param`` in place to the device of ``like`` (as ``Module.to`` does), so an
-    optimiser built before the first step keeps the same object."""
-    if param.device != like.device:
-        with torch.no_grad():
-            param.data = param.data.to(like.device)
-            if param.grad is not None:
-                param.grad = param.grad.to(like.device)

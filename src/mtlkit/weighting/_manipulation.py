@@ -56,15 +56,3 @@ def project_simplex(v: Tensor) -> Tensor:
     rho = int(torch.nonzero(u - css / k > 0).max())
     theta = css[rho] / (rho + 1)
     return (v - theta).clamp_min(0.0)
-
-
-def generator_state(generator: torch.Generator) -> Tensor:
-    """A copy of the generator's state (a uint8 tensor, storable with safetensors)."""
-    return generator.get_state().clone()
-
-
-def set_generator_state(method: str, generator: torch.Generator, state: Any) -> None:
-    """Restore what :func:`generator_state` returned; a clear error for anything else."""
-    if not isinstance(state, Tensor) or state.dtype != torch.uint8:
-        raise ConfigError(f"{method}: state 'generator' must be a uint8 tensor, got {state!r}")
-    generator.set_state(state.detach().cpu().clone())

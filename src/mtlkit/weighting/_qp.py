@@ -44,6 +44,9 @@ answer that fails the check is solved again by this module's own Lawson–Hanson
 (:func:`active_set_nnls`), which is correct for every T; if that fails too (never seen), the
 better of the two is returned with a :class:`SolverWarning` that names the violation. No point
 is returned unverified and silently.
+
+One module of about 500 lines on purpose: the preparation of G, the solvers and their KKT
+verification are one verified unit (tests/weighting/test_solvers_qp.py), read together.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ def balance_transformation(gram: Tensor, /) -> Tensor:
         return torch.zeros(t, t, dtype=torch.float64, device=gram.device)
     eigvals, eigvecs = eigvals[kept], eigvecs[:, kept]
     sigma_min = eigvals.min().sqrt()
-    return sigma_min * (eigvecs / eigvals.sqrt()) @ eigvecs.T
+    balance: Tensor = sigma_min * (eigvecs / eigvals.sqrt()) @ eigvecs.T
+    return balance
 
 
 @WEIGHTINGS.register("aligned_mtl")

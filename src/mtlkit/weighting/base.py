@@ -22,32 +22,64 @@ Two families share the interface:
 - gradient-based methods combine the per-task gradients of the shared parameters (the Jacobian)
   into one update.
 
-A method that keeps state across steps sets ``stateful = True`` and implements
-:meth:`Weighting.state_dict`, :meth:`Weighting.load_state_dict` and :meth:`Weighting.reset`.
+A new method implements :meth:`Weighting.step`, which receives one :class:`StepContext` (the
+checked losses, their vector in task order, the model, the representation, the gradient scale,
+and the data-parallel hook). :meth:`Weighting.backward` does the rest once for every method.
+
+State. A method's state lives in plain attributes that its class declares in
+``state_fields`` (attribute name → :class:`StateField`: what it holds, its key in the state
+dict, its per-task axes). From that one declaration the base class gives
+:meth:`~Weighting.state_dict`, :meth:`~Weighting.load_state_dict` (errors name the method and
+the field), :meth:`~Weighting.reset`, :meth:`~Weighting.to` and :meth:`~Weighting.restrict`;
+a method keeps only its algorithm. Each class declares its own fields; those of its bases are
+merged in. Methods are deliberately not ``nn.Module`` s: ``parameters()`` means the method's own
+learnable parameters (uncertainty weighting's log-variances), the ones declared with kind
+``"parameter"``, and the state is more than parameters and buffers (random generators,
+counters, per-epoch histories). A method that keeps state across steps also sets
+``stateful = True``.
 
 Partial steps: a task with no label in a step (partial labels, or one-task-per-step training)
 is passed as ``None``: ``method.backward({"a": loss_a, "b": None}, model)``. Task b then gets
 weight 0 and no gradient, and the method runs exactly as it would on the present tasks alone
-(:meth:`Weighting.restrict`): its per-task state (listed in ``task_state``) is sliced to the
-present tasks, and only their entries are updated. Leaving a bound task out of the dict is
-still an error, so a forgotten task is never silently dropped.
+(:meth:`Weighting.restrict`): its per-task state (the fields declared with ``axes``) is sliced
+to the present tasks, and only their entries are updated. Leaving a bound task out of the dict
+is still an error, so a forgotten task is never silently dropped.
+
+This module is the whole interface (the record, the step context, the base classes), a little
+over 400 lines; the state mechanics it uses are in ``_state.py``.
+
+Capabilities are class attributes, read by the layers above instead of method names:
+``static_weights`` (the weights are fixed hyper-parameters, which ``mtlkit tune`` can search)
+and ``takes_task_weights`` (the ``weights`` option is the α that a config's task weights give).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self, cast
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.registry import Registry
+from mtlkit.weighting._state import StateField, put, take
 
 WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting method")
+
+__all__ = [
+    "WEIGHTINGS",
+    "LossWeighting",
+    "StateField",
+    "StepContext",
+    "StepRecord",
+    "Weighting",
+    "available",
+    "get",
+]
 
 
 @dataclass
@@ -79,30 +111,54 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
-class TaskState:
-    """How an attribute of a method holds per-task state, for :meth:`Weighting.restrict`.
+class StepContext:
+    """Everything a method's :meth:`Weighting.step` works from, for one step.
 
-    ``axes`` are the dimensions indexed by task (``(0,)`` for a vector, ``(0, 1)`` for a
-    task × task matrix, ``(1,)`` for a list of per-epoch task vectors). ``fill`` is the value
-    given to the absent tasks when the state is first created during a partial step (None:
-    such state is dropped and created again at the next full step).
+    ``losses``: the present tasks' scalar losses (checked); ``stacked``: the same as a vector in
+    the method's task order; ``model``: the model whose ``.grad`` the step fills;
+    ``representation``: the shared representation the losses were computed from, or None;
+    ``loss_scale``: multiplies the gradients that are written (fp16 gradient scaling; the
+    method's decisions use the unscaled losses); ``reduce_jacobian``: set by data-parallel
+    training, turns this process's T × P Jacobian into the global one before a gradient
+    method sees it (None in a single process, which leaves every path unchanged).
     """
 
-    axes: tuple[int, ...] = (0,)
-    fill: float | None = None
+    losses: Mapping[str, Tensor]
+    stacked: Tensor
+    model: nn.Module
+    representation: Tensor | None = None
+    loss_scale: float = 1.0
+    reduce_jacobian: Callable[[Tensor], Tensor] | None = None
 
 
 class Weighting(ABC):
     """Base class of every loss-balancing method (see the module docstring)."""
 
     stateful: ClassVar[bool] = False
-    #: attribute name → how it holds per-task state (see :meth:`restrict`)
-    task_state: ClassVar[Mapping[str, TaskState]] = {}
+    #: attribute name → the state it holds (see :class:`StateField`); a class lists its own
+    #: fields, and those of its bases are merged in when the class is created
+    state_fields: ClassVar[Mapping[str, StateField]] = {}
+    #: the task weights are fixed hyper-parameters (a search space for ``mtlkit tune``)
+    static_weights: ClassVar[bool] = False
+    #: the ``weights`` option (task → α) is where a config's task weights go
+    takes_task_weights: ClassVar[bool] = False
     #: a short name for logs and test ids; set by subclasses
     name: ClassVar[str] = "weighting"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        merged: dict[str, StateField] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("state_fields", {}))
+        cls.state_fields = merged
+
     def __init__(self) -> None:
         self.tasks: list[str] | None = None
+        for name, spec in self.state_fields.items():
+            if spec.kind == "parameter":
+                setattr(self, name, None)
+            elif spec.kind not in ("generator", "method"):  # created by the constructor
+                setattr(self, name, spec.initial())
 
     # ------------------------------------------------------------------ the interface
 
@@ -116,37 +172,44 @@ class Weighting(ABC):
     ) -> StepRecord:
         """Fill ``.grad`` on ``model``'s parameters from the task ``losses``.
 
-        A ``None`` loss marks a task absent from this step (see the module docstring): the
-        step then runs on the present tasks only (:meth:`partial_backward`). Otherwise the
-        losses are checked and stacked in task order and :meth:`step` does the method's work.
+        The losses are checked and stacked in task order and :meth:`step` does the method's
+        work. A ``None`` loss marks a task absent from this step (see the module docstring):
+        the step then runs on the present tasks only, inside :meth:`restrict`; absent tasks
+        get weight 0 in the record, and a step with no task present does nothing.
 
         ``representation`` is the shared representation the losses were computed from, for
         methods with ``needs_representation``. ``loss_scale`` multiplies the gradients that are
         written (for fp16 gradient scaling); the method's decisions use the unscaled losses.
         """
-        partial = self.partial_backward(
-            losses, model, representation=representation, loss_scale=loss_scale
-        )
-        if partial is not None:
-            return partial
-        stacked = self.stack_losses(losses)
-        return self.step(
-            losses, stacked, model, representation=representation, loss_scale=loss_scale
-        )
+        if not isinstance(losses, Mapping) or all(v is not None for v in losses.values()):
+            complete = cast("Mapping[str, Tensor]", losses)
+            return self._full_step(complete, model, representation, loss_scale)
+        self.bind(list(losses))
+        present = {t: v for t, v in losses.items() if v is not None}
+        absent = [t for t, v in losses.items() if v is None]
+        if not present:
+            return StepRecord(weights=dict.fromkeys(losses, 0.0), extra={"absent_tasks": 1.0})
+        with self.restrict(list(present)):
+            record = self._full_step(present, model, representation, loss_scale)
+        record.weights.update(dict.fromkeys(absent, 0.0))
+        record.extra["absent_tasks"] = float(len(absent))
+        return record
 
-    @abstractmethod
-    def step(
+    def _full_step(
         self,
         losses: Mapping[str, Tensor],
-        stacked: Tensor,
         model: nn.Module,
-        *,
         representation: Tensor | None,
         loss_scale: float,
     ) -> StepRecord:
-        """The method's step with every bound task present: ``stacked`` is ``losses`` as a
-        vector in task order (checked scalars). Subclasses implement this, not
-        :meth:`backward`."""
+        stacked = self.stack_losses(losses)
+        ctx = StepContext(losses, stacked, model, representation, loss_scale)
+        return self.step(ctx)
+
+    @abstractmethod
+    def step(self, ctx: StepContext, /) -> StepRecord:
+        """The method's step with every bound task present (see :class:`StepContext`).
+        Subclasses implement this, not :meth:`backward`."""
 
     @property
     def needs_representation(self) -> bool:
@@ -165,6 +228,12 @@ class Weighting(ABC):
         """Whether :meth:`backward` is faster when given the shared representation (it then
         back-propagates each task through its head alone and the encoder once, batched)."""
         return self.needs_representation
+
+    @property
+    def jacobian_mode(self) -> str | None:
+        """Where the method takes per-task gradients (``"shared"``, ``"last_shared"``,
+        ``"representation"``); None for a loss-based method (one backward pass)."""
+        return None
 
     def bind(self, tasks: Sequence[str]) -> None:
         """Fix the task order. Called by :meth:`backward` on first use; later calls must name
@@ -195,11 +264,11 @@ class Weighting(ABC):
     def restrict(self, present: Sequence[str]) -> Iterator[None]:
         """Within the block, the method is bound to the ``present`` tasks only.
 
-        Each attribute named in ``task_state`` is sliced to the present tasks on entry; on a
-        normal exit the new values are written back into their entries, and the absent tasks'
+        Each field declared with ``axes`` is sliced to the present tasks on entry; on a normal
+        exit the new values are written back into their entries, and the absent tasks'
         entries are left as they were (learned per-task parameters are sliced
         differentiably, so only the present entries receive a gradient). On an error the state
-        is restored unchanged.
+        is restored unchanged. Nested methods (fields of kind ``"method"``) are restricted too.
         """
         if self.tasks is None:
             raise ConfigError(f"{self}: bind(tasks) before restricting it to some of them")
@@ -211,73 +280,85 @@ class Weighting(ABC):
             )
         full = self.tasks
         idx = [i for i, t in enumerate(full) if t in set(present)]
-        saved = {name: getattr(self, name) for name in self.task_state}
-        for name, spec in self.task_state.items():
-            setattr(self, name, _take(saved[name], spec.axes, idx))
+        per_task = {n: s for n, s in self.state_fields.items() if s.axes is not None}
+        saved = {name: getattr(self, name) for name in per_task}
+        for name, spec in per_task.items():
+            assert spec.axes is not None
+            setattr(self, name, take(saved[name], spec.axes, idx))
         self.tasks = [full[i] for i in idx]
         ok = False
         try:
-            yield
+            with ExitStack() as parts:
+                for name, spec in self.state_fields.items():
+                    if spec.kind == "method":
+                        parts.enter_context(getattr(self, name).restrict(present))
+                yield
             ok = True
         finally:
             self.tasks = full
-            for name, spec in self.task_state.items():
+            for name, spec in per_task.items():
                 new = getattr(self, name)
-                kept = _put(saved[name], new, spec, idx, len(full)) if ok else saved[name]
+                kept = put(saved[name], new, spec, idx, len(full)) if ok else saved[name]
                 setattr(self, name, kept)
-
-    def partial_backward(
-        self,
-        losses: Mapping[str, Tensor | None],
-        model: nn.Module,
-        *,
-        representation: Tensor | None = None,
-        loss_scale: float = 1.0,
-    ) -> StepRecord | None:
-        """The step when some tasks are absent (``None`` losses), else None.
-
-        Runs :meth:`backward` on the present tasks inside :meth:`restrict`; absent tasks get
-        weight 0 in the record. A step with no task present does nothing.
-        """
-        if not isinstance(losses, Mapping) or all(v is not None for v in losses.values()):
-            return None
-        self.bind(list(losses))
-        present = {t: v for t, v in losses.items() if v is not None}
-        absent = [t for t, v in losses.items() if v is None]
-        if not present:
-            return StepRecord(weights=dict.fromkeys(losses, 0.0), extra={"absent_tasks": 1.0})
-        with self.restrict(list(present)):
-            record = self.backward(
-                present, model, representation=representation, loss_scale=loss_scale
-            )
-        record.weights.update(dict.fromkeys(absent, 0.0))
-        record.extra["absent_tasks"] = float(len(absent))
-        return record
 
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:  # noqa: B027
         """Hook: called by training loops after each epoch with each task's mean training loss
         (methods such as DWA use it)."""
 
     def parameters(self) -> list[nn.Parameter]:
-        """The method's own learnable parameters, to be optimised with the model's."""
-        return []
+        """The method's own learnable parameters, to be optimised with the model's: its
+        fields of kind ``"parameter"``, then those of its nested methods."""
+        params: list[nn.Parameter] = []
+        for name, spec in self.state_fields.items():
+            value = getattr(self, name)
+            if spec.kind == "method":
+                params.extend(value.parameters())
+            elif spec.kind == "parameter":
+                if value is None:
+                    raise ConfigError(
+                        f"{self}: its '{spec.key_of(name)}' are created per task; call "
+                        "bind(task_names) before parameters() so the optimiser gets them"
+                    )
+                params.append(value)
+        return params
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
         """The method's state: JSON-ready values and tensors (saved with checkpoints)."""
-        return {"tasks": self.tasks}
+        state: dict[str, Any] = {"tasks": self.tasks}
+        for name, spec in self.state_fields.items():
+            if spec.saved:
+                state[spec.key_of(name)] = spec.save(getattr(self, name))
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned. A field missing from ``state`` keeps its
+        value after :meth:`reset`; a field of the wrong kind or shape is a ConfigError that
+        names the method and the field."""
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"{self}: a state dict must be a mapping, got {state!r}")
+        self.reset()
         tasks = state.get("tasks")
-        self.tasks = None
         if tasks is not None:
             self.bind(tasks)
+        for name, spec in self.state_fields.items():
+            key = spec.key_of(name)
+            if spec.saved and key in state:
+                spec.load(self, name, state[key])
 
     def reset(self) -> None:
-        """Forget all state gathered during training."""
+        """Forget all state gathered during training (and the task order)."""
         self.tasks = None
+        for name, spec in self.state_fields.items():
+            spec.reset(self, name)
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move the method's tensors to ``device`` (parameters in place, so an optimiser keeps
+        them); state the method keeps on the CPU (``cpu64`` fields, generators) stays."""
+        for name, spec in self.state_fields.items():
+            spec.move(self, name, device)
+        return self
 
     # ------------------------------------------------------------------ helpers
 
@@ -288,8 +369,8 @@ class Weighting(ABC):
         for task, loss in losses.items():
             if loss is None:
                 raise TaskDataError(
-                    f"task '{task}': loss is None (an absent task) inside {self}'s backward; "
-                    "absent tasks are handled by partial_backward()"
+                    f"task '{task}': loss is None (an absent task) inside {self}'s step; "
+                    "absent tasks are handled by backward()"
                 )
             if not isinstance(loss, Tensor) or loss.dim() != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -327,62 +408,11 @@ class LossWeighting(Weighting):
         w = self.weights(losses.detach()).to(losses.dtype)
         return (w * losses).sum(), w
 
-    def step(
-        self,
-        losses: Mapping[str, Tensor],
-        stacked: Tensor,
-        model: nn.Module,
-        *,
-        representation: Tensor | None,
-        loss_scale: float,
-    ) -> StepRecord:
-        total, w = self.combine(stacked)
-        (total * loss_scale).backward()
+    def step(self, ctx: StepContext, /) -> StepRecord:
+        total, w = self.combine(ctx.stacked)
+        (total * ctx.loss_scale).backward()
         assert self.tasks is not None
         return StepRecord(weights=dict(zip(self.tasks, w.detach().tolist(), strict=True)))
-
-
-def _index(axes: tuple[int, ...], idx: Tensor, dims: int) -> tuple[Any, ...]:
-    """An advanced index selecting ``idx`` on each of ``axes`` (broadcast against each other)."""
-    index: list[Any] = [slice(None)] * dims
-    for k, axis in enumerate(axes):
-        shape = [1] * len(axes)
-        shape[k] = -1
-        index[axis] = idx.view(shape)
-    return tuple(index)
-
-
-def _take(value: Any, axes: tuple[int, ...], idx: list[int]) -> Any:
-    """The entries of the present tasks (see :meth:`Weighting.restrict`)."""
-    if value is None or (isinstance(value, list) and not value):
-        return value
-    if isinstance(value, list):
-        return _take(torch.tensor(value, dtype=torch.float64), axes, idx).tolist()
-    positions = torch.tensor(idx, device=value.device)
-    return value[_index(axes, positions, value.dim())]
-
-
-def _put(full: Any, sub: Any, spec: TaskState, idx: list[int], num_tasks: int) -> Any:
-    """``full`` with the present tasks' entries replaced by ``sub``."""
-    if sub is None or isinstance(full, nn.Parameter):
-        return full
-    if isinstance(sub, list):
-        if not sub:
-            return full
-        base = None if full is None or not full else torch.tensor(full, dtype=torch.float64)
-        merged = _put(base, torch.tensor(sub, dtype=torch.float64), spec, idx, num_tasks)
-        return None if merged is None else merged.tolist()
-    if full is None:
-        if spec.fill is None:
-            return None
-        shape = list(sub.shape)
-        for axis in spec.axes:
-            shape[axis] = num_tasks
-        full = torch.full(shape, spec.fill, dtype=sub.dtype, device=sub.device)
-    out = full.detach().clone()
-    positions = torch.tensor(idx, device=out.device)
-    out[_index(spec.axes, positions, out.dim())] = sub.detach().to(out)
-    return out
 
 
 def get(name: str, /, **params: Any) -> Weighting:
@@ -391,7 +421,8 @@ def get(name: str, /, **params: Any) -> Weighting:
     >>> get("static", weights={"a": 2.0, "b": 1.0})
     Static(weights={'a': 2.0, 'b': 1.0})
     """
-    return WEIGHTINGS.build(name, **params)
+    method: Weighting = WEIGHTINGS.build(name, **params)
+    return method
 
 
 def available() -> list[str]:

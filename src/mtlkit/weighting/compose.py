@@ -26,14 +26,19 @@ and :func:`build` turns that into one :class:`Composed` method.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
-
-from torch import Tensor, nn
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StepRecord, Weighting
+from mtlkit.weighting.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    StateField,
+    StepContext,
+    StepRecord,
+    Weighting,
+)
 from mtlkit.weighting.gradient import GradientWeighting
 
 __all__ = ["Composed", "build", "compose"]
@@ -45,14 +50,17 @@ def _from_spec(spec: Spec | Weighting, role: str) -> Weighting:
     """A method from a name, a ``{name: ..., **hyper-parameters}`` mapping or an instance."""
     if isinstance(spec, Weighting):
         return spec
+    method: Weighting
     if isinstance(spec, str):
-        return WEIGHTINGS.build(spec)
+        method = WEIGHTINGS.build(spec)
+        return method
     if isinstance(spec, Mapping):
         params = dict(spec)
         name = params.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"compose: option '{role}' needs a 'name', got {dict(spec)}")
-        return WEIGHTINGS.build(name, **params)
+        method = WEIGHTINGS.build(name, **params)
+        return method
     raise ConfigError(
         f"compose: option '{role}' must be a method name or a mapping with 'name', "
         f"got {type(spec).__name__}"
@@ -70,20 +78,26 @@ class Composed(Weighting):
     """
 
     name = "compose"
+    #: both parts' state, saved under their keys; restrict() and reset() reach them
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "weighting": StateField("method"),
+        "aggregator": StateField("method"),
+    }
 
     def __init__(self, weighting: Spec | Weighting, aggregator: Spec | Weighting) -> None:
         super().__init__()
-        self.weighting = _from_spec(weighting, "weighting")
-        self.aggregator = _from_spec(aggregator, "aggregator")
-        if not isinstance(self.weighting, LossWeighting):
+        first = _from_spec(weighting, "weighting")
+        second = _from_spec(aggregator, "aggregator")
+        if not isinstance(first, LossWeighting):
             raise ConfigError(
-                f"compose: option 'weighting' must be a loss-based method, got {self.weighting}"
+                f"compose: option 'weighting' must be a loss-based method, got {first}"
             )
-        if not isinstance(self.aggregator, GradientWeighting):
+        if not isinstance(second, GradientWeighting):
             raise ConfigError(
-                f"compose: option 'aggregator' must be a gradient-based method, "
-                f"got {self.aggregator}"
+                f"compose: option 'aggregator' must be a gradient-based method, got {second}"
             )
+        self.weighting: LossWeighting = first
+        self.aggregator: GradientWeighting = second
         self.stateful = self.weighting.stateful or self.aggregator.stateful  # type: ignore[misc]
 
     @property
@@ -98,16 +112,13 @@ class Composed(Weighting):
     def needs_all_tasks(self) -> bool:
         return self.aggregator.needs_all_tasks
 
-    def step(
-        self,
-        losses: Mapping[str, Tensor],
-        stacked: Tensor,
-        model: nn.Module,
-        *,
-        representation: Tensor | None,
-        loss_scale: float,
-    ) -> StepRecord:
+    @property
+    def jacobian_mode(self) -> str | None:
+        return self.aggregator.jacobian_mode
+
+    def step(self, ctx: StepContext, /) -> StepRecord:
         assert self.tasks is not None
+        stacked = ctx.stacked
         self.weighting.bind(self.tasks)
         objective, w = self.weighting.combine(stacked)
         w = w.detach().to(stacked.dtype)
@@ -115,12 +126,11 @@ class Composed(Weighting):
         own = [p for p in self.weighting.parameters() if p.requires_grad]
         if own:
             rest = objective - weighted.sum()
-            (rest * loss_scale).backward(inputs=own, retain_graph=True)
-        record = self.aggregator.backward(
-            {t: losses[t] * w[i] for i, t in enumerate(self.tasks)},
-            model,
-            representation=representation,
-            loss_scale=loss_scale,
+            (rest * ctx.loss_scale).backward(inputs=own, retain_graph=True)
+        # the aggregator steps on the weighted losses, in the same context (and its hooks)
+        losses = {t: ctx.losses[t] * w[i] for i, t in enumerate(self.tasks)}
+        record = self.aggregator.step(
+            replace(ctx, losses=losses, stacked=self.aggregator.stack_losses(losses))
         )
         alpha = record.weights
         extra = dict(record.extra)
@@ -139,39 +149,9 @@ class Composed(Weighting):
         self.weighting.bind(self.tasks)
         self.aggregator.bind(self.tasks)
 
-    @contextmanager
-    def restrict(self, present: Sequence[str]) -> Iterator[None]:
-        """Restricts both parts to the present tasks."""
-        with (
-            super().restrict(present),
-            self.weighting.restrict(present),
-            self.aggregator.restrict(present),
-        ):
-            yield
-
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         self.weighting.on_epoch_end(epoch, mean_losses)
         self.aggregator.on_epoch_end(epoch, mean_losses)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return self.weighting.parameters() + self.aggregator.parameters()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "weighting": self.weighting.state_dict(),
-            "aggregator": self.aggregator.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.weighting.load_state_dict(state.get("weighting", {}))
-        self.aggregator.load_state_dict(state.get("aggregator", {}))
-
-    def reset(self) -> None:
-        super().reset()
-        self.weighting.reset()
-        self.aggregator.reset()
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"weighting": self.weighting, "aggregator": self.aggregator}

@@ -7,13 +7,14 @@ Learning", arXiv:2308.12029.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.weighting._loss_common import check_positive_losses, check_real
-from mtlkit.weighting.base import WEIGHTINGS, StepRecord, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, StateField, StepContext, StepRecord
 from mtlkit.weighting.gradient import JacobianAggregator
 
 #: added to each loss before the logarithm (the authors' value)
@@ -49,36 +50,27 @@ class DBMTL(JacobianAggregator):
     name = "db_mtl"
     stateful = True
     gives_weights = True  # α_i, recorded as the task weights
-    task_state: ClassVar[Mapping[str, TaskState]] = {
-        **JacobianAggregator.task_state,
-        "grad_average": TaskState((0,), fill=0.0),
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "ema_step": StateField("int"),
+        "grad_average": StateField("tensor", axes=(0,), fill=0.0),
+        "_alpha": StateField("tensor", saved=False),  # this step's α
     }
+    ema_step: int
+    grad_average: Tensor | None
+    _alpha: Tensor | None
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__(jacobian="shared", update_every=1)
         self.beta = check_real("DBMTL", "beta", beta, low=0.0, high=1.0, high_strict=True)
         self.beta_sigma = check_real("DBMTL", "beta_sigma", beta_sigma, low=0.0)
-        self.ema_step = 0
-        self.grad_average: Tensor | None = None
-        self._alpha: Tensor | None = None
 
-    def step(
-        self,
-        losses: Mapping[str, Tensor],
-        stacked: Tensor,
-        model: nn.Module,
-        *,
-        representation: Tensor | None,
-        loss_scale: float,
-    ) -> StepRecord:
+    def step(self, ctx: StepContext, /) -> StepRecord:
         """The gradient step on the log-losses log(L_i + ε)."""
         assert self.tasks is not None
-        check_positive_losses(str(self), self.tasks, stacked + LOG_EPS)
-        log_stacked = torch.log(stacked + LOG_EPS)
+        check_positive_losses(str(self), self.tasks, ctx.stacked + LOG_EPS)
+        log_stacked = torch.log(ctx.stacked + LOG_EPS)
         log_losses = dict(zip(self.tasks, log_stacked.unbind(), strict=True))
-        return super().step(
-            log_losses, log_stacked, model, representation=representation, loss_scale=loss_scale
-        )
+        return super().step(replace(ctx, losses=log_losses, stacked=log_stacked))
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         self.ema_step += 1
@@ -93,26 +85,6 @@ class DBMTL(JacobianAggregator):
 
     def last_weights(self) -> Tensor | None:
         return None if self._alpha is None else self._alpha.detach()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["ema_step"] = self.ema_step
-        if self.grad_average is not None:
-            state["grad_average"] = self.grad_average.detach().clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.ema_step = int(state.get("ema_step", 0))
-        average = state.get("grad_average")
-        self.grad_average = None if average is None else torch.as_tensor(average).clone()
-        self._alpha = None
-
-    def reset(self) -> None:
-        super().reset()
-        self.ema_step = 0
-        self.grad_average = None
-        self._alpha = None
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"beta": self.beta, "beta_sigma": self.beta_sigma}

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mtlkit.errors import TaskDataError
 from mtlkit.weighting._loss_common import check_real
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StateField
 
 
 @WEIGHTINGS.register("dwa")
@@ -37,14 +37,16 @@ class DWA(LossWeighting):
 
     name = "dwa"
     stateful = True
-    #: history[epoch][task]; in a partial step the softmax runs over the present tasks
-    task_state: ClassVar[Mapping[str, TaskState]] = {"history": TaskState((1,))}
+    #: the mean losses of the last two epochs, oldest first, in task order: history[epoch][task];
+    #: in a partial step the softmax runs over the present tasks
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "history": StateField("list", axes=(1,), default=[])
+    }
+    history: list[list[float]]
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
         self.temperature = check_real("DWA", "temperature", temperature, low=0.0, strict=True)
-        #: the mean losses of the last two epochs, oldest first, in task order
-        self.history: list[list[float]] = []
 
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         self.bind(list(mean_losses))
@@ -64,17 +66,6 @@ class DWA(LossWeighting):
         ratio = last / before
         w = len(ratio) * torch.softmax(ratio / self.temperature, dim=0)
         return w.to(dtype=losses.dtype, device=losses.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "history": [list(h) for h in self.history]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.history = [[float(v) for v in h] for h in state.get("history", [])]
-
-    def reset(self) -> None:
-        super().reset()
-        self.history = []
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"temperature": self.temperature}

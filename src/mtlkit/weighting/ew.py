@@ -14,6 +14,7 @@ class EW(LossWeighting):
     gradients. One backward pass; the lower bound of a step's cost."""
 
     name = "ew"
+    static_weights = True  # all 1: a point of the static weights' search space
 
     def weights(self, losses: Tensor) -> Tensor:
         return torch.ones_like(losses)

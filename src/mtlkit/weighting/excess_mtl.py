@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.weighting._loss_common import check_real
-from mtlkit.weighting.base import WEIGHTINGS, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, StateField
 from mtlkit.weighting.gradient import JacobianAggregator
 
 #: added to the accumulated squared gradients before the square root (the authors' value)
@@ -51,23 +51,24 @@ class ExcessMTL(JacobianAggregator):
     stateful = True
     #: a task first seen in a partial step starts with an empty accumulator, no first
     #: estimate (0 marks it unknown) and log-weight 0
-    task_state: ClassVar[Mapping[str, TaskState]] = {
-        **JacobianAggregator.task_state,
-        "grad_sq_sum": TaskState((0,), fill=0.0),
-        "initial_excess": TaskState((0,), fill=0.0),
-        "log_weights": TaskState((0,), fill=0.0),
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "grad_sq_sum": StateField("tensor", axes=(0,), fill=0.0),
+        "initial_excess": StateField("tensor", axes=(0,), fill=0.0, cpu64=True),
+        "log_weights": StateField("tensor", axes=(0,), fill=0.0, cpu64=True),
     }
+    grad_sq_sum: Tensor | None
+    initial_excess: Tensor | None
+    log_weights: Tensor | None
     gives_weights = True  # the update is exactly Σ_i w_i g_i
 
     def __init__(self, step_size: float = 0.01) -> None:
         super().__init__(jacobian="shared", update_every=1)
         self.step_size = check_real("ExcessMTL", "step_size", step_size, low=0.0, strict=True)
-        self._clear()
 
     def _clear(self) -> None:
-        self.grad_sq_sum: Tensor | None = None
-        self.initial_excess: Tensor | None = None
-        self.log_weights: Tensor | None = None
+        self.grad_sq_sum = None
+        self.initial_excess = None
+        self.log_weights = None
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         t = jacobian.shape[0]
@@ -100,29 +101,6 @@ class ExcessMTL(JacobianAggregator):
 
     def last_weights(self) -> Tensor | None:
         return None if self.log_weights is None else self.current_weights()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        for key in ("grad_sq_sum", "initial_excess", "log_weights"):
-            value = getattr(self, key)
-            if value is not None:
-                state[key] = value.detach().clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._clear()
-        for key in ("grad_sq_sum", "initial_excess", "log_weights"):
-            if state.get(key) is not None:
-                setattr(self, key, torch.as_tensor(state[key]).clone())
-        if self.log_weights is not None:
-            self.log_weights = self.log_weights.to("cpu", torch.float64)
-        if self.initial_excess is not None:
-            self.initial_excess = self.initial_excess.to("cpu", torch.float64)
-
-    def reset(self) -> None:
-        super().reset()
-        self._clear()
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"step_size": self.step_size}

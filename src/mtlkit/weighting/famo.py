@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.weighting._loss_common import check_positive_losses, check_real
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StateField
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -52,25 +52,23 @@ class FAMO(LossWeighting):
     name = "famo"
     stateful = True
     #: a task first seen in a partial step has no previous loss (NaN): no progress yet
-    task_state: ClassVar[Mapping[str, TaskState]] = {
-        "logits": TaskState((0,)),
-        "adam_m": TaskState((0,)),
-        "adam_v": TaskState((0,)),
-        "prev_losses": TaskState((0,), fill=float("nan")),
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "logits": StateField("tensor", axes=(0,), cpu64=True),  # ξ
+        "adam_m": StateField("tensor", axes=(0,), cpu64=True),
+        "adam_v": StateField("tensor", axes=(0,), cpu64=True),
+        "adam_step": StateField("int"),
+        "prev_losses": StateField("tensor", axes=(0,), fill=float("nan"), cpu64=True),
     }
+    logits: Tensor | None
+    adam_m: Tensor | None
+    adam_v: Tensor | None
+    adam_step: int
+    prev_losses: Tensor | None
 
     def __init__(self, lr: float = 0.025, gamma: float = 0.001) -> None:
         super().__init__()
         self.lr = check_real("FAMO", "lr", lr, low=0.0, strict=True)
         self.gamma = check_real("FAMO", "gamma", gamma, low=0.0)
-        self._clear()
-
-    def _clear(self) -> None:
-        self.logits: Tensor | None = None  # ξ
-        self.prev_losses: Tensor | None = None
-        self.adam_m: Tensor | None = None
-        self.adam_v: Tensor | None = None
-        self.adam_step = 0
 
     def on_bind(self) -> None:
         assert self.tasks is not None
@@ -108,36 +106,6 @@ class FAMO(LossWeighting):
         c = 1.0 / (z / losses.detach()).sum()
         objective = (z * losses.log()).sum() * c
         return objective, c * z / losses.detach()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.logits is not None:
-            state.update(
-                logits=self.logits.clone(),
-                adam_m=self.adam_m.clone(),
-                adam_v=self.adam_v.clone(),
-                adam_step=self.adam_step,
-            )
-            if self.prev_losses is not None:
-                state["prev_losses"] = self.prev_losses.clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "logits" in state:
-
-            def vector(key: str) -> Tensor:
-                return torch.as_tensor(state[key]).detach().to("cpu", torch.float64).clone()
-
-            self.logits, self.adam_m, self.adam_v = (
-                vector(k) for k in ("logits", "adam_m", "adam_v")
-            )
-            self.adam_step = int(state["adam_step"])
-            self.prev_losses = vector("prev_losses") if "prev_losses" in state else None
-
-    def reset(self) -> None:
-        super().reset()
-        self._clear()
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "gamma": self.gamma}

@@ -7,19 +7,14 @@ Deep Multitask Models with Gradient Sign Dropout". NeurIPS 2020.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.weighting._manipulation import (
-    check_real,
-    check_seed,
-    generator_state,
-    set_generator_state,
-)
-from mtlkit.weighting.base import WEIGHTINGS, StepRecord
+from mtlkit.weighting._manipulation import check_real, check_seed
+from mtlkit.weighting.base import WEIGHTINGS, StateField, StepContext, StepRecord
 from mtlkit.weighting.gradient import JacobianAggregator
 
 
@@ -56,6 +51,9 @@ class GradDrop(JacobianAggregator):
 
     name = "graddrop"
     stateful = True
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "_generator": StateField("generator", init="seed"),
+    }
 
     def __init__(
         self,
@@ -131,37 +129,15 @@ class GradDrop(JacobianAggregator):
         update = (grads * (leak + (1.0 - leak) * keep.to(grads.dtype))).sum(dim=0)
         return update.reshape(-1)
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        model: nn.Module,
-        *,
-        representation: Tensor | None = None,
-        loss_scale: float = 1.0,
-    ) -> StepRecord:
+    def step(self, ctx: StepContext, /) -> StepRecord:
         """As for every gradient method; in ``"representation"`` mode the representation's
         values also feed sgn(A) in the sign purity."""
-        if self.jacobian == "representation" and representation is not None:
-            self._activation = representation.detach()
+        if self.jacobian == "representation" and ctx.representation is not None:
+            self._activation = ctx.representation.detach()
         try:
-            return super().backward(
-                losses, model, representation=representation, loss_scale=loss_scale
-            )
+            return super().step(ctx)
         finally:
             self._activation = None
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "generator": generator_state(self._generator)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        set_generator_state("GradDrop", self._generator, state.get("generator"))
-
-    def reset(self) -> None:
-        super().reset()
-        self._generator.manual_seed(self.seed)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"leak": self.leak, "seed": self.seed, **super().hyperparameters()}

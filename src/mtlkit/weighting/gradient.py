@@ -8,7 +8,7 @@ Two kinds of method:
 
 - :class:`GramianWeighting` needs only the Gram matrix G = J Jᵀ: it computes task weights
   α = f(G) and the update is Jᵀα (MGDA, IMTL-G, CAGrad, Nash-MTL, UPGrad, ...). J is never
-  formed: G is built layer by layer (:func:`mtlkit.weighting.jacobian.gramian`) from each
+  formed: G is built layer by layer (:func:`mtlkit.weighting._engine.gram.gramian`) from each
   shared layer's inputs A and per-task output gradients Δ_i, and the update of that layer's
   weight is (Σ_i α_i Δ_i)ᵀA, one product per layer from the same A and Δ, with no further
   backward pass;
@@ -42,15 +42,13 @@ through its own head only and the T rows cross the shared encoder together, batc
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import StepRecord, TaskState, Weighting
-from mtlkit.weighting.jacobian import (
+from mtlkit.weighting._engine import (
     effective_weights,
     gram_statistics,
     gramian,
@@ -59,6 +57,7 @@ from mtlkit.weighting.jacobian import (
     row_gram,
     task_jacobian,
 )
+from mtlkit.weighting.base import StateField, StepContext, StepRecord, Weighting
 
 JACOBIAN_MODES = ("shared", "last_shared", "representation")
 
@@ -122,11 +121,17 @@ class GradientWeighting(Weighting):
     #: whether the method returns task weights for the record (False: effective weights are
     #: estimated by least squares of the update on the task gradients)
     gives_weights: ClassVar[bool] = True
-    #: the weights cached by ``update_every`` are per task (dropped if made in a partial step)
-    task_state: ClassVar[Mapping[str, TaskState]] = {"_cached": TaskState((0,))}
+    #: the step count, and the weights cached by ``update_every`` (per task; dropped if made in
+    #: a partial step)
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "_step": StateField("int", key="step"),
+        "_cached": StateField("vector", key="cached_weights", axes=(0,)),
+    }
     #: whether the rows ∂L_i/∂r may be written into one buffer reused from step to step: only
     #: for methods that never see J (or a view of it) and so cannot keep it past the step
     reuse_rows: ClassVar[bool] = False
+    _step: int
+    _cached: Tensor | None
 
     def __init__(self, jacobian: str = "shared", update_every: int = 1) -> None:
         super().__init__()
@@ -144,14 +149,8 @@ class GradientWeighting(Weighting):
         self.update_every = int(update_every)
         if self.update_every > 1:
             self.stateful = True  # type: ignore[misc]  # the cached weights and step count
-        self._step = 0
-        self._cached: Tensor | None = None
         self._per_task: list[Tensor] = []  # this step's task losses, while backward runs
         self._rows_buffer: Tensor | None = None  # storage for the rows ∂L_i/∂r of a step
-        #: set by distributed training (:class:`mtlkit.train.distributed.DistributedWeighting`):
-        #: turns this process's Jacobian into the global one before the method sees it; with it,
-        #: mode 'shared' forms J explicitly. None (a single process) leaves every path unchanged.
-        self.reduce_jacobian: Callable[[Tensor], Tensor] | None = None
 
     @property
     def needs_representation(self) -> bool:
@@ -165,6 +164,10 @@ class GradientWeighting(Weighting):
     def needs_all_tasks(self) -> bool:
         return True
 
+    @property
+    def jacobian_mode(self) -> str | None:
+        return self.jacobian
+
     @abstractmethod
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         """The update vector (length P) from the T × P Jacobian."""
@@ -175,38 +178,26 @@ class GradientWeighting(Weighting):
 
     # ------------------------------------------------------------------ backward
 
-    def step(
-        self,
-        losses: Mapping[str, Tensor],
-        stacked: Tensor,
-        model: nn.Module,
-        *,
-        representation: Tensor | None,
-        loss_scale: float,
-    ) -> StepRecord:
+    def step(self, ctx: StepContext, /) -> StepRecord:
         assert self.tasks is not None
-        shared = shared_params_of(model, self)
-        own = _own_params(model, shared)
-        if self.jacobian == "representation" and representation is None:
+        shared = shared_params_of(ctx.model, self)
+        own = _own_params(ctx.model, shared)
+        if self.jacobian == "representation" and ctx.representation is None:
             raise ConfigError(
                 f"{self}: jacobian 'representation' needs the shared representation; "
                 "pass representation= (model.forward_with_representation gives it)"
             )
         step, self._step = self._step, self._step + 1
         if self._cached is not None and step % self.update_every != 0:
-            self._apply(stacked, self._cached, own, shared, representation, None, loss_scale)
+            self._apply(ctx, self._cached, own, shared, None)
             return StepRecord(
                 weights=self._record_weights(self._cached), extra={"reused_weights": 1.0}
             )
-        self._per_task = [losses[t] for t in self.tasks]
+        self._per_task = [ctx.losses[t] for t in self.tasks]
         if self.jacobian == "shared":
-            weights, gram = self._shared_step(
-                stacked, model, own, shared, representation, loss_scale
-            )
+            weights, gram = self._shared_step(ctx, own, shared)
         else:
-            weights, gram = self._partial_step(
-                stacked, model, own, shared, representation, loss_scale
-            )
+            weights, gram = self._partial_step(ctx, own, shared)
         self._per_task = []  # do not hold the step's graph
         if self.update_every > 1:
             self._cached = weights.detach().double()
@@ -214,37 +205,31 @@ class GradientWeighting(Weighting):
         return StepRecord(weights=self._record_weights(weights), norms=norms, cosines=cosines)
 
     def _head_rows(
-        self,
-        own: Sequence[Tensor],
-        representation: Tensor | None,
-        loss_scale: float,
+        self, ctx: StepContext, own: Sequence[Tensor]
     ) -> tuple[Tensor | None, list[Tensor]]:
         """This step's rows ∂L_i/∂r (None without r), and the task parameters still owed
         ∇ Σ_i L_i: with r, the same backward pass through the heads gives it
         (:func:`head_passes`), and none are left."""
-        if representation is None:
+        if ctx.representation is None:
             return None, list(own)
         buffer = self._rows_buffer if self.reuse_rows else None
-        rows, grads = head_passes(self._per_task, representation, own, scale=loss_scale, out=buffer)
+        rows, grads = head_passes(
+            self._per_task, ctx.representation, own, scale=ctx.loss_scale, out=buffer
+        )
         if self.reuse_rows:
             self._rows_buffer = rows  # written over next step
         _accumulate_each(own, grads, 1.0)
         return rows, []
 
     def _shared_step(
-        self,
-        stacked: Tensor,
-        model: nn.Module,
-        own: Sequence[Tensor],
-        shared: Sequence[Tensor],
-        representation: Tensor | None,
-        loss_scale: float,
+        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
         """Mode 'shared' for a method that needs J: the update is written directly."""
-        rows, own = self._head_rows(own, representation, loss_scale)
-        jac = task_jacobian(stacked, shared, representation=representation, head_rows=rows)
-        if self.reduce_jacobian is not None:
-            jac = self.reduce_jacobian(jac)
+        stacked, loss_scale = ctx.stacked, ctx.loss_scale
+        rows, own = self._head_rows(ctx, own)
+        jac = task_jacobian(stacked, shared, representation=ctx.representation, head_rows=rows)
+        if ctx.reduce_jacobian is not None:
+            jac = ctx.reduce_jacobian(jac)
         update = self.aggregate(jac)
         gram = row_gram(jac)
         weights = self.last_weights()
@@ -256,16 +241,12 @@ class GradientWeighting(Weighting):
         return weights, gram
 
     def _partial_step(
-        self,
-        stacked: Tensor,
-        model: nn.Module,
-        own: Sequence[Tensor],
-        shared: Sequence[Tensor],
-        representation: Tensor | None,
-        loss_scale: float,
+        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
         """Modes 'last_shared' and 'representation': J of a small part, weights for all."""
-        rows, own = self._head_rows(own, representation, loss_scale)
+        stacked, model, representation = ctx.stacked, ctx.model, ctx.representation
+        loss_scale = ctx.loss_scale
+        rows, own = self._head_rows(ctx, own)
         if self.jacobian == "representation":
             assert rows is not None and representation is not None
             jac = rows.reshape(rows.shape[0], -1)
@@ -277,8 +258,8 @@ class GradientWeighting(Weighting):
                     f"{type(model).__name__}; define last_shared_parameters() on the model"
                 )
             jac = task_jacobian(stacked, last, representation=representation, head_rows=rows)
-            if self.reduce_jacobian is not None:
-                jac = self.reduce_jacobian(jac)
+            if ctx.reduce_jacobian is not None:
+                jac = ctx.reduce_jacobian(jac)
         update, gram = self._aggregate_with_gram(jac)
         weights = self.last_weights()
         if weights is None or not self.gives_weights:
@@ -292,7 +273,7 @@ class GradientWeighting(Weighting):
                 inputs=list(shared),
             )
         else:
-            self._apply(stacked, weights, own, shared, representation, rows, loss_scale)
+            self._apply(ctx, weights, own, shared, rows)
         return weights, gram
 
     def _aggregate_with_gram(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
@@ -301,15 +282,14 @@ class GradientWeighting(Weighting):
 
     def _apply(
         self,
-        stacked: Tensor,
+        ctx: StepContext,
         weights: Tensor,
         own: Sequence[Tensor],
         shared: Sequence[Tensor],
-        representation: Tensor | None,
         rows: Tensor | None,
-        loss_scale: float,
     ) -> None:
         """Task parameters get ∇ Σ_i L_i, shared ones ∇ Σ_i α_i L_i (one backward each)."""
+        stacked, representation, loss_scale = ctx.stacked, ctx.representation, ctx.loss_scale
         w = weights.detach().to(stacked.dtype)
         if own:
             (stacked.sum() * loss_scale).backward(inputs=list(own), retain_graph=True)
@@ -322,25 +302,6 @@ class GradientWeighting(Weighting):
     def _record_weights(self, weights: Tensor) -> dict[str, float]:
         assert self.tasks is not None
         return dict(zip(self.tasks, weights.detach().double().tolist(), strict=True))
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["step"] = self._step
-        state["cached_weights"] = None if self._cached is None else self._cached.tolist()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._step = int(state.get("step", 0))
-        cached = state.get("cached_weights")
-        self._cached = None if cached is None else torch.tensor(cached, dtype=torch.float64)
-
-    def reset(self) -> None:
-        super().reset()
-        self._step = 0
-        self._cached = None
 
     def hyperparameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -356,8 +317,8 @@ class GramianWeighting(GradientWeighting):
 
     Subclasses implement :meth:`weights_from_gram`. In mode 'shared', :meth:`backward` never
     forms J: G is built layer by layer, and the update Jᵀα comes from the same per-layer
-    inputs and per-task output gradients (:meth:`~mtlkit.weighting.jacobian.Gramian.combine`),
-    without another backward pass.
+    inputs and per-task output gradients
+    (:meth:`~mtlkit.weighting._engine.gram.Gramian.combine`), without another backward pass.
     """
 
     reuse_rows = True  # the method sees G only
@@ -376,18 +337,15 @@ class GramianWeighting(GradientWeighting):
         return alpha.to(jacobian.dtype) @ jacobian, gram
 
     def _shared_step(
-        self,
-        stacked: Tensor,
-        model: nn.Module,
-        own: Sequence[Tensor],
-        shared: Sequence[Tensor],
-        representation: Tensor | None,
-        loss_scale: float,
+        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        if self.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
-            return super()._shared_step(stacked, model, own, shared, representation, loss_scale)
-        rows, own = self._head_rows(own, representation, loss_scale)
-        result = gramian(stacked, model, shared, representation=representation, head_rows=rows)
+        if ctx.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
+            return super()._shared_step(ctx, own, shared)
+        stacked, loss_scale = ctx.stacked, ctx.loss_scale
+        rows, own = self._head_rows(ctx, own)
+        result = gramian(
+            stacked, ctx.model, shared, representation=ctx.representation, head_rows=rows
+        )
         alpha = self.weights_from_gram(result.matrix).detach()
         self._last_weights = alpha
         if own:

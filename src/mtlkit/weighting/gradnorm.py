@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.weighting._manipulation import check_real
-from mtlkit.weighting.base import WEIGHTINGS, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, StateField
 from mtlkit.weighting.gradient import GramianWeighting
 
 #: weights are kept at least this large before renormalisation (see the class docstring)
@@ -58,12 +58,16 @@ class GradNorm(GramianWeighting):
     name = "gradnorm"
     stateful = True
     #: a task first seen in a partial step has weight 1 and no L_i(0) yet (NaN)
-    task_state: ClassVar[Mapping[str, TaskState]] = {
-        **GramianWeighting.task_state,
-        "_weights": TaskState((0,), fill=1.0),
-        "_initial_losses": TaskState((0,), fill=float("nan")),
-        "_losses": TaskState((0,)),
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "_weights": StateField("tensor", key="weights", axes=(0,), fill=1.0, cpu64=True),
+        "_initial_losses": StateField(
+            "tensor", key="initial_losses", axes=(0,), fill=float("nan"), cpu64=True
+        ),
+        "_losses": StateField("tensor", axes=(0,), saved=False),  # this step's losses
     }
+    _weights: Tensor | None
+    _initial_losses: Tensor | None
+    _losses: Tensor | None
 
     def __init__(
         self,
@@ -75,9 +79,6 @@ class GradNorm(GramianWeighting):
         super().__init__(jacobian=jacobian, update_every=update_every)
         self.alpha = check_real("GradNorm", "alpha", alpha, low=0.0)
         self.lr = check_real("GradNorm", "lr", lr, low=0.0, low_open=True)
-        self._weights: Tensor | None = None
-        self._initial_losses: Tensor | None = None
-        self._losses: Tensor | None = None
 
     @property
     def task_weights(self) -> Tensor | None:
@@ -144,34 +145,6 @@ class GradNorm(GramianWeighting):
         stepped = (weights - self.lr * grad).clamp_min(WEIGHT_FLOOR)
         self._weights = t * stepped / stepped.sum()
         return weights.to(gram.device)
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self._weights is not None:
-            state["weights"] = self._weights.clone()
-        if self._initial_losses is not None:
-            state["initial_losses"] = self._initial_losses.clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        restored: dict[str, Tensor | None] = {}
-        for key in ("weights", "initial_losses"):
-            value = state.get(key)
-            if value is not None and not isinstance(value, Tensor):
-                raise ConfigError(f"GradNorm: state '{key}' must be a tensor, got {value!r}")
-            restored[key] = None if value is None else value.detach().to("cpu", torch.float64)
-        self._weights = restored["weights"]
-        self._initial_losses = restored["initial_losses"]
-        self._losses = None
-
-    def reset(self) -> None:
-        super().reset()
-        self._weights = None
-        self._initial_losses = None
-        self._losses = None
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "lr": self.lr, **super().hyperparameters()}

@@ -13,14 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.weighting._manipulation import (
-    check_real,
-    check_seed,
-    generator_state,
-    set_generator_state,
-)
-from mtlkit.weighting.base import WEIGHTINGS, TaskState
+from mtlkit.errors import TaskDataError
+from mtlkit.weighting._manipulation import check_real, check_seed
+from mtlkit.weighting.base import WEIGHTINGS, StateField
 from mtlkit.weighting.gradient import GramianWeighting
 
 
@@ -60,10 +55,11 @@ class GradVac(GramianWeighting):
     name = "gradvac"
     stateful = True
     #: the T × T targets φ̂; a pair first met in a partial step starts at 0
-    task_state: ClassVar[Mapping[str, TaskState]] = {
-        **GramianWeighting.task_state,
-        "_targets": TaskState((0, 1), fill=0.0),
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "_generator": StateField("generator", init="seed"),
+        "_targets": StateField("tensor", key="targets", axes=(0, 1), fill=0.0, cpu64=True),
     }
+    _targets: Tensor | None
 
     def __init__(
         self,
@@ -76,7 +72,6 @@ class GradVac(GramianWeighting):
         self.beta = check_real("GradVac", "beta", beta, low=0.0, high=1.0, low_open=True)
         self.seed = check_seed("GradVac", seed)
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._targets: Tensor | None = None
 
     @property
     def targets(self) -> Tensor | None:
@@ -114,33 +109,6 @@ class GradVac(GramianWeighting):
                     coef[i, j] += step
                 goals[i, j] = (1.0 - self.beta) * goal + self.beta * phi
         return coef.sum(dim=0).to(gram.device)
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), "generator": generator_state(self._generator)}
-        if self._targets is not None:
-            state["targets"] = self._targets.clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        set_generator_state("GradVac", self._generator, state.get("generator"))
-        targets = state.get("targets")
-        if targets is not None and (
-            not isinstance(targets, Tensor)
-            or targets.dim() != 2
-            or targets.shape[0] != targets.shape[1]
-        ):
-            raise ConfigError(f"GradVac: state 'targets' must be a square tensor, got {targets!r}")
-        self._targets = (
-            None if targets is None else targets.detach().to("cpu", torch.float64).clone()
-        )
-
-    def reset(self) -> None:
-        super().reset()
-        self._generator.manual_seed(self.seed)
-        self._targets = None
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"beta": self.beta, "seed": self.seed, **super().hyperparameters()}

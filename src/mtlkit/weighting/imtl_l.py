@@ -12,9 +12,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mtlkit.errors import ConfigError
-from mtlkit.weighting._loss_common import check_real, follow_device, task_parameter
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
+from mtlkit.weighting._loss_common import check_real, task_parameter
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StateField
 
 
 @WEIGHTINGS.register("imtl_l")
@@ -36,50 +35,25 @@ class IMTLL(LossWeighting):
 
     name = "imtl_l"
     stateful = True
-    task_state: ClassVar[Mapping[str, TaskState]] = {"scales": TaskState((0,))}
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "scales": StateField("parameter", axes=(0,), init="init_scale"),
+    }
+    scales: nn.Parameter | None
 
     def __init__(self, init_scale: float = 0.0) -> None:
         super().__init__()
         self.init_scale = check_real("IMTLL", "init_scale", init_scale)
-        self.scales: nn.Parameter | None = None
 
     def on_bind(self) -> None:
         assert self.tasks is not None
         if self.scales is None or self.scales.numel() != len(self.tasks):
             self.scales = task_parameter(len(self.tasks), self.init_scale)
 
-    def parameters(self) -> list[nn.Parameter]:
-        if self.scales is None:
-            raise ConfigError(
-                "IMTLL: its loss scales are created per task; call bind(task_names) before "
-                "parameters() so the optimiser gets them"
-            )
-        return [self.scales]
-
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         assert self.scales is not None
-        follow_device(self.scales, losses)
+        self.to(losses.device)  # the parameter follows the losses, in place
         s = self.scales.to(losses.dtype)
         return (torch.exp(s) * losses - s).sum(), torch.exp(s.detach())
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.scales is not None:
-            state["scales"] = self.scales.detach().clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "scales" in state:
-            assert self.scales is not None
-            with torch.no_grad():
-                self.scales.copy_(torch.as_tensor(state["scales"]))
-
-    def reset(self) -> None:
-        super().reset()
-        if self.scales is not None:
-            with torch.no_grad():
-                self.scales.fill_(self.init_scale)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"init_scale": self.init_scale}

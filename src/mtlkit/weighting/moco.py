@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.errors import TaskDataError
 from mtlkit.weighting._manipulation import check_real, project_simplex
-from mtlkit.weighting.base import WEIGHTINGS, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, StateField
 from mtlkit.weighting.gradient import JacobianAggregator
 
 
@@ -48,11 +48,14 @@ class MoCo(JacobianAggregator):
     stateful = True
     #: Y and λ per task; a task first seen in a partial step has NaN entries until it is
     #: present: its tracked gradient then starts at its Jacobian row, and λ is renormalised
-    task_state: ClassVar[Mapping[str, TaskState]] = {
-        **JacobianAggregator.task_state,
-        "_y": TaskState((0,), fill=float("nan")),
-        "_lambda": TaskState((0,), fill=float("nan")),
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "_iteration": StateField("int"),
+        "_y": StateField("tensor", axes=(0,), fill=float("nan")),
+        "_lambda": StateField("tensor", axes=(0,), fill=float("nan"), cpu64=True),
     }
+    _iteration: int
+    _y: Tensor | None
+    _lambda: Tensor | None
 
     def __init__(
         self,
@@ -70,9 +73,6 @@ class MoCo(JacobianAggregator):
         self.gamma = check_real("MoCo", "gamma", gamma, low=0.0, low_open=True)
         self.gamma_sigma = check_real("MoCo", "gamma_sigma", gamma_sigma, low=0.0)
         self.rho = check_real("MoCo", "rho", rho, low=0.0)
-        self._y: Tensor | None = None
-        self._lambda: Tensor | None = None
-        self._iteration = 0
 
     @property
     def task_weights(self) -> Tensor | None:
@@ -105,32 +105,6 @@ class MoCo(JacobianAggregator):
         self._lambda = project_simplex(self._lambda - gamma_t * gram @ self._lambda)
         weights = t * self._lambda
         return weights.to(device=h.device, dtype=h.dtype) @ self._y
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {**super().state_dict(), "iteration": self._iteration}
-        if self._y is not None:
-            state["y"] = self._y.clone()
-        if self._lambda is not None:
-            state["lambda"] = self._lambda.clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        y, lam = state.get("y"), state.get("lambda")
-        for key, value in (("y", y), ("lambda", lam)):
-            if value is not None and not isinstance(value, Tensor):
-                raise ConfigError(f"MoCo: state '{key}' must be a tensor, got {value!r}")
-        self._iteration = int(state.get("iteration", 0))
-        self._y = None if y is None else y.detach().clone()
-        self._lambda = None if lam is None else lam.detach().to("cpu", torch.float64).clone()
-
-    def reset(self) -> None:
-        super().reset()
-        self._y = None
-        self._lambda = None
-        self._iteration = 0
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

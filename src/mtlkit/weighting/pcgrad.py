@@ -7,17 +7,13 @@ NeurIPS 2020.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mtlkit.weighting._manipulation import (
-    check_seed,
-    generator_state,
-    set_generator_state,
-)
-from mtlkit.weighting.base import WEIGHTINGS
+from mtlkit.weighting._manipulation import check_seed
+from mtlkit.weighting.base import WEIGHTINGS, StateField
 from mtlkit.weighting.gradient import GramianWeighting
 
 
@@ -49,6 +45,9 @@ class PCGrad(GramianWeighting):
 
     name = "pcgrad"
     stateful = True
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "_generator": StateField("generator", init="seed"),
+    }
 
     def __init__(self, seed: int = 0, jacobian: str = "shared", update_every: int = 1) -> None:
         super().__init__(jacobian=jacobian, update_every=update_every)
@@ -68,19 +67,6 @@ class PCGrad(GramianWeighting):
                 if dot < 0 and sq_norms[j] > 0:
                     coef[i, j] -= dot / sq_norms[j]
         return coef.sum(dim=0).to(gram.device)
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "generator": generator_state(self._generator)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        set_generator_state("PCGrad", self._generator, state.get("generator"))
-
-    def reset(self) -> None:
-        super().reset()
-        self._generator.manual_seed(self.seed)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"seed": self.seed, **super().hyperparameters()}

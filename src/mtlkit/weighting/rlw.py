@@ -7,14 +7,13 @@ Test for Multi-Task Learning", Transactions on Machine Learning Research (TMLR) 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mtlkit.errors import ConfigError
 from mtlkit.weighting._loss_common import check_int
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StateField
 
 
 @WEIGHTINGS.register("rlw")
@@ -34,6 +33,9 @@ class RLW(LossWeighting):
 
     name = "rlw"
     stateful = True
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "generator": StateField("generator", init="seed"),
+    }
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
@@ -44,23 +46,6 @@ class RLW(LossWeighting):
         draw = torch.randn(len(losses), generator=self.generator, dtype=torch.float64)
         w = len(losses) * torch.softmax(draw, dim=0)
         return w.to(dtype=losses.dtype, device=losses.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "generator" in state:
-            gen_state = state["generator"]
-            if not isinstance(gen_state, torch.Tensor) or gen_state.dtype != torch.uint8:
-                raise ConfigError(
-                    "RLW: state 'generator' must be the uint8 tensor that state_dict() saved"
-                )
-            self.generator.set_state(gen_state.detach().cpu().clone())
-
-    def reset(self) -> None:
-        super().reset()
-        self.generator.manual_seed(self.seed)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"seed": self.seed}

@@ -21,6 +21,8 @@ class Static(LossWeighting):
     """
 
     name = "static"
+    static_weights = True
+    takes_task_weights = True
 
     def __init__(self, weights: Mapping[str, float] | None = None, default: float = 1.0) -> None:
         super().__init__()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mtlkit.errors import TaskDataError
 from mtlkit.weighting._loss_common import check_int, check_positive_losses, check_real
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StateField
 
 
 @WEIGHTINGS.register("stch")
@@ -42,14 +42,17 @@ class STCH(LossWeighting):
 
     name = "stch"
     stateful = True
-    task_state: ClassVar[Mapping[str, TaskState]] = {"nadir": TaskState((0,))}
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "epochs_seen": StateField("int"),
+        "nadir": StateField("list", axes=(0,)),
+    }
+    epochs_seen: int
+    nadir: list[float] | None
 
     def __init__(self, mu: float = 1.0, warmup_epochs: int = 5) -> None:
         super().__init__()
         self.mu = check_real("STCH", "mu", mu, low=0.0, strict=True)
         self.warmup_epochs = check_int("STCH", "warmup_epochs", warmup_epochs, low=1)
-        self.epochs_seen = 0
-        self.nadir: list[float] | None = None
 
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         self.bind(list(mean_losses))
@@ -76,20 +79,6 @@ class STCH(LossWeighting):
         objective = t * self.mu * torch.logsumexp(f / self.mu, dim=0)
         p = torch.softmax(f.detach() / self.mu, dim=0)
         return objective, t * p / losses.detach()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "epochs_seen": self.epochs_seen, "nadir": self.nadir}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.epochs_seen = int(state.get("epochs_seen", 0))
-        nadir = state.get("nadir")
-        self.nadir = None if nadir is None else [float(v) for v in nadir]
-
-    def reset(self) -> None:
-        super().reset()
-        self.epochs_seen = 0
-        self.nadir = None
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"mu": self.mu, "warmup_epochs": self.warmup_epochs}

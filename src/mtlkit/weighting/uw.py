@@ -12,9 +12,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mtlkit.errors import ConfigError
-from mtlkit.weighting._loss_common import check_real, follow_device, task_parameter
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, TaskState
+from mtlkit.weighting._loss_common import check_real, task_parameter
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StateField
 
 
 @WEIGHTINGS.register("uw")
@@ -36,51 +35,26 @@ class UW(LossWeighting):
 
     name = "uw"
     stateful = True
-    task_state: ClassVar[Mapping[str, TaskState]] = {"log_vars": TaskState((0,))}
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "log_vars": StateField("parameter", axes=(0,), init="init_log_var"),
+    }
+    log_vars: nn.Parameter | None
 
     def __init__(self, init_log_var: float = 0.0) -> None:
         super().__init__()
         self.init_log_var = check_real("UW", "init_log_var", init_log_var)
-        self.log_vars: nn.Parameter | None = None
 
     def on_bind(self) -> None:
         assert self.tasks is not None
         if self.log_vars is None or self.log_vars.numel() != len(self.tasks):
             self.log_vars = task_parameter(len(self.tasks), self.init_log_var)
 
-    def parameters(self) -> list[nn.Parameter]:
-        if self.log_vars is None:
-            raise ConfigError(
-                "UW: its log-variances are created per task; call bind(task_names) before "
-                "parameters() so the optimiser gets them"
-            )
-        return [self.log_vars]
-
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         assert self.log_vars is not None
-        follow_device(self.log_vars, losses)
+        self.to(losses.device)  # the parameter follows the losses, in place
         s = self.log_vars.to(losses.dtype)
         objective = 0.5 * (torch.exp(-s) * losses + s).sum()
         return objective, 0.5 * torch.exp(-s.detach())
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.log_vars is not None:
-            state["log_vars"] = self.log_vars.detach().clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "log_vars" in state:
-            assert self.log_vars is not None
-            with torch.no_grad():
-                self.log_vars.copy_(torch.as_tensor(state["log_vars"]))
-
-    def reset(self) -> None:
-        super().reset()
-        if self.log_vars is not None:
-            with torch.no_grad():
-                self.log_vars.fill_(self.init_log_var)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"init_log_var": self.init_log_var}

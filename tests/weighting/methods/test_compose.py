@@ -8,8 +8,8 @@ import torch
 from mtlkit.errors import ConfigError, RegistryError
 from mtlkit.weighting import WEIGHTINGS, get
 from mtlkit.weighting.compose import Composed, build, compose
-from mtlkit.weighting.jacobian import task_jacobian
-from tests.weighting.test_engine import NormalisedSum, as_dict, mlp_model, shared_grad, task_losses
+from mtlkit.weighting.gradient import task_jacobian
+from tests.weighting._models import NormalisedSum, as_dict, mlp_model, shared_grad, task_losses
 
 pytest.importorskip("mtlkit.weighting.uw")
 

@@ -1,0 +1,52 @@
+"""The gradient engine: per-task gradients and their Gram matrix, without T backward passes
+through the encoder (private; :mod:`mtlkit.weighting.gradient` is the public side).
+
+With T task losses L_i and the shared parameters θ (P values), the Jacobian J is T × P
+(row i is ∇_θ L_i) and the Gramian is G = J Jᵀ (T × T).
+
+- :mod:`~mtlkit.weighting._engine.backward`: J in one vectorised backward, the heads' rows
+  ∂L_i/∂r in one pass through the heads;
+- :mod:`~mtlkit.weighting._engine.gram`: G layer by layer from recorded layer inputs and
+  per-task output gradients, and the update Jᵀw from the same records
+  (:meth:`Gramian.combine`);
+- :mod:`~mtlkit.weighting._engine.hooks`: the forward hooks that record those inputs.
+"""
+
+from mtlkit.weighting._engine.backward import (
+    batched_grad,
+    head_gradients,
+    head_passes,
+    last_shared_parameters,
+    per_task_gradients,
+    task_jacobian,
+)
+from mtlkit.weighting._engine.gram import (
+    ROW_GRAM_BLOCK,
+    Gramian,
+    compute_gramian,
+    effective_weights,
+    gram_statistics,
+    gramian,
+    layer_gramian,
+    row_gram,
+)
+from mtlkit.weighting._engine.hooks import MAX_RECORDS, release_hooks
+
+__all__ = [
+    "MAX_RECORDS",
+    "ROW_GRAM_BLOCK",
+    "Gramian",
+    "batched_grad",
+    "compute_gramian",
+    "effective_weights",
+    "gram_statistics",
+    "gramian",
+    "head_gradients",
+    "head_passes",
+    "last_shared_parameters",
+    "layer_gramian",
+    "per_task_gradients",
+    "release_hooks",
+    "row_gram",
+    "task_jacobian",
+]

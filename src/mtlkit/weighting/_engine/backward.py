@@ -1,0 +1,246 @@
+"""Per-task gradients in one vectorised backward pass, and the heads' rows.
+
+With T task losses L_i and inputs θ (P values), the Jacobian J is T × P (row i is ∇_θ L_i).
+
+- :func:`task_jacobian`: J in one vectorised backward (``is_grads_batched``). When a
+  representation r is given (the tensor every head reads), each task is first
+  back-propagated through its own head only, ∂L_i/∂r, and the T rows are then pushed through
+  the shared encoder together: the encoder is traversed once, batched over tasks.
+- :func:`head_passes`: the rows ∂L_i/∂r of every head and the task-specific (head)
+  parameters' gradient of Σ_i L_i, in one backward pass through the heads.
+- :func:`last_shared_parameters`: the parameters of the model's last shared layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def batched_grad(
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    grad_outputs: Tensor,
+    *,
+    retain_graph: bool = True,
+    chunk_size: int | None = None,
+) -> list[Tensor | None]:
+    """∂⟨outputs, grad_outputs[i]⟩/∂inputs for every row i, in one vectorised backward.
+
+    ``grad_outputs`` has a leading batch dimension of T rows. Rows are processed ``chunk_size``
+    at a time (all at once by default) to bound memory; where vmap cannot batch an operation,
+    the rows are done one by one (same result, T passes).
+    """
+    t = grad_outputs.shape[0]
+    size = t if chunk_size is None else max(1, int(chunk_size))
+    try:
+        parts = [
+            torch.autograd.grad(
+                outputs,
+                list(inputs),
+                grad_outputs=grad_outputs[i : i + size],
+                retain_graph=True,
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+            for i in range(0, t, size)
+        ]
+    except RuntimeError as err:
+        if "vmap" not in str(err).lower() and "batch" not in str(err).lower():
+            raise
+        parts = [
+            tuple(
+                None if g is None else g.unsqueeze(0)
+                for g in torch.autograd.grad(
+                    outputs,
+                    list(inputs),
+                    grad_outputs=grad_outputs[i],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+            )
+            for i in range(t)
+        ]
+    del retain_graph  # the graph is always kept: the method's own backward follows
+    if len(parts) == 1:
+        return list(parts[0])  # one chunk: no copy
+    result: list[Tensor | None] = []
+    for k in range(len(inputs)):
+        chunks = [p[k] for p in parts]
+        result.append(None if chunks[0] is None else torch.cat(chunks))
+    return result
+
+
+def head_gradients(losses: Tensor | Sequence[Tensor], representation: Tensor) -> Tensor:
+    """The T rows ∂L_i/∂r, each back-propagated through its own head only.
+
+    T small backward passes that each touch one head, which is cheaper than a batched pass in
+    which every row traverses every head. Pass the task losses as a sequence of the original
+    scalars: rows of a stacked vector would send (zero) gradients through every head. A task
+    that does not read r gets a zero row. :func:`head_passes` does it in one pass.
+    """
+    rows = []
+    for loss in losses:
+        (g,) = torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(representation) if g is None else g)
+    return torch.stack(rows)
+
+
+def head_passes(
+    losses: Sequence[Tensor],
+    representation: Tensor,
+    params: Sequence[Tensor] = (),
+    *,
+    scale: float = 1.0,
+    out: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """The rows of :func:`head_gradients` and ``scale`` · ∇ Σ_i L_i for ``params``, in one pass.
+
+    One backward pass of ``scale`` · Σ_i L_i: a hook on each autograd node that reads r (a
+    head's first operation) keeps that node's gradient with respect to r for the row of the
+    one task whose graph holds the node (and stops it there: the sum over tasks at r is not
+    needed); the same pass gives the parameters' gradient (None for a parameter that no loss
+    reaches). When a node that reads r belongs to several tasks' graphs (heads that share an
+    operation on r) the rows cannot be told apart there, and they come from
+    :func:`head_gradients`, T passes, with one more pass for ``params``. The result is the
+    same either way. ``out`` (T × r's shape, r's dtype and device) is
+    written into and returned instead of a new tensor when it fits: the engine reuses one
+    buffer across steps, since allocating T × |r| afresh each step costs as much as filling it.
+    """
+    readers = _readers_by_task(losses, representation)
+    total = torch.stack(list(losses)).sum() * scale
+    if readers is None:
+        rows = head_gradients(losses, representation)
+        grads: list[Tensor | None] = (
+            list(torch.autograd.grad(total, list(params), retain_graph=True, allow_unused=True))
+            if params
+            else []
+        )
+        return rows, grads
+    shape = (len(losses), *representation.shape)
+    like: dict[str, Any] = {"dtype": representation.dtype, "device": representation.device}
+    if out is None or out.shape != shape or {"dtype": out.dtype, "device": out.device} != like:
+        out = torch.empty(shape, **like)
+    written = [False] * len(losses)
+
+    def keep(task: int, slots: list[int]) -> Callable[..., tuple[Tensor | None, ...]]:
+        def hook(grad_inputs: tuple[Tensor | None, ...], _: object) -> tuple[Tensor | None, ...]:
+            for k in slots:
+                g = grad_inputs[k]
+                if g is None:
+                    continue
+                if written[task]:
+                    out[task].add_(g)
+                else:
+                    out[task].copy_(g)
+                    written[task] = True
+            # r's own total Σ_i ∂L_i/∂r is not needed: do not accumulate it
+            return tuple(None if k in slots else g for k, g in enumerate(grad_inputs))
+
+        return hook
+
+    handles = [node.register_hook(keep(task, slots)) for node, slots, task in readers]
+    try:
+        passed = torch.autograd.grad(
+            total, [representation, *params], retain_graph=True, allow_unused=True
+        )[1:]
+    finally:
+        for h in handles:
+            h.remove()
+    for task, done in enumerate(written):
+        if not done:  # the task does not read r
+            out[task].zero_()
+    if scale != 1.0:
+        out /= scale
+    return out, list(passed)
+
+
+def _readers_by_task(
+    losses: Sequence[Tensor], representation: Tensor
+) -> list[tuple[torch.autograd.graph.Node, list[int], int]] | None:
+    """(node, the input slots where it reads r, its task) for every autograd node that reads
+    r, found by walking each loss's graph down to r; None when a node is in several tasks'
+    graphs or r has no autograd node."""
+    target, number = representation.grad_fn, representation.output_nr
+    if target is None:
+        return None
+    owner: dict[int, tuple[torch.autograd.graph.Node, list[int], int]] = {}
+    for task, loss in enumerate(losses):
+        seen: set[int] = set()
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            edges = node.next_functions
+            slots = [k for k, (fn, nr) in enumerate(edges) if fn is target and nr == number]
+            if slots:
+                if id(node) in owner:  # already claimed by another task
+                    return None
+                owner[id(node)] = (node, slots, task)
+            stack.extend(fn for fn, _ in edges if fn is not None and fn is not target)
+    return list(owner.values())
+
+
+def per_task_gradients(
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    representation: Tensor | None,
+    head_rows: Tensor | None,
+    chunk_size: int | None,
+) -> list[Tensor | None]:
+    """Per-task gradients of ``inputs``: through the representation when given, else directly."""
+    if representation is not None:
+        if head_rows is None:
+            head_rows = head_gradients(losses, representation)
+        return batched_grad(representation, inputs, head_rows, chunk_size=chunk_size)
+    eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
+    return batched_grad(losses, inputs, eye, chunk_size=chunk_size)
+
+
+def task_jacobian(
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    representation: Tensor | None = None,
+    head_rows: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The T × P Jacobian of the loss vector with respect to ``inputs`` (flattened, concatenated).
+
+    With ``representation`` r, the losses must reach ``inputs`` only through r (true of hard
+    parameter sharing): rows ∂L_i/∂r come from :func:`head_gradients` (or ``head_rows`` when
+    already computed) and are pushed through the encoder in one batched pass. Unused inputs
+    give zero columns.
+    """
+    t = losses.shape[0]
+    grads = per_task_gradients(losses, inputs, representation, head_rows, chunk_size)
+    rows = [
+        (
+            g if g is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device)
+        ).reshape(t, -1)
+        for g, x in zip(grads, inputs, strict=True)
+    ]
+    return torch.cat(rows, dim=1)
+
+
+def last_shared_parameters(model: nn.Module, shared: Sequence[Tensor]) -> list[nn.Parameter]:
+    """The parameters of the model's last shared layer.
+
+    ``model.last_shared_parameters()`` when the model defines it; otherwise the parameters of
+    the last module, in registration order, whose own parameters are all shared.
+    """
+    getter = getattr(model, "last_shared_parameters", None)
+    if getter is not None:
+        return [p for p in getter() if p.requires_grad]
+    ids = {id(p) for p in shared}
+    last: list[nn.Parameter] = []
+    for m in model.modules():
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if own and all(id(p) in ids for p in own):
+            last = own
+    return last
