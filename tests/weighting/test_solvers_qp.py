@@ -1,5 +1,6 @@
-"""The exact QP and α-fair solvers of mtlkit.weighting._qp: against brute force, against an
-independent solver, on degenerate Gram matrices, and with the fallback forced."""
+"""The exact QP and α-fair solvers (mtlkit.weighting._qp and its parts _gram, _nnls, _fair):
+against brute force, against an independent solver, on degenerate Gram matrices, and with the
+fallback forced."""
 
 from __future__ import annotations
 
@@ -11,17 +12,14 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from mtlkit.weighting import _qp
+from mtlkit.weighting import _nnls
+from mtlkit.weighting._fair import accurate_residual, alpha_fair_weights
+from mtlkit.weighting._gram import Gram
+from mtlkit.weighting._nnls import SolverWarning, active_set_nnls, nnls_violation
 from mtlkit.weighting._qp import (
-    Gram,
-    SolverWarning,
-    accurate_residual,
-    active_set_nnls,
-    alpha_fair_weights,
     lower_bounded_kkt_violation,
     lower_bounded_qp,
     lower_bounded_qps,
-    nnls_violation,
     simplex_kkt_violation,
     simplex_qp,
 )
@@ -239,7 +237,7 @@ def test_nnls_violation_is_about_one_at_an_optimum_and_large_elsewhere() -> None
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((6, 9)), rng.standard_normal(6)
     x = active_set_nnls(a, b)
-    assert nnls_violation(a, b, x) <= _qp.KKT_RTOL
+    assert nnls_violation(a, b, x) <= _nnls.KKT_RTOL
     assert nnls_violation(a, b, x + 1e-3) > 1e6
 
 
@@ -253,8 +251,8 @@ def test_own_active_set_nnls_matches_scipy(shape: tuple[int, int]) -> None:
             a[:, -1] = 0.0
         b = rng.standard_normal(shape[0])
         x = active_set_nnls(a, b)
-        assert x.min() >= 0 and nnls_violation(a, b, x) <= _qp.KKT_RTOL
-        ref = _qp._scipy_nnls(a, b)
+        assert x.min() >= 0 and nnls_violation(a, b, x) <= _nnls.KKT_RTOL
+        ref = _nnls._scipy_nnls(a, b)
         assert ref is not None
         res, res_ref = np.linalg.norm(a @ x - b), np.linalg.norm(a @ ref - b)
         assert res <= res_ref + 1e-12 * (1 + res_ref)
@@ -267,7 +265,7 @@ def test_a_failing_first_solver_falls_back_to_the_active_set_method(
     """scipy's nnls giving up or answering wrongly is caught by the KKT check; the answer then
     comes from the module's own Lawson–Hanson, still the exact optimum, with no warning."""
     wrong = {"none": lambda a, b: None, "garbage": lambda a, b: np.ones(a.shape[1])}[bad]
-    monkeypatch.setattr(_qp, "_scipy_nnls", wrong)
+    monkeypatch.setattr(_nnls, "_scipy_nnls", wrong)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SolverWarning)
         for name, t, p, seed in [c for c in cases() if c[1] <= 5]:
@@ -279,8 +277,8 @@ def test_a_failing_first_solver_falls_back_to_the_active_set_method(
 def test_when_every_solver_fails_the_answer_comes_with_a_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_qp, "_scipy_nnls", lambda a, b: np.ones(a.shape[1]))
-    monkeypatch.setattr(_qp, "active_set_nnls", lambda a, b: np.full(a.shape[1], 2.0))
+    monkeypatch.setattr(_nnls, "_scipy_nnls", lambda a, b: np.ones(a.shape[1]))
+    monkeypatch.setattr(_nnls, "active_set_nnls", lambda a, b: np.full(a.shape[1], 2.0))
     with pytest.warns(SolverWarning, match="dual-cone QP: no solver met the KKT conditions"):
         lower_bounded_qp(gram_of("random", 4, 6, 0), np.ones(4))
 
@@ -294,7 +292,7 @@ def test_many_tasks_near_stationarity_are_exact(
     KKT conditions of the problem it solves, and the dual-cone projections never conflict;
     also when every answer comes from the module's own active-set method."""
     if forced_fallback:
-        monkeypatch.setattr(_qp, "_scipy_nnls", lambda a, b: None)
+        monkeypatch.setattr(_nnls, "_scipy_nnls", lambda a, b: None)
     for seed in range(5):
         rng = np.random.default_rng(seed)
         a = rng.standard_normal((t - 1, 3 * t))

@@ -14,14 +14,8 @@ from scipy.optimize import brentq
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting._qp import (
-    RANK_RTOL,
-    Gram,
-    gram_to_numpy,
-    lower_bounded_qp,
-    simplex_qp,
-    weights_to_torch,
-)
+from mtlkit.weighting._gram import RANK_RTOL, Gram, gram_to_numpy, weights_to_torch
+from mtlkit.weighting._qp import lower_bounded_qp, simplex_qp
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from mtlkit.weighting._qp import cosine_pinv_ones, gram_to_numpy, weights_to_torch
+from mtlkit.weighting._gram import cosine_pinv_ones, gram_to_numpy, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
@@ -30,7 +30,7 @@ class ConFIG(GramianWeighting):
     D = diag(‖g_i‖) and C = D⁻¹ G D⁻¹ (the cosine matrix), U⁺ = Uᵀ C⁺, so
     v = Jᵀ D⁻¹ C⁺ 1, ‖v‖² = cᵀ C c with c = C⁺ 1, and the task weights are
     α = (1ᵀ G D⁻¹ c / ‖v‖²) · D⁻¹ c. The pseudo-inverse treats eigen-directions of C that G's
-    precision cannot resolve as null (:func:`~mtlkit.weighting._qp.cosine_pinv_ones`), so
+    precision cannot resolve as null (:func:`~mtlkit.weighting._gram.cosine_pinv_ones`), so
     nearly collinear gradients give the same answer in any task order.
 
     A zero task gradient (norm ≤ 1e-10 of the largest) has no direction: it is left out of U

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from mtlkit.weighting._gram import gram_to_numpy, weights_to_torch
 from mtlkit.weighting._preference import PreferenceWeighting
-from mtlkit.weighting._qp import gram_to_numpy, lower_bounded_qp, weights_to_torch
+from mtlkit.weighting._qp import lower_bounded_qp
 from mtlkit.weighting.base import WEIGHTINGS
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting._qp import alpha_fair_weights, gram_to_numpy, weights_to_torch
+from mtlkit.weighting._fair import alpha_fair_weights
+from mtlkit.weighting._gram import gram_to_numpy, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 

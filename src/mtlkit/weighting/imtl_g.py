@@ -11,7 +11,7 @@ import math
 import numpy as np
 from torch import Tensor
 
-from mtlkit.weighting._qp import cosine_pinv_ones, gram_to_numpy, weights_to_torch
+from mtlkit.weighting._gram import cosine_pinv_ones, gram_to_numpy, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
@@ -30,7 +30,7 @@ class IMTLG(GramianWeighting):
         Deviations, for singular or nearly singular C (identical, parallel or nearly collinear
         gradients, T > P), where the paper's inverse does not exist: the β with Cβ ∈ span(1) form
         the space S = span(C⁺1) ⊕ null(C) when 1 is in the range of C, else S = null(C) (see
-        :func:`~mtlkit.weighting._qp.cosine_pinv_ones` for which directions count as null).
+        :func:`~mtlkit.weighting._gram.cosine_pinv_ones` for which directions count as null).
         Every β in S with wᵀβ = 1 gives an update with equal projections, and the least-norm one,
         β = P_S w / ‖P_S w‖², is used: it is the same whatever the task order, equals the paper's
         for invertible C, and T exactly collinear gradients get weights ∝ 1/‖g_i‖² (T identical

@@ -12,7 +12,8 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.weighting._qp import gram_to_numpy, simplex_qp, weights_to_torch
+from mtlkit.weighting._gram import gram_to_numpy, weights_to_torch
+from mtlkit.weighting._qp import simplex_qp
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtlkit.weighting._qp import alpha_fair_weights, gram_to_numpy, weights_to_torch
+from mtlkit.weighting._fair import alpha_fair_weights
+from mtlkit.weighting._gram import gram_to_numpy, weights_to_torch
 from mtlkit.weighting.base import WEIGHTINGS
 from mtlkit.weighting.gradient import GramianWeighting
 
