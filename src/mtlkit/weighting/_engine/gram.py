@@ -221,7 +221,10 @@ def gramian(
         if dy is None:  # a recorded call that these losses do not depend on
             continue
         rows = _linear_rows if isinstance(m, nn.Linear) else _conv_rows
-        a, d = rows(m, x.detach(), dy)  # type: ignore[arg-type]
+        # under autocast the recorded inputs and output gradients can be bf16/fp16 and differ
+        # in dtype: the products are taken in float32 at least
+        dtype = torch.promote_types(torch.promote_types(x.dtype, dy.dtype), torch.float32)
+        a, d = rows(m, x.detach().to(dtype), dy.to(dtype))  # type: ignore[arg-type]
         slot = by_module.setdefault(id(m), (m, [], []))
         slot[1].append(a)
         slot[2].append(d)
