@@ -4,8 +4,9 @@ parameters the update that aggregate() gives on the explicit Jacobian of the sam
 
 The second step goes through the layer-wise Gramian engine, whose recorded layer inputs are then
 bf16 while the output gradients may be float32; it used to fail there ("expected scalar type
-Float but found BFloat16"). Both sides see the same bf16 graph, so they differ only by the
-float32 rounding of the Gram products (tolerance 1e-4 relative; bf16 itself would be 8e-3).
+Float but found BFloat16"). Both sides see the same bf16 graph; they differ by the bf16
+rounding of autograd's weight gradients in the explicit Jacobian (about 1.5e-3 of the update's
+norm), so the bound is 2e-2.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ GRADIENT = [n for n in METHODS if issubclass(WEIGHTINGS.lookup(n), GradientWeigh
 @pytest.mark.parametrize("name", GRADIENT)
 def test_bf16_autocast_backward_equals_aggregate(name: str, build) -> None:
     model, x = build()
+    model, x = model.float(), x.float()  # autocast leaves float64 alone
     method = make(name)
     twin = copy.deepcopy(method)  # same state (and random generator) for aggregate
     for _ in range(2):  # the second step uses the recorded-layer Gramian path
@@ -44,6 +46,5 @@ def test_bf16_autocast_backward_equals_aggregate(name: str, build) -> None:
         step(method, model, losses)
         got = shared_grad(model)
         assert bool(torch.isfinite(got).all())
-        torch.testing.assert_close(
-            got, want.to(got.dtype), rtol=1e-4, atol=1e-6 * float(want.abs().max())
-        )
+        # bf16 rounds autograd's weight gradients (unit roundoff 3.9e-3); 1e-3 to 1.7e-3 here
+        assert float((got - want.to(got.dtype)).norm()) <= 2e-2 * float(want.norm())
