@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from mtlkit.errors import ConfigError, RegistryError
 
 T = TypeVar("T")
+U = TypeVar("U")  # what a decorator registers and returns unchanged
 
 
 class Registry(Generic[T]):
@@ -27,6 +28,12 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+
+    @overload
+    def register(self, name: str) -> Callable[[U], U]: ...
+
+    @overload
+    def register(self, name: str, obj: T) -> T: ...
 
     def register(self, name: str, obj: T | None = None) -> Any:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""

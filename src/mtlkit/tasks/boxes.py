@@ -85,7 +85,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Non-maximum suppression: ``torchvision.ops.nms`` when installed, else :func:`nms_torch`."""
     ops = _torchvision_ops()
     if ops is not None:
-        return ops.nms(boxes.float(), scores.float(), float(iou_threshold))
+        kept: Tensor = ops.nms(boxes.float(), scores.float(), float(iou_threshold))
+        return kept
     return nms_torch(boxes, scores, iou_threshold)
 
 

@@ -39,10 +39,13 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def metric(name: str, direction: Direction) -> Callable[[Callable[..., float]], Callable]:
+MetricFn = Callable[[Tensor, Tensor], float]
+
+
+def metric(name: str, direction: Direction) -> Callable[[MetricFn], MetricFn]:
     """Decorator registering a metric function under ``name`` with its direction."""
 
-    def wrap(fn: Callable[[Tensor, Tensor], float]) -> Callable[[Tensor, Tensor], float]:
+    def wrap(fn: MetricFn) -> MetricFn:
         METRICS.register(name, Metric(name, fn, direction))
         return fn
 
