@@ -166,7 +166,13 @@ class Task:
 
     def label_mask(self, target: Tensor) -> Tensor:
         """Which entries of ``target`` are labelled: not an ignore value (integer targets), not
-        NaN (float targets). Losses and metrics average over these entries."""
+        NaN (float targets). Losses and metrics average over these entries.
+
+        >>> Task("digit", "classification", num_outputs=10).label_mask(torch.tensor([3, -100, 7]))
+        tensor([ True, False,  True])
+        >>> Task("price", "regression").label_mask(torch.tensor([1.5, float("nan")]))
+        tensor([ True, False])
+        """
         if self.spec.integer_targets:
             ignored = torch.tensor(self.spec.ignore_labels, device=target.device)
             return ~torch.isin(target, ignored)

@@ -37,6 +37,13 @@ class MGDA(GramianWeighting):
     T identical gradients g the update is T·g). With "l2" the weights depend only on the
     directions of the task gradients. "loss" and "loss+" need the losses: :meth:`backward` has
     them; :meth:`aggregate` takes them as ``losses=``.
+
+    The min-norm point of the segment between g₁ = (1, 0) and g₂ = (−1, 1) is 0.6·g₁ + 0.4·g₂
+    = (0.2, 0.4); times T = 2:
+
+    >>> import torch
+    >>> MGDA().aggregate(torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64))
+    tensor([0.4000, 0.8000], dtype=torch.float64)
     """
 
     name = "mgda"

@@ -31,6 +31,16 @@ class UPGrad(PreferenceWeighting):
     :mod:`mtlkit.weighting._qp`), without the small regularisation of G the reference
     implementation adds; the T problems share one factorisation of G
     (:func:`~mtlkit.weighting._qp.lower_bounded_qps`).
+
+    g₁ = (1, 0) and g₂ = (−1, 1) conflict; π(g₁) = (½, ½), π(g₂) = (0, 1):
+
+    >>> import torch
+    >>> jac = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    >>> update = UPGrad().aggregate(jac)
+    >>> update
+    tensor([0.5000, 1.5000], dtype=torch.float64)
+    >>> jac @ update  # no task's loss increases, to first order
+    tensor([0.5000, 1.0000], dtype=torch.float64)
     """
 
     name = "upgrad"
