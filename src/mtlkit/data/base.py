@@ -7,9 +7,10 @@ the Trainer; :class:`TensorLoader` is a fast one for datasets held in memory.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor
@@ -137,8 +138,10 @@ class DataBundle:
             self.split(name), batch_size, shuffle=(name == "train") if shuffle is None else shuffle
         )
 
-    def select_tasks(self, names: list[str]) -> DataBundle:
-        """The same data restricted to the tasks in ``names`` (for single-task baselines)."""
+    def select_tasks(self, names: list[str]) -> Self:
+        """The same data restricted to the tasks in ``names`` (for single-task baselines); a
+        subclass keeps its own fields (a task whose targets the loaders make, such as a
+        language-modelling task, has none in the splits)."""
         unknown = sorted(set(names) - {t.name for t in self.tasks})
         if unknown:
             raise DatasetError(
@@ -147,16 +150,16 @@ class DataBundle:
             )
 
         def keep(split: TensorSplit) -> TensorSplit:
-            return TensorSplit(split.inputs, {t: split.targets[t] for t in names}, split.name)
+            targets = {t: split.targets[t] for t in names if t in split.targets}
+            return TensorSplit(split.inputs, targets, split.name)
 
-        return DataBundle(
-            self.name,
-            keep(self.train),
-            keep(self.val),
-            keep(self.test),
-            [t for t in self.tasks if t.name in names],
-            self.encoder,
-            dict(self.info),
+        return dataclasses.replace(
+            self,
+            train=keep(self.train),
+            val=keep(self.val),
+            test=keep(self.test),
+            tasks=[t for t in self.tasks if t.name in names],
+            info=dict(self.info),
         )
 
 

@@ -27,6 +27,24 @@ HEADS.register("dense", DenseHead)
 HEADS.register("fcos", FCOSHead)
 
 
+def tower(
+    head: str, in_features: int, out_features: int, hidden: Sequence[int], dropout: float = 0.0
+) -> nn.Sequential:
+    """Linear-ReLU(-Dropout) blocks of sizes ``hidden``, then a linear output layer; a
+    ConfigError naming ``head`` for a size below 1."""
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"head '{head}': option 'hidden' must be sizes ≥ 1, got {hidden}")
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
 @HEADS.register("linear")
 class LinearHead(nn.Module):
     """One linear layer: logits for classification, values for regression."""
@@ -51,17 +69,7 @@ class MLPHead(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if any(h < 1 for h in hidden):
-            raise ConfigError(f"head 'mlp': option 'hidden' must be sizes ≥ 1, got {hidden}")
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, out_features))
-        self.net = nn.Sequential(*layers)
+        self.net = tower("mlp", in_features, out_features, hidden, dropout)
 
     def forward(self, rep: Tensor) -> Tensor:
         return self.net(rep)
@@ -74,15 +82,7 @@ class PooledHead(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, hidden: tuple[int, ...] = ()) -> None:
         super().__init__()
-        if any(h < 1 for h in hidden):
-            raise ConfigError(f"head 'pooled': option 'hidden' must be sizes ≥ 1, got {hidden}")
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, out_features))
-        self.net = nn.Sequential(*layers)
+        self.net = tower("pooled", in_features, out_features, hidden)
         self.in_features = in_features
 
     def forward(self, features: Tensor) -> Tensor:
@@ -113,13 +113,7 @@ class StandardizedHead(nn.Module):
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if not bool(torch.all(std_t > 0)):
             raise ConfigError(f"head 'standardized': option 'std' must be > 0, got {std}")
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, out_features))
-        self.net = nn.Sequential(*layers)
+        self.net = tower("standardized", in_features, out_features, hidden)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
         self.register_buffer("std", std_t)
 

@@ -11,6 +11,7 @@ line and the tag (an unseen *word* simply becomes ``<unk>``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -104,30 +105,9 @@ class TextBundle(DataBundle):
         return LMLoader(base, task, objective, mode=mode, **options)
 
     def select_tasks(self, names: list[str]) -> TextBundle:
-        known = {t.name for t in self.tasks}
-        unknown = sorted(set(names) - known)
-        if unknown:
-            raise DatasetError(
-                f"dataset '{self.name}' has no task(s) {', '.join(unknown)}; "
-                f"its tasks are {', '.join(t.name for t in self.tasks)}"
-            )
+        bundle = super().select_tasks(names)
         keep_lm = self.lm is not None and self.lm[0] in names
-
-        def keep(split: TensorSplit) -> TensorSplit:
-            targets = {t: split.targets[t] for t in names if t in split.targets}
-            return TensorSplit(split.inputs, targets, split.name)
-
-        return TextBundle(
-            self.name,
-            keep(self.train),
-            keep(self.val),
-            keep(self.test),
-            [t for t in self.tasks if t.name in names],
-            self.encoder,
-            dict(self.info),
-            self.lm if keep_lm else None,
-            self.vocabularies,
-        )
+        return dataclasses.replace(bundle, lm=self.lm if keep_lm else None)
 
 
 def tagging_bundle(
