@@ -243,9 +243,10 @@ class DistributedWeighting(Weighting):
 
     # ------------------------------------------------------------------ delegation
 
-    def bind(self, tasks: Sequence[str]) -> None:
+    def bind(self, tasks: Sequence[str]) -> DistributedWeighting:
         self.method.bind(tasks)
         self.tasks = self.method.tasks
+        return self
 
     def stack_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
         return self.method.stack_losses(losses)

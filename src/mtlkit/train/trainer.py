@@ -53,7 +53,7 @@ from mtlkit.train.precision import Precision
 from mtlkit.train.seed import rng_state, seed_everything, set_rng_state
 from mtlkit.train.selection import Metrics, Monitor, Selection
 from mtlkit.train.strategy import DataParallel, SingleProcess, Strategy
-from mtlkit.weighting import EW, StepRecord, Weighting
+from mtlkit.weighting import EW, StepRecord, Weighting, for_tasks
 
 __all__ = ["FitResult", "Trainer", "resolve_device"]
 
@@ -140,7 +140,9 @@ class Trainer:
             raise ConfigError(f"the model has no head for task(s) {', '.join(missing)}")
         self.strategy: Strategy = distributed if distributed is not None else SingleProcess()
         self.strategy.broadcast_model(self.model)
-        self.weighting = self.strategy.wrap(weighting if weighting is not None else EW())
+        # the tasks' static weights go to the method, or are an error (never ignored)
+        method = for_tasks(weighting if weighting is not None else EW(), self.tasks.values())
+        self.weighting = self.strategy.wrap(method)
         self.weighting.bind(list(self.tasks))
         self.step_mode = step_mode
         check_step_mode(step_mode, self.weighting)

@@ -8,11 +8,13 @@ for the interface and the scale convention.
 from mtlkit.weighting.base import (
     WEIGHTINGS,
     LossWeighting,
+    MethodParametersWarning,
     StateField,
     StepContext,
     StepRecord,
     Weighting,
     available,
+    for_tasks,
     get,
 )
 
@@ -93,6 +95,8 @@ __all__ = [
     "StepContext",
     "StepRecord",
     "Weighting",
+    "MethodParametersWarning",
     "available",
+    "for_tasks",
     "get",
 ]

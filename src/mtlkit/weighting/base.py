@@ -6,9 +6,25 @@ A weighting method turns ``dict[task_name, loss]`` into gradients on a model's p
     record = method.backward(losses, model)   # fills .grad
     optimizer.step()
 
-It works in any training loop; the Trainer calls nothing else. ``backward`` returns a
+It works in any training loop, on any module; the Trainer calls nothing else. ``backward`` returns a
 :class:`StepRecord` with what the method decided (task weights, and for gradient methods the
 pairwise cosines and norms of the task gradients) for logging.
+
+In your own loop (the one place that lists what a loop owes a method):
+
+- the model: ``backward(losses, model)`` with a model that declares ``shared_parameters()``,
+  or, for any module, ``backward(losses, shared_params=trunk)`` or
+  ``backward(losses, representation=features)``; loss-based methods need neither;
+- binding: the first ``backward`` binds the method to the tasks' names; call
+  ``method.bind(names)`` yourself only to get :meth:`~Weighting.parameters` earlier;
+- learnable parameters (UW's log-variances; empty for most methods): put
+  ``method.bind(names).parameters()`` in an optimiser that steps; a method whose parameters
+  are in no optimiser that stepped warns once (:class:`MethodParametersWarning`);
+- the epoch hook: call ``method.on_epoch_end(epoch, mean_losses)`` after each epoch with each
+  task's mean training loss (DWA and STCH use it; for the others it does nothing);
+- checkpoints: save ``method.state_dict()`` and restore it with ``load_state_dict``.
+
+The Trainer does all of this.
 
 Scale convention: the update is a *sum* over tasks. Equal weighting gives Σ_i ∇L_i (weights 1,
 so for a Jacobian J = I the update is the sum of the rows), and static weighting Σ_i α_i ∇L_i,
@@ -55,8 +71,9 @@ and ``takes_task_weights`` (the ``weights`` option is the α that a config's tas
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, cast
@@ -67,17 +84,20 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.registry import Registry
 from mtlkit.weighting._state import StateField, put, take
+from mtlkit.weighting._watch import parameters_left_behind, watch
 
 WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting method")
 
 __all__ = [
     "WEIGHTINGS",
     "LossWeighting",
+    "MethodParametersWarning",
     "StateField",
     "StepContext",
     "StepRecord",
     "Weighting",
     "available",
+    "for_tasks",
     "get",
 ]
 
@@ -121,14 +141,73 @@ class StepContext:
     method's decisions use the unscaled losses); ``reduce_jacobian``: set by data-parallel
     training, turns this process's T × P Jacobian into the global one before a gradient
     method sees it (None in a single process, which leaves every path unchanged).
+
+    The model-free form of :meth:`Weighting.backward` fills the rest (``model`` is then None):
+    ``shared_params``, the shared parameters the caller named; ``task_params``, the
+    task-specific ones (None: every other parameter the losses reach); ``shared_module``, the
+    module that holds the shared parameters when the caller gave one (the gradient engine
+    hooks its layers for the fast Gramian path).
     """
 
     losses: Mapping[str, Tensor]
     stacked: Tensor
-    model: nn.Module
+    model: nn.Module | None
     representation: Tensor | None = None
     loss_scale: float = 1.0
     reduce_jacobian: Callable[[Tensor], Tensor] | None = None
+    shared_params: tuple[Tensor, ...] | None = None
+    task_params: tuple[Tensor, ...] | None = None
+    shared_module: nn.Module | None = None
+
+
+class MethodParametersWarning(UserWarning):
+    """A method's own learnable parameters are in no optimiser that steps (given once)."""
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What :meth:`Weighting.backward` was told about the parameters (checked)."""
+
+    model: nn.Module | None
+    shared: tuple[Tensor, ...] | None
+    task: tuple[Tensor, ...] | None
+    shared_module: nn.Module | None
+
+    @classmethod
+    def of(
+        cls,
+        method: Weighting,
+        model: object,
+        shared_params: nn.Module | Iterable[Tensor] | None,
+        task_params: Iterable[Tensor] | None,
+    ) -> _Parts:
+        if model is not None and not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"{method}: backward(losses, model): model must be an nn.Module, got "
+                f"{type(model).__name__}; pass parameters as shared_params= instead"
+            )
+        module: nn.Module | None = None
+        shared: tuple[Tensor, ...] | None = None
+        if isinstance(shared_params, nn.Module):
+            module = shared_params
+            shared = tuple(module.parameters())
+        elif shared_params is not None:
+            shared = _tensors(method, "shared_params", shared_params)
+        task = None if task_params is None else _tensors(method, "task_params", task_params)
+        return cls(model, shared, task, module)
+
+
+def _tensors(method: Weighting, option: str, values: Iterable[Tensor]) -> tuple[Tensor, ...]:
+    if isinstance(values, Tensor):
+        return (values,)
+    items = tuple(values)
+    bad = sorted({type(v).__name__ for v in items if not isinstance(v, Tensor)})
+    if bad:
+        raise ConfigError(
+            f"{method}: option '{option}' must be a module or an iterable of parameters, "
+            f"got items of type {', '.join(bad)}"
+        )
+    return items
 
 
 class Weighting(ABC):
@@ -165,46 +244,112 @@ class Weighting(ABC):
     def backward(
         self,
         losses: Mapping[str, Tensor | None],
-        model: nn.Module,
+        model: nn.Module | None = None,
         *,
+        shared_params: nn.Module | Iterable[Tensor] | None = None,
+        task_params: Iterable[Tensor] | None = None,
         representation: Tensor | None = None,
         loss_scale: float = 1.0,
     ) -> StepRecord:
-        """Fill ``.grad`` on ``model``'s parameters from the task ``losses``.
+        """Fill ``.grad`` of the parameters the task ``losses`` reach.
+
+        Two forms, with the same result:
+
+        - ``backward(losses, model)``: a model that declares ``shared_parameters()`` (every
+          :class:`~mtlkit.nn.MTLModel` does); its other trainable parameters are task-specific;
+        - model-free, for any module: ``backward(losses, shared_params=trunk)`` (a module or an
+          iterable of parameters), or ``backward(losses, representation=features)``, the
+          shared representation (TorchJD's *features*): its graph gives the shared
+          parameters. ``task_params`` names the task-specific parameters; by default they are
+          every other trainable parameter the losses reach. Loss-based methods need neither
+          (one backward pass fills every gradient); gradient-based methods need one of them.
+          Shared parameters found from the representation's graph come in the graph's order
+          (which matters only to GradDrop's random draws, one per coordinate).
 
         The losses are checked and stacked in task order and :meth:`step` does the method's
-        work. A ``None`` loss marks a task absent from this step (see the module docstring):
-        the step then runs on the present tasks only, inside :meth:`restrict`; absent tasks
-        get weight 0 in the record, and a step with no task present does nothing.
+        work. The first call binds the method to the tasks' names (:meth:`bind`). A ``None``
+        loss marks a task absent from this step (see the module docstring): the step then runs
+        on the present tasks only, inside :meth:`restrict`; absent tasks get weight 0 in the
+        record, and a step with no task present does nothing.
 
         ``representation`` is the shared representation the losses were computed from, for
-        methods with ``needs_representation``. ``loss_scale`` multiplies the gradients that are
-        written (for fp16 gradient scaling); the method's decisions use the unscaled losses.
+        methods with ``needs_representation`` (and faster for every gradient method).
+        ``loss_scale`` multiplies the gradients that are written (for fp16 gradient scaling);
+        the method's decisions use the unscaled losses.
+
+        A method with learnable parameters (:meth:`parameters`, UW's log-variances) warns
+        once (:class:`MethodParametersWarning`) when optimisers step between two calls and
+        none of them holds those parameters.
         """
-        if not isinstance(losses, Mapping) or all(v is not None for v in losses.values()):
-            complete = cast("Mapping[str, Tensor]", losses)
-            return self._full_step(complete, model, representation, loss_scale)
-        self.bind(list(losses))
-        present = {t: v for t, v in losses.items() if v is not None}
-        absent = [t for t, v in losses.items() if v is None]
-        if not present:
-            return StepRecord(weights=dict.fromkeys(losses, 0.0), extra={"absent_tasks": 1.0})
-        with self.restrict(list(present)):
-            record = self._full_step(present, model, representation, loss_scale)
-        record.weights.update(dict.fromkeys(absent, 0.0))
-        record.extra["absent_tasks"] = float(len(absent))
-        return record
+        self._check_parameters_stepped()
+        parts = _Parts.of(self, model, shared_params, task_params)
+        try:
+            if not isinstance(losses, Mapping) or all(v is not None for v in losses.values()):
+                complete = cast("Mapping[str, Tensor]", losses)
+                return self._full_step(complete, parts, representation, loss_scale)
+            self.bind(list(losses))
+            present = {t: v for t, v in losses.items() if v is not None}
+            absent = [t for t, v in losses.items() if v is None]
+            if not present:
+                return StepRecord(weights=dict.fromkeys(losses, 0.0), extra={"absent_tasks": 1.0})
+            with self.restrict(list(present)):
+                record = self._full_step(present, parts, representation, loss_scale)
+            record.weights.update(dict.fromkeys(absent, 0.0))
+            record.extra["absent_tasks"] = float(len(absent))
+            return record
+        finally:
+            self._watch_parameters()
 
     def _full_step(
         self,
         losses: Mapping[str, Tensor],
-        model: nn.Module,
+        parts: _Parts,
         representation: Tensor | None,
         loss_scale: float,
     ) -> StepRecord:
         stacked = self.stack_losses(losses)
-        ctx = StepContext(losses, stacked, model, representation, loss_scale)
+        ctx = StepContext(
+            losses,
+            stacked,
+            parts.model,
+            representation,
+            loss_scale,
+            shared_params=parts.shared,
+            task_params=parts.task,
+            shared_module=parts.shared_module,
+        )
         return self.step(ctx)
+
+    # ------------------------------------------------------------------ own parameters
+
+    def _watch_parameters(self) -> None:
+        """After a step: watch the optimisers for this method's own parameters."""
+        if self.tasks is not None and any(p.requires_grad for p in self._own_parameters()):
+            watch(self)
+
+    def _check_parameters_stepped(self) -> None:
+        """Before a step: warn once if optimisers stepped since the last one without them."""
+        if parameters_left_behind(self):
+            names = ", ".join(
+                spec.key_of(n) for n, spec in self.state_fields.items() if spec.kind == "parameter"
+            )
+            warnings.warn(
+                f"{self}: its own learnable parameters ({names or 'parameters()'}) are in no "
+                "optimiser that "
+                "stepped since the last backward, so they never change; add them: "
+                "optimizer.add_param_group({'params': method.parameters()}), or build the "
+                "optimiser from [*model.parameters(), *method.parameters()] after "
+                "method.bind(task_names)",
+                MethodParametersWarning,
+                stacklevel=3,
+            )
+
+    def _own_parameters(self) -> list[nn.Parameter]:
+        """:meth:`parameters`, or none while they are not created yet (before bind)."""
+        try:
+            return self.parameters()
+        except ConfigError:
+            return []
 
     @abstractmethod
     def step(self, ctx: StepContext, /) -> StepRecord:
@@ -235,9 +380,13 @@ class Weighting(ABC):
         ``"representation"``); None for a loss-based method (one backward pass)."""
         return None
 
-    def bind(self, tasks: Sequence[str]) -> None:
-        """Fix the task order. Called by :meth:`backward` on first use; later calls must name
-        the same tasks."""
+    def bind(self, tasks: Sequence[str]) -> Self:
+        """Fix the task order, and return the method. Called by :meth:`backward` on first use;
+        later calls must name the same tasks. Call it yourself before :meth:`parameters` when
+        the method has learnable parameters (they are created per task)::
+
+            optimizer = torch.optim.Adam([*model.parameters(), *uw.bind(names).parameters()])
+        """
         tasks = list(tasks)
         if self.tasks is None:
             if not tasks:
@@ -256,6 +405,15 @@ class Weighting(ABC):
                 f"{self}: the losses do not match the tasks it was built for "
                 f"({', '.join(self.tasks)}): {'; '.join(parts)}"
             )
+        return self
+
+    def use_task_weights(self, weights: Mapping[str, float]) -> None:
+        """Take the static task weights α of the tasks (``Task.weight``); only methods with
+        ``takes_task_weights`` accept them, the others raise (see :func:`for_tasks`)."""
+        raise ConfigError(
+            f"task weights {dict(weights)} are only used by 'weighting: static' (or a method "
+            f"with takes_task_weights); {self} sets its own weights"
+        )
 
     def on_bind(self) -> None:  # noqa: B027  (an optional hook)
         """Hook: called once the task order is known (size state per task here)."""
@@ -317,7 +475,8 @@ class Weighting(ABC):
                 if value is None:
                     raise ConfigError(
                         f"{self}: its '{spec.key_of(name)}' are created per task; call "
-                        "bind(task_names) before parameters() so the optimiser gets them"
+                        "method.bind(task_names) before parameters() so the optimiser gets "
+                        "them (method.bind(names).parameters())"
                     )
                 params.append(value)
         return params
@@ -413,6 +572,24 @@ class LossWeighting(Weighting):
         (total * ctx.loss_scale).backward()
         assert self.tasks is not None
         return StepRecord(weights=dict(zip(self.tasks, w.detach().tolist(), strict=True)))
+
+
+def for_tasks(method: Weighting, tasks: Iterable[Any]) -> Weighting:
+    """``method``, given the static weights of ``tasks`` (their ``weight`` field), and bound
+    to their names: a task weight other than 1 is never silently ignored.
+
+    A method with ``takes_task_weights`` (static) takes them as its α (a weight it was given
+    for the same task must agree); any other method raises a ConfigError naming the tasks.
+
+    >>> from mtlkit.tasks import Task
+    >>> for_tasks(get("static"), [Task("a", "regression", weight=2.0), Task("b", "regression")])
+    Static(weights={'a': 2.0})
+    """
+    tasks = list(tasks)
+    weighted = {t.name: float(t.weight) for t in tasks if float(t.weight) != 1.0}
+    if weighted:
+        method.use_task_weights(weighted)
+    return method.bind([t.name for t in tasks])
 
 
 def get(name: str, /, **params: Any) -> Weighting:

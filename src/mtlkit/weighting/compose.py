@@ -149,6 +149,9 @@ class Composed(Weighting):
         self.weighting.bind(self.tasks)
         self.aggregator.bind(self.tasks)
 
+    def use_task_weights(self, weights: Mapping[str, float]) -> None:
+        self.weighting.use_task_weights(weights)
+
     def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         self.weighting.on_epoch_end(epoch, mean_losses)
         self.aggregator.on_epoch_end(epoch, mean_losses)

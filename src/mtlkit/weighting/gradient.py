@@ -67,12 +67,14 @@ __all__ = [
     "GramianWeighting",
     "JacobianAggregator",
     "gram_statistics",
+    "graph_leaves",
     "shared_params_of",
+    "split_parameters",
     "task_jacobian",
 ]
 
 
-def shared_params_of(model: nn.Module, method: object) -> list[nn.Parameter]:
+def shared_params_of(model: nn.Module, method: object) -> list[Tensor]:
     """The model's trainable shared parameters; an error when it declares none."""
     getter = getattr(model, "shared_parameters", None)
     if getter is None:
@@ -92,6 +94,68 @@ def shared_params_of(model: nn.Module, method: object) -> list[nn.Parameter]:
 def _own_params(model: nn.Module, shared: Sequence[Tensor]) -> list[nn.Parameter]:
     shared_ids = {id(p) for p in shared}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
+
+
+def graph_leaves(roots: Sequence[Tensor]) -> list[Tensor]:
+    """The trainable leaf tensors (parameters) that ``roots`` depend on, in the order the
+    autograd graph reaches them from the first root on."""
+    leaves: dict[int, Tensor] = {}
+    seen: set[int] = set()
+    for root in roots:
+        stack = [root.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            variable = getattr(node, "variable", None)  # an AccumulateGrad node
+            if isinstance(variable, Tensor):
+                leaves.setdefault(id(variable), variable)
+            stack.extend(reversed([fn for fn, _ in node.next_functions if fn is not None]))
+    return [v for v in leaves.values() if v.requires_grad]
+
+
+def split_parameters(ctx: StepContext, method: object) -> tuple[list[Tensor], list[Tensor]]:
+    """(shared, task-specific) trainable parameters of a step.
+
+    Shared: ``ctx.shared_params`` when the caller named them, else the model's
+    ``shared_parameters()``, else the parameters the representation depends on. Task-specific:
+    ``ctx.task_params`` when named, else the model's other parameters, else every other
+    parameter the losses reach.
+    """
+    shared: list[Tensor]
+    if ctx.shared_params is not None:
+        shared = [p for p in ctx.shared_params if p.requires_grad]
+        if not shared:
+            raise ConfigError(f"{method}: shared_params holds no trainable parameter")
+    elif ctx.model is not None and hasattr(ctx.model, "shared_parameters"):
+        shared = [p for p in shared_params_of(ctx.model, method)]
+    elif ctx.representation is not None:
+        shared = graph_leaves([ctx.representation])
+        if not shared:
+            raise ConfigError(
+                f"{method}: the representation depends on no trainable parameter, so there "
+                "is nothing shared to combine task gradients on"
+            )
+    else:
+        where = (
+            f"the model {type(ctx.model).__name__} has no shared_parameters()"
+            if ctx.model is not None
+            else "no model was given"
+        )
+        raise ConfigError(
+            f"{method}: gradient-based methods need the shared parameters, and {where}; pass "
+            "shared_params= (a module or parameters) or representation= (the shared features)"
+        )
+    ids = {id(p) for p in shared}
+    own: list[Tensor]
+    if ctx.task_params is not None:
+        own = [p for p in ctx.task_params if p.requires_grad and id(p) not in ids]
+    elif ctx.model is not None:
+        own = [*_own_params(ctx.model, shared)]
+    else:
+        own = [p for p in graph_leaves(list(ctx.losses.values())) if id(p) not in ids]
+    return shared, own
 
 
 def _accumulate(params: Sequence[Tensor], flat: Tensor) -> None:
@@ -180,8 +244,7 @@ class GradientWeighting(Weighting):
 
     def step(self, ctx: StepContext, /) -> StepRecord:
         assert self.tasks is not None
-        shared = shared_params_of(ctx.model, self)
-        own = _own_params(ctx.model, shared)
+        shared, own = split_parameters(ctx, self)
         if self.jacobian == "representation" and ctx.representation is None:
             raise ConfigError(
                 f"{self}: jacobian 'representation' needs the shared representation; "
@@ -251,11 +314,17 @@ class GradientWeighting(Weighting):
             assert rows is not None and representation is not None
             jac = rows.reshape(rows.shape[0], -1)
         else:
-            last = last_shared_parameters(model, shared)
+            root = model if model is not None else ctx.shared_module
+            if root is None:
+                raise ConfigError(
+                    f"{self}: jacobian 'last_shared' needs the layers of the shared part: "
+                    "pass shared_params= as a module, or the model"
+                )
+            last = last_shared_parameters(root, shared)
             if not last:
                 raise ConfigError(
                     f"{self}: jacobian 'last_shared' found no shared layer in "
-                    f"{type(model).__name__}; define last_shared_parameters() on the model"
+                    f"{type(root).__name__}; define last_shared_parameters() on the model"
                 )
             jac = task_jacobian(stacked, last, representation=representation, head_rows=rows)
             if ctx.reduce_jacobian is not None:
@@ -343,9 +412,8 @@ class GramianWeighting(GradientWeighting):
             return super()._shared_step(ctx, own, shared)
         stacked, loss_scale = ctx.stacked, ctx.loss_scale
         rows, own = self._head_rows(ctx, own)
-        result = gramian(
-            stacked, ctx.model, shared, representation=ctx.representation, head_rows=rows
-        )
+        root = ctx.model if ctx.model is not None else ctx.shared_module
+        result = gramian(stacked, root, shared, representation=ctx.representation, head_rows=rows)
         alpha = self.weights_from_gram(result.matrix).detach()
         self._last_weights = alpha
         if own:

@@ -35,6 +35,21 @@ class Static(LossWeighting):
                     "weights must be finite and ≥ 0"
                 )
 
+    def use_task_weights(self, weights: Mapping[str, float]) -> None:
+        for task, value in weights.items():
+            given = self.alpha.get(task)
+            if given is not None and given != float(value):
+                raise ConfigError(
+                    f"weighting 'static': task '{task}' has weight {value} (Task.weight) but "
+                    f"the method was given {given}; set one of them"
+                )
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"weighting 'static': weight of task '{task}' is {value}; "
+                    "weights must be finite and ≥ 0"
+                )
+            self.alpha[task] = float(value)
+
     def on_bind(self) -> None:
         assert self.tasks is not None
         unknown = sorted(set(self.alpha) - set(self.tasks))

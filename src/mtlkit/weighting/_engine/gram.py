@@ -179,17 +179,15 @@ def compute_gramian(
 
 def gramian(
     losses: Tensor,
-    model: nn.Module,
+    model: nn.Module | None,
     shared: Sequence[Tensor],
     *,
     representation: Tensor | None = None,
     head_rows: Tensor | None = None,
     chunk_size: int | None = None,
 ) -> Gramian:
-    """:func:`compute_gramian`, returned as a :class:`Gramian` that can also apply weights."""
-    rec, existed = recorder_for(model, shared)
-    calls, overflow = dict(rec.calls), rec.overflow
-    rec.clear()
+    """:func:`compute_gramian`, returned as a :class:`Gramian` that can also apply weights.
+    Without a ``model`` (no module to hook) G comes from the explicit Jacobian."""
 
     def explicit() -> Gramian:
         jac = task_jacobian(
@@ -201,6 +199,11 @@ def gramian(
         )
         return Gramian(row_gram(jac), shared, jacobian=jac)
 
+    if model is None:
+        return explicit()
+    rec, existed = recorder_for(model, shared)
+    calls, overflow = dict(rec.calls), rec.overflow
+    rec.clear()
     if not existed or overflow:
         return explicit()
     # modules whose records are usable; the others fall back to exact per-parameter gradients
