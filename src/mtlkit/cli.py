@@ -100,6 +100,38 @@ def evaluate(
     _print_metrics(evaluate_run(run_dir, split), f"{split} metrics of {run_dir}")
 
 
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mtlkit train`.")],
+    input: Annotated[
+        Path, typer.Option("--input", help="Rows to predict: .csv, .jsonl, .parquet.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", help="Where to write: .csv, .jsonl, .parquet.")
+    ],
+    probabilities: Annotated[
+        bool, typer.Option(help="Write class probabilities instead of labels.")
+    ] = False,
+) -> None:
+    """Predict every row of a file with a trained run's selected model."""
+    from mtlkit.experiments.inference import predict_file
+
+    n = predict_file(run_dir, input, output, probabilities=probabilities)
+    console.print(f"{n} predictions written to {output}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mtlkit train`.")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torch-export.")],
+    output: Annotated[Path | None, typer.Option(help="The file to write.")] = None,
+) -> None:
+    """Export a trained run's selected model (ONNX needs the extra `onnx`)."""
+    from mtlkit.experiments.inference import export_run
+
+    console.print(f"exported to {export_run(run_dir, format, output)}")
+
+
 def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 

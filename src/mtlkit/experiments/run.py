@@ -168,18 +168,33 @@ def build_run(config: RunConfig | dict[str, Any]) -> Run:
     tasks = resolve_tasks(config, data)
     if len(tasks) < len(data.tasks):
         data = data.select_tasks([t.name for t in tasks])
-    enc_name, enc_params = data.encoder
+    enc_name, enc_params = encoder_spec(config, data.encoder)
+    model = build_run_model(config, (enc_name, enc_params), tasks)
+    return Run(config, data, tasks, model, build_weighting(config, tasks))
+
+
+def encoder_spec(
+    config: RunConfig, default: tuple[str, dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """The encoder a run builds: the dataset's ``default``, overridden by ``model.encoder``."""
+    enc_name, enc_params = default
     if config.model.encoder is not None:
         if config.model.encoder.name == enc_name:
             enc_params = {**enc_params, **config.model.encoder.params}
         else:
             enc_name, enc_params = config.model.encoder.name, config.model.encoder.params
+    return enc_name, dict(enc_params)
+
+
+def build_run_model(
+    config: RunConfig, encoder: tuple[str, dict[str, Any]], tasks: list[Task]
+) -> MTLModel:
+    """The run's model from its encoder spec and tasks (no data needed)."""
     try:
-        encoder = ENCODERS.build(enc_name, **enc_params)
+        built = ENCODERS.build(encoder[0], **encoder[1])
     except ConfigError as err:
         raise ConfigError(f"field 'model.encoder': {err}") from None
-    model = build_model(config.model.architecture, encoder, tasks, **config.model.params)
-    return Run(config, data, tasks, model, build_weighting(config, tasks))
+    return build_model(config.model.architecture, built, tasks, **config.model.params)
 
 
 def _training_strategy(config: RunConfig, data: DataBundle | MultiInputData) -> None:
@@ -239,6 +254,9 @@ def train_run(
     main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
     if main:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        from mtlkit.experiments.inference import write_model_spec  # load_run reads it
+
+        write_model_spec(run_dir, run)
     trainer = run.trainer(run_dir, progress=progress)
     started = time.perf_counter()
     fit = trainer.fit(
