@@ -68,6 +68,10 @@ class TrainConfig(Strict):
     step_mode: Literal["single", "mixed"] | None = None
     sampler: Component | None = None
     steps_per_epoch: int | None = Field(None, ge=1)
+    #: under torchrun: "ddp" replicates the model on every rank; "fsdp" shards the shared
+    #: encoder (FSDP2), heads replicated; "fsdp_sharded_heads" shards the heads too
+    #: (docs/distributed.md). One process ignores it.
+    strategy: Literal["ddp", "fsdp", "fsdp_sharded_heads"] = "ddp"
 
 
 class RunConfig(Strict):

@@ -31,6 +31,7 @@ from mtlkit.tasks import Task
 from mtlkit.train import Trainer
 from mtlkit.train.checkpoint import load_model_weights
 from mtlkit.train.distributed import current
+from mtlkit.train.fsdp import make_strategy
 from mtlkit.weighting import WEIGHTINGS, Weighting, available, build
 
 
@@ -69,7 +70,7 @@ class Run:
             check_inputs=t.check_inputs,
             progress=progress,
             step_mode=self.data.step_mode if isinstance(self.data, MultiInputData) else None,
-            distributed=current(),
+            distributed=make_strategy(current(), t.strategy),
         )
 
     def loader(self, split: str, train: bool = False) -> Any:

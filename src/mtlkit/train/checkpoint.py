@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,18 @@ from mtlkit.train.state import join_state, split_state
 MODEL_FILE, TENSORS_FILE, JSON_FILE = "model.safetensors", "state.safetensors", "state.json"
 
 
-def model_tensors(model: nn.Module) -> dict[str, Any]:
-    """The model's state dict as contiguous CPU tensors (safetensors needs no aliasing)."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+def model_tensors(model: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """The model's state dict (or a state dict) as contiguous CPU tensors (safetensors needs
+    no aliasing)."""
+    state = model if isinstance(model, Mapping) else model.state_dict()
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any]) -> None:
-    """Write ``model`` and the training ``state`` to ``folder``, replacing it atomically."""
+def save_checkpoint(
+    folder: Path, model: nn.Module | Mapping[str, Any], state: dict[str, Any]
+) -> None:
+    """Write ``model`` (or its state dict) and the training ``state`` to ``folder``,
+    replacing it atomically."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     old = folder.with_name(f".{folder.name}.old")

@@ -88,9 +88,11 @@ class Selection:
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be ≥ 1, got {self.patience}")
 
-    def update(self, value: float, epoch: int, model: nn.Module) -> dict[str, Tensor] | None:
+    def update(
+        self, value: float, epoch: int, model: nn.Module | Mapping[str, Tensor]
+    ) -> dict[str, Tensor] | None:
         """Record ``epoch``'s monitored value; the model's weights (kept as the best) when it
-        is the best so far, else None."""
+        is the best so far, else None. ``model``: the model, or its (whole) state dict."""
         if self.best_value is None or better(value, self.best_value, self.monitor.direction):
             self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
             self.best_weights = model_tensors(model)

@@ -13,6 +13,11 @@ distributed; everything that differs goes through this interface (as Lightning's
     barrier             nothing                 wait for every rank
     is_main             True                    rank 0 (the one that writes)
 
+:class:`~mtlkit.train.fsdp.FullyShardedDataParallel` (``train.strategy: fsdp``) is a
+``DataParallel`` that also shards the shared parameters; it overrides ``broadcast_model``
+(then shards), ``wrap``, and ``full_state`` / ``load_optimizer_state`` (whole tensors in
+checkpoints).
+
 :class:`DataParallel` is the process-group handle that
 :func:`~mtlkit.train.distributed.init_distributed` returns (its former name ``Distributed``
 still works); docs/distributed.md proves that its steps equal the single-process ones.
@@ -75,6 +80,19 @@ class Strategy(ABC):
     @abstractmethod
     def barrier(self) -> None:
         """Wait until every process gets here."""
+
+    def full_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The model's and the optimiser's state dicts with whole tensors, for checkpoints
+        and model selection. Every process calls it (a sharded strategy gathers here)."""
+        return model.state_dict(), optimizer.state_dict()
+
+    def load_optimizer_state(
+        self, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
+    ) -> None:
+        """Load an optimiser state that :meth:`full_state` gave."""
+        optimizer.load_state_dict(state)
 
 
 class SingleProcess(Strategy):

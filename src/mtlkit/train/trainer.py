@@ -306,12 +306,14 @@ class Trainer:
             "train": {"loss": mean_losses},
         }
         stop = False
+        # whole tensors on every rank (a sharded strategy gathers them: every rank calls it)
+        weights, optimizer_state = self.strategy.full_state(self.model, self.optimizer)
         if val is not None:
             results = self.evaluate(val)
             value = self.monitor.value(results, self.tasks)
             record["val"] = results
             record["monitor"] = {"name": self.monitor.spec, "value": value}
-            best = self.selection.update(value, self.epoch, self.model)
+            best = self.selection.update(value, self.epoch, weights)
             if best is not None:
                 self.run.save_best(best)
             stop = self.selection.should_stop
@@ -320,7 +322,7 @@ class Trainer:
         record["time"] = time.perf_counter() - started
         self.history.append(record)
         self.run.log_epoch(record)
-        self.run.save_checkpoint(self.model, self.state_dict)
+        self.run.save_checkpoint(weights, lambda: self.state_dict(optimizer_state))
         for callback in self.callbacks:
             callback(self, record)
         return stop
@@ -364,12 +366,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything but the model weights that a resumed run needs."""
+    def state_dict(self, optimizer_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything but the model weights that a resumed run needs (``optimizer_state``:
+        the strategy's :meth:`~mtlkit.train.strategy.Strategy.full_state` of the optimiser)."""
         return {
             "epoch": self.epoch,
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state
+            if optimizer_state is not None
+            else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.precision.state_dict(),
             "weighting": self.weighting.state_dict(),
@@ -383,7 +388,7 @@ class Trainer:
         """Restore model, optimiser, scheduler, method state and RNG from ``run_dir``."""
         run_dir = Path(run_dir)
         state = load_checkpoint(run_dir / "checkpoint", self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.precision.load_state_dict(state["scaler"])

@@ -140,7 +140,12 @@ class StepContext:
     ``loss_scale``: multiplies the gradients that are written (fp16 gradient scaling; the
     method's decisions use the unscaled losses); ``reduce_jacobian``: set by data-parallel
     training, turns this process's T × P Jacobian into the global one before a gradient
-    method sees it (None in a single process, which leaves every path unchanged).
+    method sees it (None in a single process, which leaves every path unchanged);
+    ``sharded_gram``: set by sharded (FSDP) training, where no rank holds whole task gradients:
+    called as ``sharded_gram(ctx, weights_from_gram)`` by a method whose weights depend on the
+    Gram matrix alone, it takes the per-task gradient shards, sums the ranks' partial Gram
+    matrices, writes the update Σ_i α_i ∇L_i into the shared parameters' gradients and
+    returns (α, G) (mtlkit.train.fsdp; None elsewhere).
 
     The model-free form of :meth:`Weighting.backward` fills the rest (``model`` is then None):
     ``shared_params``, the shared parameters the caller named; ``task_params``, the
@@ -158,6 +163,10 @@ class StepContext:
     shared_params: tuple[Tensor, ...] | None = None
     task_params: tuple[Tensor, ...] | None = None
     shared_module: nn.Module | None = None
+
+    sharded_gram: (
+        Callable[[StepContext, Callable[[Tensor], Tensor]], tuple[Tensor, Tensor]] | None
+    ) = None
 
 
 class MethodParametersWarning(UserWarning):

@@ -410,6 +410,10 @@ class GramianWeighting(GradientWeighting):
     ) -> tuple[Tensor, Tensor]:
         if ctx.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
             return super()._shared_step(ctx, own, shared)
+        if ctx.sharded_gram is not None:  # sharded (FSDP): Σ_r of the shards' partial Grams
+            alpha, gram = ctx.sharded_gram(ctx, self.weights_from_gram)
+            self._last_weights = alpha
+            return alpha, gram
         stacked, loss_scale = ctx.stacked, ctx.loss_scale
         rows, own = self._head_rows(ctx, own)
         root = ctx.model if ctx.model is not None else ctx.shared_module

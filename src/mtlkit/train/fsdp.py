@@ -1,0 +1,355 @@
+"""Sharded data-parallel training (FSDP2, ``fully_shard``) with exact gradient methods.
+
+Under ``train.strategy: fsdp`` every rank keeps 1/R of each shared parameter (a DTensor
+sharded on dim 0), of its gradient and of its optimiser state; the task heads stay replicated
+(``fsdp``) or are sharded too (``fsdp_sharded_heads``). Data are sharded as under ``ddp``
+(:class:`~mtlkit.data.sharding.ShardedLoader`) and the losses are globalized the same way
+(:meth:`~mtlkit.train.strategy.DataParallel.globalize`: value L̄_i, gradient (n_r/N)·∇L_i^r).
+A step on rank r (docs/distributed.md has the proof)::
+
+    loss-based method   one backward of F(L̃): FSDP reduce-scatters the shared gradient (a
+                        mean over ranks; × R gives Σ_r, the single-process ∇F(L̄)), the
+                        replicated parameters get one sum all-reduce
+    Gramian method      T backward passes (one per task, the graph retained): each gives this
+                        rank's shard g_i^r of ∇L̄_i (reduce-scattered, × R); the partial Gram
+                        G_r = S_r S_rᵀ of the T × P/R shard matrix S_r; one all-reduce of T²
+                        numbers gives G = J̄J̄ᵀ; every rank computes the same α = f(G) and writes
+                        Σ_i α_i g_i^r as its shard of the update
+
+Methods that need the Jacobian itself (not only its Gram matrix) are refused with a
+ConfigError that says to use ``ddp``; so are ``jacobian`` modes other than ``shared`` and
+``update_every`` > 1 for gradient methods.
+
+Checkpoints hold whole (gathered) tensors: :meth:`FullyShardedDataParallel.full_state` gathers
+the model's and the optimiser's state on every rank (rank 0 writes them, in the same files
+as a single process), and loading shards them again (a ``load_state_dict`` pre-hook on the
+model, :meth:`FullyShardedDataParallel.load_optimizer_state`). So an ``fsdp`` run resumes
+bitwise, under ``fsdp`` (any world size) or ``ddp``, and its model loads in one process. The
+gathered state passes through each rank's memory once per epoch: see docs/distributed.md for
+when sharded (``torch.distributed.checkpoint``) checkpoints would be needed instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.train.distributed import DistributedWeighting
+from mtlkit.train.strategy import DataParallel, GlobalLosses
+from mtlkit.weighting import WEIGHTINGS
+from mtlkit.weighting.base import StepContext, StepRecord, Weighting
+from mtlkit.weighting.gradient import GramianWeighting
+
+__all__ = [
+    "STRATEGIES",
+    "FullyShardedDataParallel",
+    "ShardedWeighting",
+    "gramian_methods",
+    "make_strategy",
+    "shard_model",
+]
+
+#: the values of ``train.strategy``
+STRATEGIES = ("ddp", "fsdp", "fsdp_sharded_heads")
+
+
+def gramian_methods() -> list[str]:
+    """The registered methods whose weights depend on the Gram matrix alone (they run under
+    ``fsdp``), by name."""
+    return sorted(
+        n
+        for n in WEIGHTINGS.names()
+        if isinstance(c := WEIGHTINGS.lookup(n), type) and issubclass(c, GramianWeighting)
+    )
+
+
+def make_strategy(context: DataParallel | None, strategy: str) -> DataParallel | None:
+    """The Trainer's strategy for ``train.strategy`` in the process group ``context``
+    (None in a single process, where every strategy is the same run)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"field 'train.strategy' must be one of {', '.join(STRATEGIES)}, got '{strategy}'"
+        )
+    if context is None or strategy == "ddp":
+        return context
+    return FullyShardedDataParallel(
+        context.rank,
+        context.world_size,
+        context.local_rank,
+        shard_heads=strategy == "fsdp_sharded_heads",
+    )
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def _shard_units(model: nn.Module, shared: set[int], shard_heads: bool) -> Iterator[nn.Module]:
+    """The modules to shard: each child whose parameters are all shared; with
+    ``shard_heads``, also each module of the other children (a head per task)."""
+    for child in model.children():
+        params = [p for p in child.parameters() if p.requires_grad]
+        if not params:
+            continue
+        if all(id(p) in shared for p in params):
+            yield child
+        elif shard_heads:
+            parts = child.values() if isinstance(child, nn.ModuleDict) else child.children()
+            units = list(parts) if isinstance(child, nn.ModuleDict | nn.ModuleList) else [child]
+            yield from (u for u in units if any(p.requires_grad for p in u.parameters()))
+
+
+def _load_whole_tensors(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook: whole tensors of sharded parameters become this rank's
+    shards (every rank holds the whole tensor, so no communication)."""
+    current = module.state_dict()
+    for key, value in list(state.items()):
+        if not key.startswith(prefix):
+            continue
+        target = current.get(key[len(prefix) :])
+        if isinstance(target, DTensor) and not isinstance(value, DTensor):
+            state[key] = distribute_tensor(
+                value.to(target.dtype), target.device_mesh, target.placements, src_data_rank=None
+            )
+
+
+def shard_model(
+    model: nn.Module, *, shard_heads: bool = False
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Shard ``model``'s shared parameters in place with ``fully_shard`` (FSDP2); the heads too
+    when ``shard_heads``. Every shared parameter must end up sharded (a ConfigError names the
+    first one that does not: it lives in a module that also holds task parameters).
+
+    Returns the sharded shared parameters and all sharded parameters. Keep them: between a
+    forward pass and the end of its backward passes, FSDP registers the gathered (whole)
+    parameters of a root module in place of the shards, so ``model.parameters()`` may
+    not show the shards then."""
+    getter = getattr(model, "shared_parameters", None)
+    if getter is None:
+        raise ConfigError(
+            f"train.strategy 'fsdp': the model {type(model).__name__} has no "
+            "shared_parameters(); FSDP shards the shared encoder, so the model must declare it"
+        )
+    shared = {id(p) for p in getter()}
+    for unit in list(_shard_units(model, shared, shard_heads)):
+        fully_shard(unit)
+    names = {id(p): n for n, p in model.named_parameters()}
+    whole = [names[id(p)] for p in getter() if p.requires_grad and not isinstance(p, DTensor)]
+    if whole:
+        raise ConfigError(
+            f"train.strategy 'fsdp': shared parameter '{whole[0]}' could not be sharded (its "
+            "module also holds task parameters); put the shared layers in their own module, or "
+            "use train.strategy: ddp"
+        )
+    model.register_load_state_dict_pre_hook(_load_whole_tensors)
+    every = [p for p in model.parameters() if isinstance(p, DTensor)]
+    return [p for p in getter() if isinstance(p, DTensor)], every
+
+
+def _whole(value: Any) -> Any:
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+# ---------------------------------------------------------------------------- the strategy
+
+
+@dataclass(frozen=True)
+class FullyShardedDataParallel(DataParallel):
+    """Data-parallel training whose shared parameters are sharded over the ranks (FSDP2).
+
+    Same collectives as :class:`~mtlkit.train.strategy.DataParallel`; the model is sharded
+    when the Trainer broadcasts it, and the weighting method is wrapped in a
+    :class:`ShardedWeighting`.
+    """
+
+    shard_heads: bool = False
+    #: id(model) → (its sharded shared parameters, all its sharded parameters)
+    sharded: dict[int, tuple[list[Tensor], list[Tensor]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        """Rank 0's weights on every rank, then sharded (:func:`shard_model`)."""
+        super().broadcast_model(model)
+        self.sharded[id(model)] = shard_model(model, shard_heads=self.shard_heads)
+
+    def sharded_parameters(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+        """``model``'s sharded shared parameters, and all its sharded parameters."""
+        if id(model) not in self.sharded:
+            raise ConfigError(
+                f"train.strategy 'fsdp': the model {type(model).__name__} was not sharded; "
+                "call strategy.broadcast_model(model) before training it"
+            )
+        return self.sharded[id(model)]
+
+    def wrap(self, method: Weighting) -> Weighting:
+        return method if isinstance(method, ShardedWeighting) else ShardedWeighting(method, self)
+
+    def full_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The model's and the optimiser's state with whole tensors, on every rank (every
+        rank must call it: it all-gathers the shards, in the same order everywhere)."""
+        weights = {k: _whole(v).detach() for k, v in model.state_dict().items()}
+        state = optimizer.state_dict()
+        state["state"] = {
+            i: {k: _whole(v) for k, v in entry.items()} for i, entry in state["state"].items()
+        }
+        return weights, state
+
+    def load_optimizer_state(
+        self, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
+    ) -> None:
+        """Load a whole-tensor optimiser state, sharded like the parameters it belongs to."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        entries: dict[Any, Any] = {}
+        for i, entry in state["state"].items():
+            p = params[int(i)]
+            entries[i] = {
+                k: distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
+                if isinstance(p, DTensor) and isinstance(v, Tensor) and v.shape == p.shape
+                else v
+                for k, v in entry.items()
+            }
+        optimizer.load_state_dict({**state, "state": entries})
+
+    def __repr__(self) -> str:
+        return (
+            f"FullyShardedDataParallel(rank={self.rank}, world_size={self.world_size}, "
+            f"shard_heads={self.shard_heads})"
+        )
+
+
+# ---------------------------------------------------------------------------- the method
+
+
+def _gradient_part(method: Weighting) -> Weighting | None:
+    """The part of ``method`` that takes per-task gradients (itself, or a composition's
+    aggregator); None for a loss-based method."""
+    if method.jacobian_mode is None:
+        return None
+    aggregator = getattr(method, "aggregator", None)
+    return aggregator if isinstance(aggregator, Weighting) else method
+
+
+class ShardedWeighting(DistributedWeighting):
+    """A weighting method run on a sharded model, exactly as one process runs it.
+
+    Loss-based methods: one backward pass; the reduce-scattered shards (means over the ranks)
+    are multiplied by R and the replicated parameters' gradients sum-all-reduced.
+    :class:`~mtlkit.weighting.gradient.GramianWeighting` methods get the step-context hook
+    ``sharded_gram`` (see the module docstring). Other gradient methods are refused.
+    """
+
+    context: FullyShardedDataParallel
+
+    def __init__(self, method: Weighting, context: FullyShardedDataParallel) -> None:
+        super().__init__(method, context)
+        part = _gradient_part(method)
+        if part is None:
+            return
+        if not isinstance(part, GramianWeighting):
+            raise ConfigError(
+                f"weighting '{part.name}' needs the task Jacobian itself, which no rank holds "
+                "under train.strategy 'fsdp' (each rank keeps a shard of the shared gradients); "
+                "use "
+                f"train.strategy: ddp, or a Gram-matrix method: {', '.join(gramian_methods())}"
+            )
+        if part.jacobian != "shared" or part.update_every != 1:
+            option = "jacobian" if part.jacobian != "shared" else "update_every"
+            raise ConfigError(
+                f"weighting '{part.name}': option '{option}' is not supported under train.strategy "
+                "'fsdp' (it applies weights through the whole shared layers); leave it at its "
+                "default, or use train.strategy: ddp"
+            )
+
+    @property
+    def uses_representation(self) -> bool:
+        return False  # the per-task passes go through the sharded encoder itself
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor | None],
+        model: nn.Module,
+        *,
+        representation: Tensor | None = None,
+        loss_scale: float = 1.0,
+    ) -> StepRecord:
+        """The method's step, then the reductions that make every gradient global."""
+        if not isinstance(losses, GlobalLosses):
+            raise TaskDataError(
+                f"sharded {self.method}: pass the losses through globalize first "
+                "(they must hold the global values)"
+            )
+        _, sharded = self.context.sharded_parameters(model)
+        self._written: set[int] = set()  # gradients the hook wrote (already global)
+        record = Weighting.backward(self, losses, model, loss_scale=loss_scale)
+        world = self.context.world_size
+        for p in sharded:
+            if p.grad is not None and id(p) not in self._written:
+                p.grad = p.grad * world  # FSDP's reduce-scatter averages; Σ_r is the share sum
+        ids = {id(p) for p in sharded}  # the backward passes are over: the shards are back
+        self.context.sync_gradients(
+            [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        )
+        own = [p for p in self.method.parameters() if p.requires_grad]
+        self.context.sync_gradients(own, op="mean")
+        return record
+
+    def step(self, ctx: StepContext, /) -> StepRecord:
+        return self.method.step(replace(ctx, sharded_gram=self._sharded_gram))
+
+    def _sharded_gram(
+        self, ctx: StepContext, weights_from_gram: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """One backward pass per task; Σ_r S_r S_rᵀ; α = f(G); Σ_i α_i g_i^r written."""
+        shared = self.context.sharded_parameters(ctx.model)[0]
+        earlier = {id(p): p.grad for p in shared}  # a regulariser's (averaged) share
+        world, scale = self.context.world_size, ctx.loss_scale
+        tasks = len(ctx.stacked)
+        shards: list[list[Tensor | None]] = []
+        for i in range(tasks):
+            for p in shared:
+                p.grad = None
+            (ctx.stacked[i] * scale).backward(retain_graph=i < tasks - 1)
+            shards.append([p.grad for p in shared])
+        rows = torch.stack(
+            [
+                torch.cat(
+                    [
+                        (g.to_local() if isinstance(g, DTensor) else g).reshape(-1)
+                        if g is not None
+                        else torch.zeros(_local_numel(p), dtype=p.dtype, device=p.device)
+                        for g, p in zip(row, shared, strict=True)
+                    ]
+                )
+                for row in shards
+            ]
+        )
+        rows = rows.double() * (world / scale)  # the shards are means over the ranks
+        partial = rows @ rows.T  # this rank's share of J̄J̄ᵀ (its columns of J̄)
+        gram = self.context.all_reduce(partial.contiguous())
+        alpha = weights_from_gram(gram).detach()
+        factors = (alpha.double() * world).tolist()  # × R: the shards are means over ranks
+        for k, p in enumerate(shared):
+            update: Tensor | None = None
+            for i in range(tasks):
+                g = shards[i][k]
+                if g is not None:
+                    update = g * factors[i] if update is None else update + g * factors[i]
+            old = earlier[id(p)]
+            if old is not None:
+                update = old * world if update is None else update + old * world
+            p.grad = update
+            self._written.add(id(p))
+        return alpha, gram
+
+
+def _local_numel(p: Tensor) -> int:
+    return p.to_local().numel() if isinstance(p, DTensor) else p.numel()
