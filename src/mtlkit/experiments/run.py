@@ -352,6 +352,7 @@ def train_run(
         check_resume(config, run_dir)
     run = build_run(config)
     resolve_device(config.train.device)
+    trainer = run.trainer(run_dir, progress=progress)  # builds optimiser, scheduler: checks
     lock = RunLock(run_dir)
     if main:
         if not resume:
@@ -360,7 +361,7 @@ def train_run(
     try:
         if main:
             atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        return _train(run, run_dir, resume, progress, stop_after, main)
+        return _train(run, trainer, run_dir, resume, stop_after, main)
     finally:
         lock.release()
 
@@ -389,10 +390,9 @@ def check_resume(config: RunConfig, run_dir: Path) -> int:
 
 
 def _train(
-    run: Run, run_dir: Path, resume: bool, progress: bool, stop_after: int | None, main: bool
+    run: Run, trainer: Trainer, run_dir: Path, resume: bool, stop_after: int | None, main: bool
 ) -> dict[str, Any]:
     config = run.config
-    trainer = run.trainer(run_dir, progress=progress)
     started = time.perf_counter()
     fit = trainer.fit(
         run.loader("train", train=True),
