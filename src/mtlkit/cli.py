@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole
 
 
 #: ``--set KEY=VALUE`` (repeatable): override one field of the config
@@ -33,13 +32,9 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a f
 
 
 def _overrides(values: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise MtlkitError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got '{item}'")
-        out[key] = yaml.safe_load(raw)
-    return out
+    from mtlkit.config import parse_override
+
+    return dict(parse_override(item) for item in values or [])
 
 
 @app.command()
@@ -61,6 +56,9 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     resume: Annotated[Path | None, typer.Option(help="Run folder to continue.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>-...).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Move a run already in --out aside (to OUT.old-<time>).")
+    ] = False,
     set_: SetOption = None,
     stop_after: Annotated[
         int | None, typer.Option(help="Stop after this epoch; continue later with --resume.")
@@ -72,21 +70,73 @@ def train(
     from mtlkit.experiments.run import new_run_dir, train_run
     from mtlkit.train.distributed import init_distributed, launched_by_torchrun, teardown
 
-    cfg = load_config(config, _overrides(set_))
+    if stop_after is not None and stop_after < 1:
+        raise MtlkitError(f"--stop-after must be ≥ 1 (the epoch to stop after), got {stop_after}")
     if resume is not None and out is not None and resume != out:
         raise MtlkitError("give either --resume RUN_DIR or --out RUN_DIR, not both")
+    if resume is not None and overwrite:
+        raise MtlkitError("--overwrite starts a new run; it cannot be combined with --resume")
+    cfg = load_config(config, _overrides(set_))
     ctx = init_distributed() if launched_by_torchrun() else None
+    run_dir: Any = None
     try:
         if ctx is None or ctx.is_main:
             run_dir = resume or out or new_run_dir("runs", cfg.name)
         if ctx is not None:  # one folder for all ranks: rank 0's
             run_dir = ctx.broadcast_object(str(run_dir) if ctx.is_main else None)
-        results = train_run(cfg, Path(run_dir), resume=resume is not None, stop_after=stop_after)
+        results = train_run(
+            cfg,
+            Path(run_dir),
+            resume=resume is not None,
+            stop_after=stop_after,
+            if_exists="overwrite" if overwrite else "error",
+        )
+    except KeyboardInterrupt:
+        if (ctx is None or ctx.is_main) and run_dir is not None:
+            _interrupted(config, Path(run_dir), set_)
+        raise typer.Exit(130) from None
+    except Exception as err:
+        if ctx is None or isinstance(err, MtlkitError):
+            raise
+        errors.print(f"[red]error:[/] {_distributed_failure(ctx.rank, err)}", highlight=False)
+        raise typer.Exit(1) from None
     finally:
         teardown()
     if ctx is None or ctx.is_main:
         _print_metrics(results["test"], f"Test metrics (best epoch {results['best_epoch']})")
         console.print(f"Run folder: {run_dir}")
+
+
+def _interrupted(config: Path, run_dir: Path, sets: list[str] | None) -> None:
+    """What Ctrl-C left, and how to continue."""
+    import json
+
+    state = run_dir / "checkpoint" / "state.json"
+    try:
+        epoch = json.loads(state.read_text(encoding="utf-8")).get("s:epoch")
+    except (OSError, ValueError):
+        epoch = None
+    extra = "".join(f" --set {s}" for s in sets or [])
+    if epoch is None:
+        errors.print(f"interrupted before the first checkpoint; nothing to resume in {run_dir}")
+        return
+    errors.print(
+        f"interrupted: the checkpoint of epoch {epoch} in {run_dir} is complete (nothing is "
+        f"half-written). Continue with:\n  mtlkit train {config} --resume {run_dir}{extra}",
+        highlight=False,
+    )
+
+
+def _distributed_failure(rank: int, err: BaseException) -> str:
+    """One line for a collective that failed because another rank died or hung."""
+    import os
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    timeout = os.environ.get("MTLKIT_DIST_TIMEOUT", "600")
+    return (
+        f"rank {rank}: training stopped: another rank was lost or did not answer within "
+        f"MTLKIT_DIST_TIMEOUT={timeout} s ({type(err).__name__}: {first})"
+    )
 
 
 @app.command("eval")
@@ -97,6 +147,8 @@ def evaluate(
     """Evaluate a trained run's selected model on a split."""
     from mtlkit.experiments.run import evaluate_run
 
+    if not run_dir.is_dir():
+        raise MtlkitError(f"{run_dir} is not a run folder (no such folder)")
     _print_metrics(evaluate_run(run_dir, split), f"{split} metrics of {run_dir}")
 
 

@@ -7,13 +7,67 @@ unknown name lists the available ones.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from yaml.constructor import ConstructorError
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.files import read_text
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes for configs: a key written twice in a mapping is
+    an error (not silently the last), and numbers such as ``1e-4`` are floats (YAML 1.2), not
+    strings."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:  # the keys written here (merged ones may repeat)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first_line:
+                        raise ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            f"found key '{key}' twice (first on line {first_line[key]})",
+                            key_node.start_mark,
+                        )
+                    first_line[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE``: the dotted key and the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got '{item}'")
+    try:
+        return key, load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {key}: cannot parse the value '{raw}' ({problem})") from None
 
 
 class Strict(BaseModel):
@@ -77,8 +131,9 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     """A whole run: data, tasks, model, loss balancing, optimisation."""
 
-    name: str = "run"
-    seed: int = 0
+    #: names the run folder (``runs/<name>-<time>``): letters, digits, '.', '_', '-'
+    name: str = Field("run", min_length=1, max_length=100)
+    seed: int = Field(0, ge=0, lt=2**63)
     #: modules or .py files to import first, so the components they register can be named
     imports: list[str] = Field(default_factory=list)
     data: DataConfig
@@ -92,6 +147,16 @@ class RunConfig(Strict):
     )
     scheduler: Component = Field(default_factory=lambda: Component(name="none"))
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(
+                f"'{name}' is not a usable run name: use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (a name never chooses the folder's parent)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _names_unique(self) -> RunConfig:
@@ -130,9 +195,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(read_text(path, "config file")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    except MtlkitError as err:
+        raise ConfigError(str(err)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return parse_config(data)
@@ -143,7 +212,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section in the file
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override '{key}': '{part}' is not a section")
     node[last] = value

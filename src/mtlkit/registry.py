@@ -16,6 +16,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 from mtlkit.errors import ConfigError, RegistryError
 
 T = TypeVar("T")
@@ -63,8 +65,18 @@ class Registry(Generic[T]):
     def build(self, name: str, /, *args: Any, **params: Any) -> Any:
         """Look up ``name`` and call it with ``params``; unknown parameters are named."""
         factory: Callable[..., Any] = self.lookup(name)  # type: ignore[assignment]
-        check_params(factory, params, f"{self.kind} '{name}'")
-        return factory(*args, **params)
+        what = f"{self.kind} '{name}'"
+        check_params(factory, params, what)
+        try:
+            checked = coerce_params(factory, params, what)
+        except ConfigError as err:
+            try:  # a component that checks its own options says it better
+                return factory(*args, **params)
+            except ConfigError:
+                raise
+            except Exception:
+                raise err from None
+        return factory(*args, **checked)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._items
@@ -92,3 +104,53 @@ def check_params(factory: Callable[..., Any], params: dict[str, Any], what: str)
             f"{what}: unknown option(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(known) or '(none)'}"
         )
+
+
+def coerce_params(factory: Callable[..., Any], params: dict[str, Any], what: str) -> dict[str, Any]:
+    """``params`` checked against the annotations of ``factory``'s parameters: a ConfigError
+    names any value that does not fit; values that fit after a lossless conversion
+    (``"1e-4"`` for a float, ``3.0`` for an int) come back converted."""
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(params)
+    hosts = [getattr(factory, "__init__", None), factory] if inspect.isclass(factory) else [factory]
+    out = dict(params)
+    for key, value in params.items():
+        if key not in accepted:  # taken by **kwargs
+            continue
+        adapter = _adapter(accepted[key].annotation, hosts)
+        if adapter is None:
+            continue
+        try:
+            out[key] = adapter.validate_python(value)
+        except ValidationError as err:
+            reason = err.errors()[0]["msg"] if err.errors() else str(err)
+            raise ConfigError(f"{what}: option '{key}': {reason}, got {value!r}") from None
+        if isinstance(value, bool) and not isinstance(out[key], bool):  # True is not 1
+            raise ConfigError(f"{what}: option '{key}' is not a boolean, got {value!r}")
+    return out
+
+
+def _adapter(annotation: Any, hosts: list[Any]) -> TypeAdapter[Any] | None:
+    """A pydantic validator of ``annotation`` (a string one is resolved in the module of the
+    function that declares it); None when it cannot be resolved or validated."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    if isinstance(annotation, str):
+        for host in hosts:
+            namespace = dict(getattr(host, "__globals__", None) or {})
+            try:
+                annotation = eval(annotation, namespace)
+                break
+            except Exception:
+                continue
+        else:
+            return None
+    try:
+        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:
+        try:
+            return TypeAdapter(annotation)
+        except Exception:
+            return None

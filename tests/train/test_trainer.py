@@ -73,7 +73,7 @@ def test_resume_is_exact(tmp_path: Path, weighting: str) -> None:
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
     make_trainer(tmp_path, epochs=1).fit(*data())
     files = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
-    assert files == ["model.safetensors", "state.json", "state.safetensors"]
+    assert files == ["manifest.json", "model.safetensors", "state.json", "state.safetensors"]
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["s:epoch"] == 1
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))

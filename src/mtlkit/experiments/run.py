@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,19 +23,21 @@ from typing import Any
 import torch
 import yaml
 
-from mtlkit.config import RunConfig, dump_config, parse_config
-from mtlkit.data import DataBundle, TensorLoader, load_dataset
+from mtlkit.config import RunConfig, dump_config, load_yaml, parse_config
+from mtlkit.data import DataBundle, TensorLoader, TensorSplit, load_dataset
 from mtlkit.data.multi import MultiInputData, MultiTaskLoader
 from mtlkit.data.sharding import ShardedLoader, shard_split
-from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.files import atomic_write_text
+from mtlkit.errors import ConfigError, DatasetError, MtlkitError
+from mtlkit.files import RunLock, atomic_write_text, read_text
 from mtlkit.nn import ENCODERS, MTLModel, build_model
 from mtlkit.plugins import import_plugins
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
+from mtlkit.train.batches import resolve_device
 from mtlkit.train.checkpoint import load_model_weights
 from mtlkit.train.distributed import current
 from mtlkit.train.fsdp import make_strategy
+from mtlkit.train.runfiles import check_resumable
 from mtlkit.weighting import WEIGHTINGS, Weighting, available, build
 
 
@@ -169,6 +175,7 @@ def build_run(config: RunConfig | dict[str, Any]) -> Run:
     tasks = resolve_tasks(config, data)
     if len(tasks) < len(data.tasks):
         data = data.select_tasks([t.name for t in tasks])
+    check_data(data, tasks)
     enc_name, enc_params = encoder_spec(config, data.encoder)
     model = build_run_model(config, (enc_name, enc_params), tasks)
     return Run(config, data, tasks, model, build_weighting(config, tasks))
@@ -198,6 +205,42 @@ def build_run_model(
     return build_model(config.model.architecture, built, tasks, **config.model.params)
 
 
+def check_data(data: DataBundle | MultiInputData, tasks: list[Task]) -> None:
+    """The checks at the data boundary, each error naming the split, the task and the input:
+    no split is empty, every floating-point input is finite, and every task has at least one
+    label in the train and val splits (otherwise its loss and metrics are undefined)."""
+    for split_name in ("train", "val", "test"):
+        if isinstance(data, MultiInputData):
+            per_task: dict[str | None, TensorSplit] = dict(getattr(data, split_name))
+        else:
+            per_task = {None: data.split(split_name)}
+        for owner, split in per_task.items():
+            where = f"dataset '{data.name}', {split_name} split" + (
+                f" of task '{owner}'" if owner is not None else ""
+            )
+            if len(split) == 0:
+                raise DatasetError(f"{where}: the split is empty")
+            inputs = split.inputs if isinstance(split.inputs, dict) else {"inputs": split.inputs}
+            for key, x in inputs.items():
+                if isinstance(x, torch.Tensor) and x.is_floating_point():
+                    bad = ~torch.isfinite(x)
+                    if bad.any():
+                        row = int(bad.reshape(len(x), -1).any(1).nonzero()[0, 0])
+                        raise DatasetError(
+                            f"{where}: input '{key}' has non-finite values (NaN or inf), "
+                            f"first in sample {row}; clean or impute them before training"
+                        )
+            if split_name == "test":
+                continue
+            for task in tasks:
+                target = split.targets.get(task.name)
+                if target is not None and not task.label_mask(target).any():
+                    raise DatasetError(
+                        f"{where}: task '{task.name}' has no label at all (every target is "
+                        f"missing); its loss and metrics would be undefined"
+                    )
+
+
 def _training_strategy(config: RunConfig, data: DataBundle | MultiInputData) -> None:
     """Apply ``train.step_mode``, ``train.sampler`` and ``train.steps_per_epoch`` to
     multi-input data (the epochs and seed are the run's); an error for joint data."""
@@ -219,15 +262,83 @@ def _training_strategy(config: RunConfig, data: DataBundle | MultiInputData) -> 
     data.epochs, data.seed = t.epochs, config.seed
 
 
-def new_run_dir(root: str | Path, name: str) -> Path:
-    """A fresh folder ``root/<name>-<timestamp>`` (with a suffix if it exists)."""
+def safe_name(name: str) -> str:
+    """``name`` as one folder name: characters other than letters, digits, '.', '_' and '-'
+    become '-', and it never starts with '.' (so never '..')."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).lstrip(".-") or "run"
+    return cleaned[:100]
+
+
+def new_run_dir(root: str | Path, name: str, create: bool = False) -> Path:
+    """A fresh path ``root/<name>-<timestamp>`` (with a suffix if it exists), always inside
+    ``root`` (the name is sanitised by :func:`safe_name`); created only when asked (the
+    commands create it once the config has been checked)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{name}-{stamp}"
+    base = Path(root) / f"{safe_name(name)}-{stamp}"
     path, i = base, 1
     while path.exists():
         path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    path.mkdir(parents=True)
+    if create:
+        path.mkdir(parents=True)
     return path
+
+
+#: what a run folder holds once a run has started in it
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "checkpoint",
+    "checkpoint.prev",
+    "best",
+    "results.json",
+)
+
+
+def describe_run(run_dir: Path) -> str | None:
+    """What ``run_dir`` holds: "a finished run", "an unfinished run (...)", or None when it
+    holds no run (absent or without run files)."""
+    if not run_dir.is_dir() or not any((run_dir / f).exists() for f in RUN_FILES):
+        return None
+    if (run_dir / "results.json").is_file():
+        return "a finished run"
+    return "an unfinished run"
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Rename ``run_dir`` to a fresh ``<run_dir>.old-<timestamp>`` beside it."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target, i = run_dir.with_name(f"{run_dir.name}.old-{stamp}"), 1
+    while target.exists():
+        target, i = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{i}"), i + 1
+    os.replace(run_dir, target)
+    return target
+
+
+def _prepare_fresh(run_dir: Path, if_exists: str) -> None:
+    """Make ``run_dir`` ready for a new run; ``if_exists``: "error" (a run there is an error
+    that says what to do), "overwrite" (move it aside) or "replace" (delete an unfinished
+    run's files, for commands that reuse finished runs)."""
+    held = RunLock(run_dir).holder() if run_dir.is_dir() else None
+    if held is not None:
+        RunLock(run_dir).acquire()  # raises: in use
+    found = describe_run(run_dir)
+    if found is None:
+        return
+    if if_exists == "overwrite":
+        aside = move_aside(run_dir)
+        warnings.warn(f"{run_dir} held {found}; moved it to {aside}", stacklevel=3)
+    elif if_exists == "replace" and found != "a finished run":
+        for name in (*RUN_FILES, ".checkpoint.tmp", ".checkpoint.old", "tensorboard"):
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    else:
+        raise MtlkitError(
+            f"{run_dir} already holds {found}: continue it with --resume {run_dir}, "
+            f"move it aside with --overwrite, or choose another --out"
+        )
 
 
 def train_run(
@@ -236,29 +347,71 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    if_exists: str = "error",
 ) -> dict[str, Any]:
-    """Train the configured run into ``run_dir``; returns (and writes) ``results.json``."""
-    run_dir = Path(run_dir)
-    if resume:
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise MtlkitError(f"cannot resume: {run_dir} has no config.yaml")
-        previous = parse_config(yaml.safe_load(saved.read_text(encoding="utf-8")))
-        differing = _differences(previous.model_dump(), config.model_dump(), skip={"train.epochs"})
-        if differing:
-            raise ConfigError(
-                f"cannot resume {run_dir}: the config differs from the saved one in "
-                f"{', '.join(differing)}"
-            )
-    run = build_run(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
-    if main:
-        atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        from mtlkit.experiments.inference import write_model_spec  # load_run reads it
+    """Train the configured run into ``run_dir``; returns (and writes) ``results.json``.
 
-        write_model_spec(run_dir, run)
-    trainer = run.trainer(run_dir, progress=progress)
+    Everything is checked before the run folder is touched: the config and its components,
+    the data, the device, and (``resume``) the saved config, checkpoint, ``best/`` and
+    ``metrics.jsonl``. A run already in ``run_dir`` is never silently replaced: ``if_exists``
+    is "error" (the default), "overwrite" (move it aside to ``<run_dir>.old-<time>``) or
+    "replace" (an unfinished run's files are deleted; a finished run is an error). A lock
+    file keeps a second writer out while the run trains.
+    """
+    run_dir = Path(run_dir)
+    if if_exists not in ("error", "overwrite", "replace"):
+        raise ConfigError(f"if_exists must be error, overwrite or replace, got '{if_exists}'")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after must be ≥ 1 (an epoch to stop after), got {stop_after}")
+    main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
+    if resume:
+        check_resume(config, run_dir)
+    run = build_run(config)
+    resolve_device(config.train.device)
+    trainer = run.trainer(run_dir, progress=progress)  # builds optimiser, scheduler: checks
+    lock = RunLock(run_dir)
+    if main:
+        if not resume:
+            _prepare_fresh(run_dir, if_exists)
+        lock.acquire()
+    try:
+        if main:
+            atomic_write_text(run_dir / "config.yaml", dump_config(config))
+            from mtlkit.experiments.inference import write_model_spec  # imports this module
+
+            write_model_spec(run_dir, run)  # what load_run reads
+        return _train(run, trainer, run_dir, resume, stop_after, main)
+    finally:
+        lock.release()
+
+
+def check_resume(config: RunConfig, run_dir: Path) -> int:
+    """Check, without changing anything, that ``run_dir`` can be resumed with ``config``:
+    its saved config (only ``train.epochs`` may differ), its checkpoint (or the previous
+    one), ``best/`` and ``metrics.jsonl``; the epoch it will continue after."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MtlkitError(f"cannot resume: {run_dir} has no config.yaml (not a run folder)")
+    try:
+        previous = parse_config(load_yaml(read_text(saved, "saved config")))
+    except (ConfigError, yaml.YAMLError) as err:
+        raise MtlkitError(f"cannot resume: the saved config {saved} is damaged ({err})") from None
+    differing = _differences(previous.model_dump(), config.model_dump(), skip={"train.epochs"})
+    if differing:
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from the saved one in "
+            f"{', '.join(differing)}"
+        )
+    try:
+        return check_resumable(run_dir)
+    except MtlkitError as err:
+        raise MtlkitError(f"cannot resume {run_dir}: {err}") from None
+
+
+def _train(
+    run: Run, trainer: Trainer, run_dir: Path, resume: bool, stop_after: int | None, main: bool
+) -> dict[str, Any]:
+    config = run.config
     started = time.perf_counter()
     fit = trainer.fit(
         run.loader("train", train=True),
@@ -291,7 +444,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, dict[str
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise MtlkitError(f"{run_dir} is not a run folder (no config.yaml)")
-    config = parse_config(yaml.safe_load(saved.read_text(encoding="utf-8")))
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"unknown split '{split}'; available: train, val, test")
+    try:
+        config = parse_config(load_yaml(read_text(saved, "saved config")))
+    except yaml.YAMLError as err:
+        raise MtlkitError(f"the saved config {saved} is damaged ({err})") from None
     run = build_run(config)
     weights = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "checkpoint"
     load_model_weights(weights, run.model)

@@ -164,6 +164,12 @@ def run_tune(
     if not main:
         raise ConfigError("tune: every task is auxiliary; Δm needs at least one main task")
     out = Path(out_dir)
+    odd = sorted(set("?#%") & set(str(out.resolve())))
+    if odd:  # they would end the SQLite URL of the study and put it somewhere else
+        raise ConfigError(
+            f"tune: the output folder {out} contains {' '.join(odd)}, which the study "
+            "database's URL cannot hold; choose a folder name without them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     bundles = [fold_bundle(run.data, folds, f, config.seed) for f in range(folds)]
 

@@ -26,14 +26,59 @@ Forward = tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU."""
+    """``auto`` picks CUDA, then MPS, then the CPU; a device this machine does not have is a
+    ConfigError naming it and the devices there are."""
     if str(device) != "auto":
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ConfigError(
+                f"field 'train.device': '{device}' is not a device; use auto, cpu, cuda, "
+                f"cuda:N or mps (available here: {', '.join(available_devices())})"
+            ) from None
+        _check_available(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use on this machine."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def _check_available(device: torch.device) -> None:
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        ok = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        why = (
+            ""
+            if torch.cuda.is_available()
+            else (
+                " (this torch has no CUDA support)"
+                if torch.version.cuda is None
+                else " (no GPU found)"
+            )
+        )
+    elif device.type == "mps":
+        ok = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        why = ""
+    else:
+        ok, why = True, ""  # other backends: torch reports on first use
+    if not ok:
+        raise ConfigError(
+            f"field 'train.device': device '{device}' is not available{why}; "
+            f"available here: {', '.join(available_devices())}"
+        )
 
 
 def check_step_mode(step_mode: str | None, method: Weighting) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mtlkit.train.checkpoint import save_checkpoint
+from mtlkit.files import atomic_write_text
+from mtlkit.train.checkpoint import save_checkpoint, save_weights
+from mtlkit.train.runfiles import read_metrics
 
 
 def _clean(value: Any) -> Any:
@@ -43,12 +44,8 @@ class JsonlLogger:
         """Drop records of epochs after ``epoch`` (a resumed run rewrites them)."""
         if not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= epoch
-        ]
-        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        kept = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= epoch]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class TensorBoardLogger:
@@ -155,11 +152,12 @@ class RunFolder:
         if self.jsonl is not None:
             self.jsonl.truncate_after(epoch)
 
-    def save_best(self, weights: Mapping[str, Tensor]) -> None:
-        """The selected model's weights, in ``best/model.safetensors``."""
+    def save_best(self, weights: Mapping[str, Tensor], epoch: int | None = None) -> None:
+        """The selected model's weights, in ``best/model.safetensors`` (written atomically,
+        with their checksum and epoch)."""
         if self.folder is not None:
             (self.folder / "best").mkdir(parents=True, exist_ok=True)
-            save_file(dict(weights), str(self.folder / "best" / "model.safetensors"))
+            save_weights(self.folder / "best" / "model.safetensors", weights, epoch)
 
     def save_checkpoint(self, model: nn.Module, state: Callable[[], dict[str, Any]]) -> None:
         """The model and ``state()`` (called only when writing) in ``checkpoint/``."""

@@ -3,6 +3,8 @@ and the best epoch so far (:class:`Selection`)."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +94,20 @@ class Selection:
         self, value: float, epoch: int, model: nn.Module | Mapping[str, Tensor]
     ) -> dict[str, Tensor] | None:
         """Record ``epoch``'s monitored value; the model's weights (kept as the best) when it
-        is the best so far, else None. ``model``: the model, or its (whole) state dict."""
+        is the best so far, else None. ``model``: the model, or its (whole) state dict.
+
+        A non-finite value (NaN or inf, e.g. a metric of a diverged model) is never the best:
+        it counts as an epoch without improvement, with a warning naming the epoch.
+        """
+        if not math.isfinite(value):
+            warnings.warn(
+                f"epoch {epoch}: the monitored value '{self.monitor.spec}' is {value}; "
+                f"counted as no improvement (the best stays epoch {self.best_epoch or 'none'})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.bad_epochs += 1
+            return None
         if self.best_value is None or better(value, self.best_value, self.monitor.direction):
             self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
             self.best_weights = model_tensors(model)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mtlkit.data.multi import TaskBatches
@@ -45,7 +44,7 @@ from mtlkit.train.batches import (
     resolve_device,
     task_losses,
 )
-from mtlkit.train.checkpoint import load_checkpoint
+from mtlkit.train.checkpoint import CheckpointError, load_checkpoint, load_weights, model_tensors
 from mtlkit.train.evaluation import Evaluator
 from mtlkit.train.logging import ProgressBar, RunFolder
 from mtlkit.train.optim import SCHEDULERS, build_optimizer
@@ -315,7 +314,7 @@ class Trainer:
             record["monitor"] = {"name": self.monitor.spec, "value": value}
             best = self.selection.update(value, self.epoch, weights)
             if best is not None:
-                self.run.save_best(best)
+                self.run.save_best(best, self.epoch)
             stop = self.selection.should_stop
         else:
             self.selection.best_epoch = self.epoch
@@ -385,9 +384,23 @@ class Trainer:
         }
 
     def resume(self, run_dir: str | Path) -> None:
-        """Restore model, optimiser, scheduler, method state and RNG from ``run_dir``."""
+        """Restore model, optimiser, scheduler, method state and RNG from ``run_dir``.
+
+        Every file is checked before it is applied: a damaged checkpoint falls back to the
+        previous one (``checkpoint.prev``) with a warning, and the error names the file when
+        none is usable (:mod:`mtlkit.train.checkpoint`).
+        """
         run_dir = Path(run_dir)
         state = load_checkpoint(run_dir / "checkpoint", self.model)
+        best_weights = None
+        best_file = run_dir / "best" / "model.safetensors"
+        if best_file.exists():
+            try:
+                best_weights = load_weights(best_file)
+            except CheckpointError:
+                if int(state["best"]["epoch"]) != int(state["epoch"]):
+                    raise
+                best_weights = model_tensors(self.model)  # the checkpoint's are the best
         self.strategy.load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -401,6 +414,5 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.selection.load_state_dict(state["best"])
         self.history = list(state["history"])
-        best_file = run_dir / "best" / "model.safetensors"
-        if best_file.exists():
-            self.selection.best_weights = load_file(str(best_file))
+        if best_weights is not None:
+            self.selection.best_weights = best_weights

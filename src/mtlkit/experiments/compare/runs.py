@@ -187,7 +187,7 @@ def train_or_reuse(
         )
     if console is not None:
         console.print(f"  training {run_dir.name}")
-    return train_run(config, run_dir, progress=progress)
+    return train_run(config, run_dir, progress=progress, if_exists="replace")
 
 
 def check_same_data(results: dict[str, dict[str, Any]]) -> None:
