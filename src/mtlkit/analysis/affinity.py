@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.base import to_device
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, require
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task
 from mtlkit.weighting.gradient import task_jacobian
@@ -149,9 +149,7 @@ class Affinity:
 
 def heatmap_png(matrix: np.ndarray, tasks: Sequence[str], title: str, path: Path) -> None:
     """A labelled heatmap of ``matrix`` (rows: source task i, columns: target task j)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", "report", "drawing affinity heatmaps").use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(tasks)
