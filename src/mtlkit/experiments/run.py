@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +67,7 @@ class Run:
             deterministic=t.deterministic,
             run_dir=run_dir,
             log_every=t.log_every,
+            loggers=t.loggers,
             check_inputs=t.check_inputs,
             progress=progress,
             step_mode=self.data.step_mode if isinstance(self.data, MultiInputData) else None,
@@ -228,15 +230,19 @@ def train_run(
         if not saved.is_file():
             raise MtlkitError(f"cannot resume: {run_dir} has no config.yaml")
         previous = parse_config(yaml.safe_load(saved.read_text(encoding="utf-8")))
-        differing = _differences(previous.model_dump(), config.model_dump(), skip={"train.epochs"})
+        differing = _differences(
+            previous.model_dump(), config.model_dump(), skip={"train.epochs", "train.loggers"}
+        )
         if differing:
             raise ConfigError(
                 f"cannot resume {run_dir}: the config differs from the saved one in "
                 f"{', '.join(differing)}"
             )
+    main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
+    if progress and main:  # something on screen before data loading, which can take a while
+        print(f"{config.name}: loading data '{config.data.name}'...", file=sys.stderr, flush=True)
     run = build_run(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
     if main:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     trainer = run.trainer(run_dir, progress=progress)
