@@ -33,7 +33,8 @@ def test_weighting_solvers_still_reach_scipy_when_they_run() -> None:
 
 
 def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in ("matplotlib", "matplotlib.pyplot"):  # as if not installed (nor imported)
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingExtraError, match=r"'matplotlib': pip install 'mtlkit\[report\]'"):
         require("matplotlib.pyplot", "report", "the report's plots")
     assert require("json", "none", "-").dumps([]) == "[]"
