@@ -196,6 +196,7 @@ def test_plain_progress_prints_a_start_line_and_one_line_per_epoch(tmp_path: Pat
     assert len(lines) == 4
     assert lines[0].startswith("training 3 epoch(s), 4 steps/epoch, 2 task(s), method EW")
     assert lines[1].startswith("epoch 1/3  loss cls=") and "val cls/accuracy=" in lines[1]
+    assert lines[1].count("cls/accuracy=") == 1  # the monitored metric, shown once
     assert lines[3].startswith("epoch 3/3")
 
 

@@ -42,7 +42,8 @@ def validation_text(record: Mapping[str, Any], limit: int = 4) -> str:
         parts.append(f"{monitor['name']}={monitor['value']:.4g}")
     for task, metrics in (record.get("val") or {}).items():
         for name, value in metrics.items():
-            if name != "loss" and isinstance(value, int | float):
+            shown = f"{task}/{name}" == monitor.get("name")  # already first
+            if name != "loss" and not shown and isinstance(value, int | float):
                 parts.append(f"{task}/{name}={value:.4g}")
     shown = parts[:limit]
     if len(parts) > limit:
