@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtlkit.errors import MtlkitError
@@ -199,7 +200,10 @@ def bench(
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed steps per cell.")] = 20,
     memory: Annotated[bool, typer.Option(help="Also estimate peak memory.")] = False,
-    torchjd: Annotated[bool, typer.Option(help="Time TorchJD beside (extra 'bench').")] = True,
+    torchjd: Annotated[
+        bool | None,
+        typer.Option(help="Time TorchJD beside (extra 'bench'; default: when installed)."),
+    ] = None,
 ) -> None:
     """Median step time of every loss-balancing method, as ratios to equal weighting."""
     from mtlkit.experiments.bench import run_bench
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except MtlkitError as err:
-        errors.print(f"[red]error:[/] {err}", highlight=False)
+        errors.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

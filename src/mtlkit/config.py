@@ -115,6 +115,10 @@ class TrainConfig(Strict):
     device: str = "auto"
     deterministic: bool = True
     log_every: int = Field(10, ge=1)
+    #: besides metrics.jsonl: tensorboard (when installed), wandb, mlflow (extras)
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"]
+    )
     check_inputs: bool = True
     #: multi-input data (one dataset per task) only: one task's batch per step ("single",
     #: drawn by ``sampler``) or every task's each step ("mixed", which gradient methods need);

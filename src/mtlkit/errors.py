@@ -6,6 +6,9 @@ message without a traceback and exits with status 2. Anything else is an interna
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class MtlkitError(Exception):
     """Base class of the errors caused by bad input (config, data, arguments)."""
@@ -41,3 +44,12 @@ class MissingExtraError(MtlkitError, ImportError):
         super().__init__(
             f"{purpose} needs the optional package '{package}': pip install 'mtlkit[{extra}]'"
         )
+
+
+def require(package: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``package`` (a module path, e.g. ``"matplotlib.pyplot"``), or raise
+    :class:`MissingExtraError` naming the extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise MissingExtraError(package.split(".")[0], extra, purpose) from None

@@ -42,6 +42,26 @@ def test_auroc_binary_by_hand() -> None:
     assert get_metric("auroc")(torch.logit(scores), target) == pytest.approx(0.75)
 
 
+def test_auroc_ties_count_one_half_and_missing_labels_are_ignored() -> None:
+    scores = torch.tensor([0.2, 0.5, 0.5, 0.9, 0.7])
+    target = torch.tensor([0.0, 0.0, 1.0, 1.0, -100.0])
+    # positives (0.5, 0.9) vs negatives (0.2, 0.5): 0.5 > 0.2, 0.5 = 0.5 (½), 0.9 > both → 3.5/4
+    assert get_metric("auroc")(torch.logit(scores), target) == pytest.approx(3.5 / 4)
+    assert math.isnan(get_metric("auroc")(torch.zeros(3), torch.ones(3)))  # one class only
+
+
+def test_auroc_multiclass_is_the_one_vs_rest_macro_mean() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.4, 0.4, 0.2]])
+    target = torch.tensor([0, 1, 2, 1])
+    # class 0 (0.7 vs 0.2, 0.3, 0.4): 1; class 1 (0.5, 0.4 vs 0.2, 0.3): 1;
+    # class 2 (0.4 vs 0.1, 0.3, 0.2): 1 → 1. Swap sample 3's class-1 score down to 0.25:
+    assert get_metric("auroc")(probs.log(), target) == pytest.approx(1.0)
+    probs[3] = torch.tensor([0.45, 0.25, 0.3])
+    # class 0: 0.7 vs (0.2, 0.3, 0.45) → 1; class 1: (0.5, 0.25) vs (0.2, 0.3): 3/4;
+    # class 2: 0.4 vs (0.1, 0.3, 0.3) → 1
+    assert get_metric("auroc")(probs.log(), target) == pytest.approx((1 + 0.75 + 1) / 3)
+
+
 def test_regression_metrics_by_hand() -> None:
     pred = torch.tensor([1.0, 2.0, 3.0, 4.0])
     target = torch.tensor([1.0, 3.0, 3.0, 2.0])  # errors 0, -1, 0, 2

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.base import to_device
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, MissingExtraError, require
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task
 from mtlkit.weighting.gradient import task_jacobian
@@ -130,41 +130,79 @@ class Affinity:
         return cls.from_json(data, f"affinity file {path}")
 
     def save(self, out_dir: str | Path) -> list[Path]:
-        """Write ``affinity.json`` and one heatmap PNG per measure; returns the paths."""
+        """Write ``affinity.json`` and, with matplotlib (the ``report`` extra), one heatmap PNG per
+        measure; returns the paths written."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "affinity.json", json.dumps(self.to_json(), indent=2))
         paths = [out / "affinity.json"]
-        titles = {
-            "cosine": "mean gradient cosine cos(∇L_i, ∇L_j)",
-            "conflict": "share of steps with cos < 0",
-            "tag": "TAG affinity Z(i→j): row i helps column j",
-        }
-        for measure, title in titles.items():
+        try:
+            require("matplotlib", "report", "drawing affinity heatmaps")
+        except MissingExtraError:
+            return paths  # the heatmaps need the report extra; the JSON is the result
+        for measure in HEATMAPS:
             path = out / f"{measure}.png"
-            heatmap_png(self.matrix(measure), self.tasks, title, path)
+            heatmap_png(self.matrix(measure), self.tasks, measure, path)
             paths.append(path)
         return paths
 
 
-def heatmap_png(matrix: np.ndarray, tasks: Sequence[str], title: str, path: Path) -> None:
-    """A labelled heatmap of ``matrix`` (rows: source task i, columns: target task j)."""
-    import matplotlib
+#: how each measure is drawn: title, colour scale, limits (None: from the data, symmetric)
+HEATMAPS: dict[str, tuple[str, str, tuple[float, float] | None]] = {
+    "cosine": ("mean gradient cosine cos(∇L_i, ∇L_j)", "RdBu_r", (-1.0, 1.0)),
+    "conflict": ("share of steps with cos < 0", "viridis", (0.0, 1.0)),
+    "tag": ("TAG lookahead affinity Z(i→j)", "RdBu_r", None),
+}
 
-    matplotlib.use("Agg")
+
+def draw_heatmap(ax: Any, matrix: np.ndarray, tasks: Sequence[str], measure: str) -> Any:
+    """Draw one affinity measure on ``ax``: a sequential scale on [0, 1] for the conflict share,
+    a diverging scale centred at 0 for cosines and TAG, the diagonal (a task with itself)
+    masked, each cell annotated in black or white, whichever contrasts with its colour, and
+    axis titles. Returns the image (for a colour bar)."""
+    import matplotlib.pyplot as plt
+
+    title, cmap_name, limits = HEATMAPS[measure]
+    m = np.array(matrix, dtype=float)
+    n = len(tasks)
+    off = ~np.eye(n, dtype=bool)
+    if limits is None:
+        finite = np.abs(m[off & np.isfinite(m)])
+        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        limits = (-top, top)
+    cmap = plt.get_cmap(cmap_name).with_extremes(bad="#e6e6e6")
+    masked = np.ma.masked_where(~off | ~np.isfinite(m), m)
+    image = ax.imshow(masked, cmap=cmap, vmin=limits[0], vmax=limits[1])
+    ax.set_xticks(range(n), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(n), tasks)
+    ax.set_xlabel("target task j (affected)")
+    ax.set_ylabel("source task i")
+    norm = image.norm
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                ax.text(j, i, "—", ha="center", va="center", color="#666666", fontsize=10)
+                continue
+            if not np.isfinite(m[i, j]):
+                continue
+            r, g, b, _ = cmap(norm(m[i, j]))
+            luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+            colour = "black" if luminance > 0.5 else "white"
+            ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", color=colour, fontsize=10)
+    ax.set_title(title, fontsize=11)
+    return image
+
+
+def heatmap_png(matrix: np.ndarray, tasks: Sequence[str], measure: str, path: Path) -> None:
+    """A heatmap of one affinity measure (:func:`draw_heatmap`), at least 500 px a side."""
+    require("matplotlib", "report", "drawing affinity heatmaps").use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(tasks)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * n, 1.0 + 0.7 * n))
-    limit = float(np.nanmax(np.abs(matrix))) or 1.0
-    image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
-    ax.set_xticks(range(n), tasks, rotation=45, ha="right")
-    ax.set_yticks(range(n), tasks)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046)
+    size = max(6.0, 1.0 * n + 3.0)
+    fig, ax = plt.subplots(figsize=(size, size - 0.6))
+    image = draw_heatmap(ax, matrix, tasks, measure)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

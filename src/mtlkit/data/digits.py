@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
-from mtlkit.errors import DatasetError
+from mtlkit.errors import DatasetError, require
 from mtlkit.tasks import Task
 
 HEIGHT, WIDTH = 12, 20
@@ -60,7 +60,9 @@ def multidigits(
     source_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
 ) -> DataBundle:
     """MultiDigits with ``n_*`` canvases per split (see the module docstring)."""
-    from sklearn.datasets import load_digits
+    load_digits = require(
+        "sklearn.datasets", "datasets", "the multidigits dataset (scikit-learn's digits)"
+    ).load_digits
 
     if min(n_train, n_val, n_test) < 1:
         raise DatasetError(

@@ -171,7 +171,7 @@ def run_bench(
     threads: int = 1,
     repeats: int = 20,
     warmup: int = 3,
-    torchjd: bool = True,
+    torchjd: bool | None = None,
     memory: bool = False,
     print_table: bool = True,
 ) -> list[dict[str, Any]]:
@@ -179,9 +179,10 @@ def run_bench(
 
     ``methods``: registered names (default: all but 'compose'); ``modes``: the ``jacobian``
     settings timed for gradient methods; ``torchjd``: also time TorchJD where it has the same
-    aggregator (needs the 'bench' extra). Returns one dict per (model, T, method, mode) with
-    ``ms`` (median milliseconds), ``ratio`` (to EW in the same cell) and ``peak_mib`` (when
-    ``memory``); prints them as a table.
+    aggregator: ``None`` when it is installed (the 'bench' extra; a note says so when it is
+    not), ``True`` always (a MissingExtraError without it), ``False`` never. Returns one dict
+    per (model, T, method, mode) with ``ms`` (median milliseconds), ``ratio`` (to EW in the
+    same cell) and ``peak_mib`` (when ``memory``); prints them as a table.
     """
     import mtlkit.weighting as weighting
     from mtlkit.weighting import WEIGHTINGS
@@ -194,11 +195,19 @@ def run_bench(
     names = [n for n in (methods or WEIGHTINGS.names()) if n != "compose"]
     for n in names:
         WEIGHTINGS.lookup(n)  # unknown names list the available ones
-    if torchjd:
+    if torchjd is not False:
         try:
             import torchjd as _  # noqa: F401
         except ImportError:
-            raise MissingExtraError("torchjd", "bench", "the TorchJD comparison") from None
+            if torchjd:
+                raise MissingExtraError("torchjd", "bench", "the TorchJD comparison") from None
+            print(
+                "bench: TorchJD is not installed, so it is not timed side by side "
+                "(pip install 'mtlkit[bench]' adds it)"
+            )
+            torchjd = False
+        else:
+            torchjd = True
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows: list[dict[str, Any]] = []

@@ -3,18 +3,23 @@
 Sections (each has an ``id`` and is always present; one without data says which command
 produces it):
 
-- ``curves``: per-task learning curves (training loss and validation metrics per epoch,
-  from the ``type: epoch`` records of ``metrics.jsonl``);
+- ``results``: the selected model's validation and test metrics and the selected epoch
+  (``results.json`` of a training run);
+- ``curves``: learning curves per task, training and validation loss on the same axes, then
+  each validation metric (the ``type: epoch`` records of ``metrics.jsonl``); for a comparison,
+  every model's curves, the mean over its seeds with a band from the lowest to the highest;
 - ``weights``: the task weights over training steps (``weight/<task>`` of the step records);
 - ``gradients``: gradient cosines of each task pair over steps and the share of conflicting
   steps (``cosine/<a>/<b>`` of gradient methods, or the history of ``mtlkit affinity``);
 - ``affinity``: the heatmaps of ``affinity.json`` (``mtlkit affinity``);
-- ``comparison``: the table of ``compare.json`` (``mtlkit compare``);
+- ``comparison``: ``compare.json`` (``mtlkit compare``): each model's mean test metric and
+  Δm with 95 % confidence intervals over seeds (Student's t), and the table;
 - ``config``: the run's resolved config.
 
-Files are looked up in the folder itself, then in its sub-folders (a comparison's runs), so
-the page works for a training run, a comparison or an affinity folder. Plots are PNG images
-embedded as base64 data; the page loads nothing from elsewhere.
+Files are looked up in the folder itself, then in its sub-folders. In a comparison folder
+(``compare.json``) every run under it is drawn, labelled by model (``method@architecture``,
+or ``STL``) and seed. Plots are PNG images embedded as base64 data; the page loads nothing
+from elsewhere. Plots need matplotlib (the ``report`` extra).
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ import base64
 import html
 import io
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mtlkit.errors import MtlkitError
+from mtlkit.errors import MtlkitError, require
 from mtlkit.files import atomic_write_text
 
 SECTIONS = {
+    "results": "Metrics of the selected model",
     "curves": "Learning curves",
     "weights": "Task weights over time",
     "gradients": "Gradient cosines and conflicts",
@@ -39,6 +47,9 @@ SECTIONS = {
     "comparison": "Comparison with single-task models",
     "config": "Config",
 }
+
+#: one model's runs: (seed or None, its metrics.jsonl records)
+Runs = list[tuple[int | None, list[dict[str, Any]]]]
 
 
 def _find(run_dir: Path, name: str) -> Path | None:
@@ -49,24 +60,21 @@ def _find(run_dir: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
-def _figure_tag(fig: Any, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
 def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", "report", "the report's plots").use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _figure_tag(fig: Any, alt: str) -> str:
+    plt = _plt()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _read_jsonl(path: Path | None) -> list[dict[str, Any]]:
@@ -79,32 +87,130 @@ def _read_jsonl(path: Path | None) -> list[dict[str, Any]]:
     return out
 
 
-def _curves(records: list[dict[str, Any]]) -> str:
-    epochs = [r for r in records if r.get("type") == "epoch"]
-    if not epochs:
+def _model_and_seed(folder: str) -> tuple[str, int | None]:
+    """``ew-hps-seed2`` → (``ew@hps``, 2); ``stl-cls-seed0`` → (``STL``, 0)."""
+    match = re.fullmatch(r"(.*)-seed(\d+)", folder)
+    name, seed = (match.group(1), int(match.group(2))) if match else (folder, None)
+    if name.startswith("stl-"):
+        return "STL", seed
+    method, _, architecture = name.rpartition("-")
+    return (f"{method}@{architecture}" if method else name), seed
+
+
+def _models(run_dir: Path, comparison: bool) -> dict[str, Runs]:
+    """The runs to draw, by model: a comparison's every run, or the one run of the folder."""
+    if not comparison:
+        path = _find(run_dir, "metrics.jsonl")
+        name = path.parent.name if path is not None else ""
+        return {name: [(None, _read_jsonl(path))]} if path is not None else {}
+    models: dict[str, Runs] = {}
+    for path in sorted(run_dir.rglob("metrics.jsonl")):
+        model, seed = _model_and_seed(path.parent.name)
+        models.setdefault(model, []).append((seed, _read_jsonl(path)))
+    return models
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _grid(plt: Any, panels: int, width: float = 5.2, height: float = 3.8) -> tuple[Any, list]:
+    cols = min(3, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    return fig, flat[:panels]
+
+
+def _band(ax: Any, xs: list, series: list[list[float]], colour: Any, style: str, label: str):
+    """The mean of ``series`` (one per seed) and, with several, a min–max band."""
+    arr = np.array(series, dtype=float)
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(arr, axis=0) if arr.shape[0] > 1 else arr[0]
+    marker = "o" if len(xs) <= 30 else None
+    ax.plot(xs, mean, style, color=colour, marker=marker, markersize=4, label=label)
+    if arr.shape[0] > 1:
+        ax.fill_between(
+            xs, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), color=colour, alpha=0.15
+        )
+
+
+def _epoch_series(runs: Runs, path: tuple[str, ...]) -> tuple[list[int], list[list[float]]]:
+    """Per seed, the value at ``path`` of each epoch record, on the epochs all runs share."""
+    per_run = []
+    for _, records in runs:
+        values = {}
+        for r in records:
+            if r.get("type") != "epoch":
+                continue
+            node: Any = r
+            for key in path:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            values[int(r["epoch"])] = float(node) if isinstance(node, int | float) else math.nan
+        per_run.append(values)
+    epochs = sorted(set.intersection(*(set(v) for v in per_run))) if per_run else []
+    return epochs, [[v[e] for e in epochs] for v in per_run]
+
+
+def _tasks_and_metrics(models: dict[str, Runs]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for runs in models.values():
+        for _, records in runs:
+            for r in records:
+                if r.get("type") != "epoch":
+                    continue
+                for task in r.get("train", {}).get("loss", {}):
+                    out.setdefault(task, [])
+                for task, metrics in (r.get("val") or {}).items():
+                    names = out.setdefault(task, [])
+                    names += [m for m in metrics if m != "loss" and m not in names]
+    return out
+
+
+def _curves(models: dict[str, Runs], comparison: bool) -> str:
+    tasks = _tasks_and_metrics(models)
+    if not tasks:
         return ""
     plt = _plt()
-    tasks = list(epochs[0].get("train", {}).get("loss", {}))
-    metrics = sorted({m for r in epochs for t in r.get("val", {}).values() for m in t})
-    panels = 1 + len(metrics)
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3), squeeze=False)
-    x = [r["epoch"] for r in epochs]
-    ax = axes[0][0]
-    for task in tasks:
-        ax.plot(x, [r["train"]["loss"].get(task, np.nan) for r in epochs], marker="o", label=task)
-    ax.set_title("training loss")
-    ax.set_xlabel("epoch")
-    ax.legend(fontsize=7)
-    for k, metric in enumerate(metrics, start=1):
-        ax = axes[0][k]
-        for task in tasks:
-            values = [r.get("val", {}).get(task, {}).get(metric, np.nan) for r in epochs]
-            if any(np.isfinite(values)):
-                ax.plot(x, values, marker="o", label=task)
-        ax.set_title(f"validation {metric}")
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    return _figure_tag(fig, "learning curves")
+    colours = plt.get_cmap("tab10")
+    tags = []
+    for task, metrics in tasks.items():
+        fig, axes = _grid(plt, 1 + len(metrics))
+        for k, (name, runs) in enumerate(models.items()):
+            colour = colours(k % 10)
+            label = f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})" if comparison else ""
+            for split, style in (("train", "--"), ("val", "-")):
+                epochs, series = _epoch_series(
+                    runs, (split, "loss", task) if split == "train" else (split, task, "loss")
+                )
+                if epochs and np.isfinite(series).any():
+                    _band(axes[0], epochs, series, colour, style, f"{label} {split}".strip())
+            for ax, metric in zip(axes[1:], metrics, strict=True):
+                epochs, series = _epoch_series(runs, ("val", task, metric))
+                if epochs and np.isfinite(series).any():
+                    _band(ax, epochs, series, colour, "-", label or "val")
+        axes[0].set_title(f"{task}: loss (training dashed, validation solid)", fontsize=10)
+        axes[0].set_ylabel("loss")
+        for ax, metric in zip(axes[1:], metrics, strict=True):
+            ax.set_title(f"{task}: validation {metric}", fontsize=10)
+            ax.set_ylabel(metric)
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            _integer_ticks(ax)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+        tags.append(_figure_tag(fig, f"learning curves of task {task}"))
+    note = (
+        "<p>Every model of the comparison: the mean over its seeds, with a band from the "
+        "lowest to the highest seed.</p>"
+        if comparison
+        else ""
+    )
+    return note + "".join(tags)
 
 
 def _series(records: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list, list]]:
@@ -120,50 +226,73 @@ def _series(records: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list,
     return out
 
 
-def _weights(records: list[dict[str, Any]]) -> str:
-    series = _series(records, "weight/")
-    if not series:
-        return ""
+def _step_panels(models: dict[str, Runs], prefix: str, ylabel: str, zero: bool) -> Any:
+    """One panel per model with step series: each key's mean over seeds (band: min–max)."""
+    found = {}
+    for name, runs in models.items():
+        per_seed = [_series(records, prefix) for _, records in runs]
+        keys = sorted(set().union(*per_seed)) if per_seed else []
+        if keys:
+            found[name] = (per_seed, keys)
+    if not found:
+        return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for task, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=task)
-    ax.set_xlabel("step")
-    ax.set_ylabel("weight")
-    ax.legend(fontsize=7)
-    return _figure_tag(fig, "task weights")
+    colours = plt.get_cmap("tab10")
+    fig, axes = _grid(plt, len(found), width=6.0, height=3.8)
+    for ax, (name, (per_seed, keys)) in zip(axes, found.items(), strict=True):
+        for k, key in enumerate(keys):
+            runs = [s[key] for s in per_seed if key in s]
+            steps = sorted(set.intersection(*(set(xs) for xs, _ in runs)))
+            series = [[dict(zip(xs, ys, strict=True))[x] for x in steps] for xs, ys in runs]
+            _band(ax, steps, series, colours(k % 10), "-", key)
+        if zero:
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+        seeds = len(per_seed)
+        ax.set_title(name if seeds == 1 else f"{name} (mean of {seeds} seeds)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        _integer_ticks(ax)
+        ax.legend(fontsize=8)
+    return fig
 
 
-def _gradients(records: list[dict[str, Any]], affinity: dict[str, Any] | None) -> str:
-    series = _series(records, "cosine/")
-    source = "the training run's gradient method"
-    if not series and affinity and affinity.get("history"):
-        tasks = affinity["tasks"]
-        for h in affinity["history"]:
-            for i, a in enumerate(tasks):
-                for j in range(i + 1, len(tasks)):
-                    xs, ys = series.setdefault(f"{a}/{tasks[j]}", ([], []))
-                    xs.append(h["step"])
-                    ys.append(h["cosine"][i][j])
-        source = "mtlkit affinity"
-    if not series:
-        return ""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3))
+def _weights(models: dict[str, Runs]) -> str:
+    fig = _step_panels(models, "weight/", "task weight", zero=False)
+    return "" if fig is None else _figure_tag(fig, "task weights")
+
+
+def _gradients(models: dict[str, Runs], affinity: dict[str, Any] | None) -> str:
+    fig = _step_panels(models, "cosine/", "gradient cosine", zero=True)
     rows = []
-    for pair, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=pair)
-        arr = np.asarray(ys, dtype=float)
-        rows.append(
-            f"<tr><td>{html.escape(pair)}</td><td>{arr.mean():+.3f}</td>"
-            f"<td>{(arr < 0).mean() * 100:.0f} %</td><td>{arr.size}</td></tr>"
+    for name, runs in models.items():
+        for seed, records in runs:
+            for pair, (_, ys) in _series(records, "cosine/").items():
+                arr = np.asarray(ys, dtype=float)
+                run = name if seed is None else f"{name}, seed {seed}"
+                rows.append(
+                    f"<tr><td>{html.escape(run)}</td><td>{html.escape(pair)}</td>"
+                    f"<td>{arr.mean():+.3f}</td><td>{(arr < 0).mean() * 100:.0f} %</td>"
+                    f"<td>{arr.size}</td></tr>"
+                )
+    source = "the training run's gradient method"
+    if fig is None and affinity and affinity.get("history"):
+        tasks = affinity["tasks"]
+        records = [
+            {"type": "step", "step": h["step"]}
+            | {
+                f"cosine/{a}/{tasks[j]}": h["cosine"][i][j]
+                for i, a in enumerate(tasks)
+                for j in range(i + 1, len(tasks))
+            }
+            for h in affinity["history"]
+        ]
+        return _gradients({"mtlkit affinity": [(None, records)]}, None).replace(
+            source, "mtlkit affinity"
         )
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cosine")
-    ax.legend(fontsize=7)
+    if fig is None:
+        return ""
     table = (
-        "<table><tr><th>pair</th><th>mean cosine</th><th>conflicting steps</th>"
+        "<table><tr><th>run</th><th>pair</th><th>mean cosine</th><th>conflicting steps</th>"
         f"<th>steps</th></tr>{''.join(rows)}</table>"
     )
     return f"<p>From {source}.</p>" + _figure_tag(fig, "gradient cosines") + table
@@ -172,21 +301,17 @@ def _gradients(records: list[dict[str, Any]], affinity: dict[str, Any] | None) -
 def _affinity(affinity: dict[str, Any] | None) -> str:
     if not affinity:
         return ""
+    from mtlkit.analysis.affinity import HEATMAPS, draw_heatmap
+
     plt = _plt()
     tasks = affinity["tasks"]
-    titles = {"cosine": "mean gradient cosine", "conflict": "conflict share", "tag": "TAG Z(i→j)"}
-    fig, axes = plt.subplots(1, 3, figsize=(4 * 3, 0.6 * len(tasks) + 2.2), squeeze=False)
-    for ax, (key, title) in zip(axes[0], titles.items(), strict=True):
-        m = np.asarray(affinity[key], dtype=float)
-        limit = float(np.nanmax(np.abs(m))) or 1.0
-        image = ax.imshow(m, cmap="RdBu", vmin=-limit, vmax=limit)
-        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
-        ax.set_yticks(range(len(tasks)), tasks)
-        for i in range(len(tasks)):
-            for j in range(len(tasks)):
-                ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(image, ax=ax, fraction=0.046)
+    tags = []
+    size = max(6.0, 1.0 * len(tasks) + 3.0)
+    for measure in HEATMAPS:
+        fig, ax = plt.subplots(figsize=(size, size - 0.6))
+        image = draw_heatmap(ax, np.asarray(affinity[measure], dtype=float), tasks, measure)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        tags.append(_figure_tag(fig, f"{measure} heatmap"))
     seconds = affinity.get("seconds", {})
     cost = seconds.get("measure_per_step_vs_train_step")
     note = f"<p>{affinity.get('steps', 0)} measured steps"
@@ -194,8 +319,67 @@ def _affinity(affinity: dict[str, Any] | None) -> str:
         note += f"; measuring cost {cost:.2f}× a training step per step (amortised)"
     return (
         note
-        + ". Row i, column j: the effect of task i on task j.</p>"
-        + _figure_tag(fig, "affinity heatmaps")
+        + ". Row i, column j: the effect of task i on task j; the diagonal is left out.</p>"
+        + f'<div class="grid">{"".join(tags)}</div>'
+    )
+
+
+def _interval(std: float, n: int) -> float:
+    """Half-width of the 95 % Student-t confidence interval of a mean of ``n`` values."""
+    if n < 2 or not math.isfinite(std):
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def _comparison_charts(compare: dict[str, Any]) -> str:
+    plt = _plt()
+    n = len(compare.get("seeds", [])) or 1
+    variants = compare.get("variants", {})
+    panels = [(task, metric) for task, ms in compare["stl"].items() for metric in ms]
+    fig, axes = _grid(plt, len(panels) + 1, width=5.2, height=0.5 * (len(variants) + 1) + 2.2)
+    names = ["STL", *variants]
+    colours = plt.get_cmap("tab10")
+    for ax, (task, metric) in zip(axes, panels, strict=False):
+        stats = [compare["stl"][task][metric]]
+        stats += [variants[v]["metrics"][task][metric] for v in variants]
+        means = [s["mean"] for s in stats]
+        errors = [_interval(s["std"], n) for s in stats]
+        ax.barh(
+            names,
+            means,
+            xerr=errors,
+            color=[colours(i % 10) for i in range(len(names))],
+            capsize=4,
+            alpha=0.85,
+        )
+        ax.invert_yaxis()
+        ax.set_title(f"{task}: test {metric}", fontsize=10)
+        ax.set_xlabel(metric)
+    ax = axes[-1]
+    dms = [variants[v]["delta_m"] for v in variants]
+    ax.barh(
+        list(variants),
+        [d["mean"] for d in dms],
+        xerr=[_interval(d["std"], n) for d in dms],
+        capsize=4,
+        color=["tab:green" if d["mean"] > 0 else "tab:red" for d in dms],
+        alpha=0.85,
+    )
+    for k, d in enumerate(dms):
+        ax.plot(d.get("values", []), [k] * len(d.get("values", [])), "k.", markersize=5)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_title("Δm vs single-task models (%; > 0 better)", fontsize=10)
+    ax.set_xlabel("Δm (%)")
+    interval = (
+        f"95 % confidence intervals over {n} seeds (Student's t); dots: each seed's Δm"
+        if n > 1
+        else "one seed: no interval"
+    )
+    return f"<p>Bars: mean over seeds; whiskers: {interval}.</p>" + _figure_tag(
+        fig, "comparison charts"
     )
 
 
@@ -212,7 +396,36 @@ def _comparison(compare: dict[str, Any] | None) -> str:
     verdicts = "".join(
         f"<li>{html.escape(v['verdict'])}</li>" for v in compare.get("variants", {}).values()
     )
-    return f"<table><tr>{head}</tr>{body}</table><ul>{verdicts}</ul>"
+    charts = _comparison_charts(compare) if compare.get("variants") else ""
+    return f"<ul>{verdicts}</ul>{charts}<table><tr>{head}</tr>{body}</table>"
+
+
+def _results(results: dict[str, Any] | None, epochs: int) -> str:
+    if not results or "test" not in results:
+        return ""
+    monitor = results.get("monitor") or {}
+    value = monitor.get("value")
+    chosen = f"Selected epoch: <b>{results.get('best_epoch')}</b>"
+    if epochs:
+        chosen += f" of {epochs}"
+    if isinstance(value, int | float):
+        chosen += f", on validation {html.escape(str(monitor.get('name')))} = {value:.4g}"
+    if results.get("stopped_early"):
+        chosen += " (stopped early)"
+    rows = []
+    for task, metrics in results["test"].items():
+        for metric, test_value in metrics.items():
+            val_value = results.get("val", {}).get(task, {}).get(metric)
+            val_text = f"{val_value:.4f}" if isinstance(val_value, int | float) else ""
+            test_text = f"{test_value:.4f}" if isinstance(test_value, int | float) else ""
+            rows.append(
+                f"<tr><td>{html.escape(task)}</td><td>{html.escape(metric)}</td>"
+                f"<td>{val_text}</td><td>{test_text}</td></tr>"
+            )
+    return (
+        f"<p>{chosen}.</p><table><tr><th>task</th><th>metric</th><th>validation</th>"
+        f"<th>test</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _config(config_text: str | None) -> str:
@@ -222,9 +435,10 @@ def _config(config_text: str | None) -> str:
 
 
 _STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1100px; color: #222; }
-section { margin-bottom: 2em; } img { max-width: 100%; }
-table { border-collapse: collapse; font-size: 0.9em; }
+body { font-family: sans-serif; margin: 2em; max-width: 1300px; color: #222; }
+section { margin-bottom: 2.5em; } img { max-width: 100%; display: block; margin: 0.5em 0; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid img { max-width: 640px; }
+table { border-collapse: collapse; font-size: 0.9em; margin-top: 0.5em; }
 td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 .missing { color: #777; font-style: italic; }
@@ -242,6 +456,8 @@ window.addEventListener("load", function () {
 """
 
 _HINTS = {
+    "results": "no results.json: a finished `mtlkit train` run writes it (a comparison's "
+    "results are under Comparison)",
     "curves": "no epoch records: train a run with `mtlkit train`",
     "weights": "no step records with task weights in metrics.jsonl",
     "gradients": "no gradient cosines: use a gradient method, or run `mtlkit affinity`",
@@ -265,9 +481,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"report: {run_dir} holds no run (no metrics.jsonl, config.yaml, affinity.json "
             "or compare.json)"
         )
-    records = _read_jsonl(metrics_file)
     affinity = json.loads(affinity_file.read_text(encoding="utf-8")) if affinity_file else None
     compare = json.loads(compare_file.read_text(encoding="utf-8")) if compare_file else None
+    results_file = run_dir / "results.json"
+    results = (
+        json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
+    )
     if config_file is not None:
         config_text = config_file.read_text(encoding="utf-8")
     elif compare is not None:
@@ -276,10 +495,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         config_text = yaml.safe_dump(compare.get("config"), sort_keys=False)
     else:
         config_text = None
+    comparison = compare is not None and metrics_file is not None and metrics_file.parent != run_dir
+    models = _models(run_dir, comparison)
+    epochs = sum(1 for r in _read_jsonl(metrics_file) if r.get("type") == "epoch")
     bodies = {
-        "curves": _curves(records),
-        "weights": _weights(records),
-        "gradients": _gradients(records, affinity),
+        "results": _results(results, epochs),
+        "curves": _curves(models, comparison),
+        "weights": _weights(models),
+        "gradients": _gradients(models, affinity),
         "affinity": _affinity(affinity),
         "comparison": _comparison(compare),
         "config": _config(config_text),

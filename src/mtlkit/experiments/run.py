@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Run:
             deterministic=t.deterministic,
             run_dir=run_dir,
             log_every=t.log_every,
+            loggers=t.loggers,
             check_inputs=t.check_inputs,
             progress=progress,
             step_mode=self.data.step_mode if isinstance(self.data, MultiInputData) else None,
@@ -366,6 +368,8 @@ def train_run(
     main = (ctx := current()) is None or ctx.is_main  # under torchrun, rank 0 writes files
     if resume:
         check_resume(config, run_dir)
+    if progress and main:  # something on screen before data loading, which can take a while
+        print(f"{config.name}: loading data '{config.data.name}'...", file=sys.stderr, flush=True)
     run = build_run(config)
     resolve_device(config.train.device)
     trainer = run.trainer(run_dir, progress=progress)  # builds optimiser, scheduler: checks
@@ -396,7 +400,9 @@ def check_resume(config: RunConfig, run_dir: Path) -> int:
         previous = parse_config(load_yaml(read_text(saved, "saved config")))
     except (ConfigError, yaml.YAMLError) as err:
         raise MtlkitError(f"cannot resume: the saved config {saved} is damaged ({err})") from None
-    differing = _differences(previous.model_dump(), config.model_dump(), skip={"train.epochs"})
+    differing = _differences(
+        previous.model_dump(), config.model_dump(), skip={"train.epochs", "train.loggers"}
+    )
     if differing:
         raise ConfigError(
             f"cannot resume {run_dir}: the config differs from the saved one in "

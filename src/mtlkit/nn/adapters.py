@@ -10,26 +10,15 @@ directory or a config dict, and from the hub only when a model name is passed ex
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from mtlkit.errors import ConfigError, MissingExtraError, TaskDataError
+from mtlkit.errors import ConfigError, TaskDataError, require
 from mtlkit.nn.encoders import ENCODERS
-
-
-def require(package: str, extra: str, purpose: str) -> ModuleType:
-    """Import ``package``, or raise :class:`MissingExtraError` naming ``extra``."""
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise MissingExtraError(package, extra, purpose) from None
-
 
 # --------------------------------------------------------------------------- torchvision
 

@@ -168,23 +168,46 @@ def macro_f1(output: Tensor, target: Tensor) -> float:
     return float(np.mean(scores))
 
 
+def binary_auroc(y: np.ndarray, scores: np.ndarray) -> float:
+    """The area under the ROC curve of 0/1 labels ``y`` and ``scores``: the probability that a
+    positive scores above a negative, ties counting one half (Mann–Whitney U from average
+    ranks); NaN without both classes.
+
+    >>> binary_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    """
+    y = np.asarray(y).astype(bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average rank (1-based) of each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + 1 + end) / 2
+    u = ranks[y].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
 @metric("auroc", "max")
 def auroc(output: Tensor, target: Tensor) -> float:
     """Area under the ROC curve; one-vs-rest macro average for more than two classes."""
-    from sklearn.metrics import roc_auc_score
-
     keep = (target != IGNORE_INDEX).numpy()
     y = target.long().numpy()[keep]
     scores = _scores(output, target)[keep]
     if len(np.unique(y)) < 2:
         return math.nan
     if scores.ndim == 1:
-        return float(roc_auc_score(y, scores))
+        return binary_auroc(y == 1, scores)
     present = np.unique(y)
     if len(present) < scores.shape[1]:  # restrict to classes seen, renormalised
         scores = scores[:, present] / scores[:, present].sum(axis=1, keepdims=True)
         y = np.searchsorted(present, y)
-    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro"))
+    return float(np.mean([binary_auroc(y == c, scores[:, c]) for c in range(scores.shape[1])]))
 
 
 # --------------------------------------------------------------------------- regression

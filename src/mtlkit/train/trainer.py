@@ -17,7 +17,9 @@ scaling) are chosen once, at construction. A task whose target holds no label
 (:meth:`~mtlkit.tasks.Task.label_mask`) gets a ``None`` loss: the method runs on the present
 tasks (:meth:`~mtlkit.weighting.Weighting.restrict`). Around it: ``batches.py`` (forward
 and losses of joint and multi-input batches), ``evaluation.py`` (the evaluation loop),
-``selection.py`` (model selection, early stopping), ``logging.py`` (the run folder).
+``selection.py`` (model selection, early stopping), ``callbacks.py`` (the step and epoch
+events every logger and the progress display receive), ``logging.py`` (the run folder and
+its loggers), ``progress.py`` (the progress bar, or one line per epoch off a terminal).
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ from mtlkit.train.batches import (
     resolve_device,
     task_losses,
 )
+from mtlkit.train.callbacks import Callback, StepLog, as_callback, batch_size
 from mtlkit.train.checkpoint import CheckpointError, load_checkpoint, load_weights, model_tensors
 from mtlkit.train.evaluation import Evaluator
-from mtlkit.train.logging import ProgressBar, RunFolder
+from mtlkit.train.logging import RunFolder
 from mtlkit.train.optim import SCHEDULERS, build_optimizer
 from mtlkit.train.precision import Precision
+from mtlkit.train.progress import progress_for
 from mtlkit.train.seed import rng_state, seed_everything, set_rng_state
 from mtlkit.train.selection import Metrics, Monitor, Selection
 from mtlkit.train.strategy import DataParallel, SingleProcess, Strategy
@@ -86,10 +90,16 @@ class Trainer:
         seed: seeds every random stream at construction and again when a fresh run starts in
             :meth:`fit` (None: leave them as they are).
         run_dir: where logs and checkpoints go (None: write nothing).
-        log_every: write the weighting method's record every this many steps.
+        log_every: write the step record (losses, the method's decisions, learning rate,
+            throughput) to the loggers every this many steps.
+        loggers: besides ``metrics.jsonl`` in ``run_dir``: ``"tensorboard"`` (written when
+            the extra is installed), ``"wandb"``, ``"mlflow"`` (extras of the same names; see
+            :mod:`mtlkit.train.logging`).
         check_inputs: check each batch's targets against its task (shapes, dtypes, labels).
-        progress: show a progress bar when writing to a terminal.
-        callbacks: functions ``(trainer, epoch_record)`` called after each epoch.
+        progress: show progress on standard error: a live bar on a terminal, one line per
+            epoch otherwise (:mod:`mtlkit.train.progress`).
+        callbacks: :class:`~mtlkit.train.callbacks.Callback` objects (step, epoch and fit
+            events), or functions ``(trainer, epoch_record)`` called after each epoch.
         distributed: the process group (:func:`mtlkit.train.distributed.init_distributed`) for
             data-parallel training: give each rank its shard of the data
             (:class:`~mtlkit.data.sharding.ShardedLoader`); the weighting method then
@@ -122,9 +132,10 @@ class Trainer:
         deterministic: bool = True,
         run_dir: str | Path | None = None,
         log_every: int = 10,
+        loggers: Sequence[str] = ("tensorboard",),
         check_inputs: bool = True,
         progress: bool = True,
-        callbacks: Sequence[Callable[[Trainer, dict[str, Any]], None]] = (),
+        callbacks: Sequence[Callback | Callable[[Trainer, dict[str, Any]], None]] = (),
         distributed: DataParallel | None = None,
         step_mode: str | None = None,
     ) -> None:
@@ -158,7 +169,10 @@ class Trainer:
         self.selection = Selection(self.monitor, patience)
         self.log_every = max(1, int(log_every))
         self.check_inputs = check_inputs
-        self.callbacks = list(callbacks)
+        self.loggers = tuple(loggers)
+        self.callbacks = [as_callback(c) for c in callbacks]
+        #: set by a callback to end the fit after the current epoch
+        self.stop = False
         groups: list[dict[str, Any]] = [
             {"params": [p for p in model.parameters() if p.requires_grad]}
         ]
@@ -178,6 +192,8 @@ class Trainer:
         self.epoch = 0
         self.run = RunFolder(None)  # set by fit(); train_step works without it
         self.history: list[dict[str, Any]] = []
+        self._listeners: list[Callback] = list(self.callbacks)  # fit() adds its loggers
+        self._last_step = time.perf_counter()
 
     # ------------------------------------------------------------------ one step
 
@@ -194,7 +210,7 @@ class Trainer:
         record = self._backward(losses, representation)
         self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip)
         self.step += 1
-        self._log_step(values, record)
+        self._log_step(values, record, batch_size(batch))
         return values
 
     def _forward(self, batch: Batch | TaskBatches) -> Forward:
@@ -240,11 +256,21 @@ class Trainer:
             losses, self.model, representation=representation, loss_scale=scale
         )
 
-    def _log_step(self, losses: dict[str, float], record: StepRecord) -> None:
-        """Every ``log_every`` steps, the losses and what the method decided."""
-        if self.run.writes and self.step % self.log_every == 0:
-            step = {"type": "step", "epoch": self.epoch + 1, "step": self.step, "loss": losses}
-            self.run.log({**step, **record.to_log()})
+    def _log_step(self, losses: dict[str, float], record: StepRecord, samples: int) -> None:
+        """The step's losses and what the method decided, to every callback."""
+        now = time.perf_counter()
+        step = StepLog(
+            epoch=self.epoch + 1,
+            step=self.step,
+            losses=losses,
+            record=record,
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            samples=samples,
+            seconds=now - self._last_step,
+        )
+        self._last_step = now
+        for callback in self._listeners:
+            callback.on_step_end(self, step)
 
     # ------------------------------------------------------------------ fit
 
@@ -262,37 +288,46 @@ class Trainer:
         ``stop_after`` ends this call after that epoch (the checkpoint lets a later call with
         ``resume`` continue exactly), for time-boxed jobs.
         """
-        self.run = RunFolder(self.run_dir if self.strategy.is_main else None)
+        main = self.strategy.is_main
         if resume is not None:
             self.resume(resume)
-            self.run.truncate_after(self.epoch)
         elif self.epoch == 0 and self.seed is not None:
             seed_everything(self.seed, self.deterministic)  # the run's random stream starts here
-        bar = ProgressBar(self.progress and self.strategy.is_main)
-        stopped = False
+        config = {"weighting": repr(self.weighting), "epochs": self.epochs}
+        self.run = RunFolder(self.run_dir if main else None, self.loggers, self.log_every, config)
+        if resume is not None:
+            self.run.truncate_after(self.epoch)
+        shown = [progress_for()] if self.progress and main else []
+        self._listeners = [*self.run.loggers, *shown, *self.callbacks]
+        stopped = self.stop = False
         try:
+            for callback in self._listeners:
+                callback.on_fit_start(self)
             last = self.epochs if stop_after is None else min(self.epochs, stop_after)
             while self.epoch < last and not stopped:
-                stopped = self._run_epoch(train, val, bar)
+                stopped = self._run_epoch(train, val)
+            self.strategy.barrier()  # rank 0's checkpoint is on disk before any rank goes on
+            best = self.selection
+            if best.best_weights is not None:
+                self.model.load_state_dict(best.best_weights)
+            result = FitResult(self.history, best.best_epoch, best.best_value, stopped)
+            for callback in self._listeners:
+                callback.on_fit_end(self, result)
         finally:
-            bar.close()
-            self.run.close()
-        self.strategy.barrier()  # rank 0's checkpoint is on disk before any rank goes on
-        best = self.selection
-        if best.best_weights is not None:
-            self.model.load_state_dict(best.best_weights)
-        return FitResult(self.history, best.best_epoch, best.best_value, stopped)
+            for callback in self._listeners:
+                callback.close()
+            self._listeners = list(self.callbacks)
+        return result
 
     def _run_epoch(
         self,
         train: Iterable[Batch],
         val: Iterable[Batch] | None,
-        bar: ProgressBar,
     ) -> bool:
         """One epoch, then its end: the method's and the scheduler's epoch step, validation
         and model selection, the logs, the checkpoint, the callbacks. True: stop early."""
         started = time.perf_counter()
-        mean_losses = self._train_epoch(train, bar)
+        mean_losses = self._train_epoch(train)
         self.epoch += 1
         self.weighting.on_epoch_end(self.epoch, mean_losses)
         if self.scheduler is not None:
@@ -320,13 +355,18 @@ class Trainer:
             self.selection.best_epoch = self.epoch
         record["time"] = time.perf_counter() - started
         self.history.append(record)
-        self.run.log_epoch(record)
+        # the run folder's logs, then the checkpoint (a resumed run truncates the logs to
+        # it), then the others: a callback that interrupts leaves a complete checkpoint
+        loggers = [c for c in self._listeners if c in self.run.loggers]
+        for callback in loggers:
+            callback.on_epoch_end(self, record)
         self.run.save_checkpoint(weights, lambda: self.state_dict(optimizer_state))
-        for callback in self.callbacks:
-            callback(self, record)
-        return stop
+        for callback in self._listeners:
+            if callback not in loggers:
+                callback.on_epoch_end(self, record)
+        return stop or self.stop
 
-    def _train_epoch(self, train: Iterable[Batch], bar: ProgressBar) -> dict[str, float]:
+    def _train_epoch(self, train: Iterable[Batch]) -> dict[str, float]:
         """The training steps of one epoch; each task's mean loss over the steps it was in."""
         totals = dict.fromkeys(self.tasks, 0.0)
         counts = dict.fromkeys(self.tasks, 0)  # steps in which each task was present
@@ -336,14 +376,15 @@ class Trainer:
         if hasattr(train, "set_epoch"):
             train.set_epoch(self.epoch)
         total = len(train) if hasattr(train, "__len__") else 0  # type: ignore[arg-type]
-        bar.start_epoch(f"epoch {self.epoch + 1}/{self.epochs}", total)
+        for callback in self._listeners:
+            callback.on_epoch_start(self, self.epoch + 1, total)
+        self._last_step = time.perf_counter()
         for batch in train:
             losses = self.train_step(batch)
             for name, value in losses.items():
                 totals[name] += value
                 counts[name] += 1
             batches += 1
-            bar.update(losses)
         if batches == 0:
             raise DatasetError("the training data yielded no batch: the train split is empty")
         # a task absent from the whole epoch keeps its previous mean (NaN in the first epoch)

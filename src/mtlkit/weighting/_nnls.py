@@ -8,7 +8,6 @@ import math
 import warnings
 
 import numpy as np
-from scipy.optimize import nnls
 
 from mtlkit.weighting._gram import EPS64
 
@@ -36,6 +35,8 @@ def nnls_violation(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
 
 def _scipy_nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """scipy's Lawson–Hanson NNLS with a generous iteration cap; None if it gives up."""
+    from scipy.optimize import nnls  # imported here: scipy.optimize is slow to import
+
     try:
         return nnls(a, b, maxiter=50 * a.shape[1] + 100)[0]
     except RuntimeError:

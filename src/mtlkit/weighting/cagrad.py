@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
@@ -91,6 +90,8 @@ class CAGrad(GramianWeighting):
         elif slope(top) <= 0:  # ‖g_w‖ ≤ max_i ‖g_i‖ = top: only rounding makes it negative
             w = inner(top)
         else:
+            from scipy.optimize import brentq  # here: scipy.optimize is slow to import
+
             root = brentq(slope, low, top, xtol=1e-15 * top, rtol=4 * np.finfo(float).eps)
             w = inner(root)
         norm = math.sqrt(max(float(w @ g @ w), 0.0))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mtlkit.data.coco.masks import encode_mask, polygons_to_mask, rle_decode, rle_from_string
-from mtlkit.errors import DatasetError, TaskDataError
+from mtlkit.errors import DatasetError, TaskDataError, require
 
 __all__ = [
     "CocoAnnotation",
@@ -210,8 +210,7 @@ def read_image(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         arr = np.load(path)
     else:
-        import matplotlib.pyplot as plt
-
+        plt = require("matplotlib.pyplot", "datasets", "reading COCO image files")
         arr = plt.imread(path)
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
@@ -251,8 +250,7 @@ def write_coco(
         pixels = np.clip(np.asarray(scene.image, dtype=np.float32), 0, 1).transpose(1, 2, 0)
         name = f"{i:06d}.{image_format}"
         if image_format == "png":
-            import matplotlib.pyplot as plt
-
+            plt = require("matplotlib.pyplot", "datasets", "writing PNG images")
             plt.imsave(image_dir / name, pixels)
         else:
             np.save(image_dir / name, pixels)

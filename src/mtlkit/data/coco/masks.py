@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mtlkit.errors import require
+
 __all__ = [
     "encode_mask",
     "polygons_to_mask",
@@ -101,7 +103,7 @@ def encode_mask(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     """Rasterise COCO polygons ``[[x1, y1, x2, y2, ...], ...]``: the pixels whose centre lies
     inside any of them."""
-    from matplotlib.path import Path as MplPath
+    MplPath = require("matplotlib.path", "datasets", "rasterising COCO polygons").Path
 
     ys, xs = np.mgrid[0:height, 0:width]
     centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
