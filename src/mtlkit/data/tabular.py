@@ -10,13 +10,16 @@ data:
     tasks:                       # task name → its column (default: the name) and kind
       churn: {kind: binary}
       spend: {kind: regression, column: spend_usd}
-      segment: {kind: classification}      # labels: integers 0..C-1 or any strings
+      segment: {kind: classification}   # labels: integers 0..C-1 or any strings
     split: {fractions: [0.7, 0.15, 0.15], seed: 0}   # or {column: split} (train/val/test)
 ```
 
 Numeric features are standardised with the training split's mean and standard deviation; a
-missing value (empty cell, ``NA``, ``NaN``) takes the training mean. A missing label is a
-missing label (``-100`` or NaN): the task gets no loss for that row, as with partial labels.
+missing value (empty cell, ``NA``, ``NaN``) takes the training mean. A regression task learns
+its standardised target and predicts in the column's units (head ``standardized``, loss
+``StandardizedMSE``, from the training split), unless its spec names a head or loss. A
+missing label is a missing label (``-100`` or NaN): the task gets no loss for that row, as
+with partial labels.
 Classification labels that are not integers are numbered in sorted order (the names are in
 ``bundle.info["labels"]``). Every bad input is a :class:`~mtlkit.errors.DatasetError` that
 names the file, and the column, row or task at fault.
@@ -36,7 +39,7 @@ import torch
 
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
 from mtlkit.errors import DatasetError, MissingExtraError
-from mtlkit.tasks import Task
+from mtlkit.tasks import StandardizedMSE, Task
 
 SPLITS = ("train", "val", "test")
 MISSING = {"", "na", "nan", "null", "none"}
@@ -176,6 +179,18 @@ def _task(
     labels: list[str] | None = None
     if kind == "regression":
         target = _numbers(path, column, values, what).astype(np.float32)
+        seen = target[train][~np.isnan(target[train])]
+        if len(seen) == 0:
+            raise DatasetError(
+                f"{path}: task '{name}': column '{column}' has no value in the train split"
+            )
+        if "head" not in spec and "loss" not in spec:  # learn z, predict in the column's units
+            mean, std = float(seen.mean()), float(seen.std()) or 1.0
+            spec.update(
+                loss=StandardizedMSE(std),
+                head="standardized",
+                head_params={"mean": mean, "std": std},
+            )
         return Task(name, kind, **spec), target, None, column
     if kind == "binary":
         target = np.full(len(values), np.nan, dtype=np.float32)
