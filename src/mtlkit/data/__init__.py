@@ -9,8 +9,17 @@ from mtlkit.data import (  # noqa: F401  (registration)
     gss,
     multi,
     qm9,
+    tabular,
     treebank,
+    user,
 )
-from mtlkit.data.base import DATASETS, DataBundle, TensorLoader, TensorSplit, load_dataset
+from mtlkit.data.base import (
+    DATASETS,
+    DataBundle,
+    DatasetSplit,
+    TensorLoader,
+    TensorSplit,
+    load_dataset,
+)
 
-__all__ = ["DATASETS", "DataBundle", "TensorLoader", "TensorSplit", "load_dataset"]
+__all__ = ["DATASETS", "DataBundle", "DatasetSplit", "TensorLoader", "TensorSplit", "load_dataset"]

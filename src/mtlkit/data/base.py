@@ -75,6 +75,69 @@ class TensorSplit:
         return _index(self.inputs, index), {t: y[index] for t, y in self.targets.items()}
 
 
+class DatasetSplit(torch.utils.data.Dataset):
+    """One split read example by example from a map-style ``torch.utils.data.Dataset``
+    (from disk, say), batched by a ``DataLoader`` with ``num_workers`` worker processes.
+
+    Each example of ``dataset`` is ``(inputs, targets)``: ``inputs`` a tensor (or a dict of
+    tensors) without the batch dimension, ``targets`` a dict ``task name → tensor or number``.
+    ``tasks`` restricts the targets to those tasks. Indexing with an int gives one example
+    (what a DataLoader asks for); with a tensor of indices or a slice, the collated batch, as
+    :class:`TensorSplit` does (so the sharded and k-fold loaders work on it too).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        name: str = "split",
+        tasks: list[str] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        if num_workers < 0:
+            raise DatasetError(f"{name} split: num_workers must be ≥ 0, got {num_workers}")
+        self.dataset = dataset
+        self.name = name
+        self.tasks = tasks
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, int):
+            inputs, targets = self.dataset[idx]
+            if self.tasks is not None:
+                targets = {t: targets[t] for t in self.tasks}
+            return inputs, targets
+        index = range(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        return torch.utils.data.default_collate([self[int(i)] for i in index])
+
+    @property
+    def inputs(self) -> Inputs:
+        """The first example's inputs as a batch of one (its shape and dtype)."""
+        return self[0:1][0]  # type: ignore[no-any-return]
+
+    def select(self, tasks: list[str]) -> DatasetSplit:
+        """The same split with the targets of ``tasks`` only."""
+        return DatasetSplit(self.dataset, self.name, list(tasks), self.num_workers)
+
+    def loader(self, batch_size: int, shuffle: bool = False) -> torch.utils.data.DataLoader:
+        """Batches through a DataLoader (shuffled with the global torch generator, like
+        :class:`TensorLoader`, so a seeded run is reproducible)."""
+        if batch_size < 1:
+            raise DatasetError(f"batch_size must be ≥ 1, got {batch_size}")
+        return torch.utils.data.DataLoader(
+            self,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+Split = TensorSplit | DatasetSplit
+
+
 class TensorLoader:
     """Batches of a :class:`TensorSplit`, shuffled with the global torch RNG when asked.
 
@@ -114,9 +177,9 @@ class DataBundle:
     """
 
     name: str
-    train: TensorSplit
-    val: TensorSplit
-    test: TensorSplit
+    train: Split
+    val: Split
+    test: Split
     tasks: list[Task]
     encoder: tuple[str, dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
@@ -126,17 +189,20 @@ class DataBundle:
             if len(split) == 0:
                 raise DatasetError(f"dataset '{self.name}': the {split.name} split is empty")
 
-    def split(self, name: str) -> TensorSplit:
+    def split(self, name: str) -> Split:
         """The split called ``train``, ``val`` or ``test``."""
         if name not in ("train", "val", "test"):
             raise DatasetError(f"unknown split '{name}'; available: train, val, test")
         return getattr(self, name)
 
-    def loader(self, name: str, batch_size: int, shuffle: bool | None = None) -> TensorLoader:
-        """A loader over one split; shuffled by default for ``train`` only."""
-        return TensorLoader(
-            self.split(name), batch_size, shuffle=(name == "train") if shuffle is None else shuffle
-        )
+    def loader(self, name: str, batch_size: int, shuffle: bool | None = None) -> Any:
+        """A loader over one split; shuffled by default for ``train`` only (a
+        :class:`DatasetSplit` is read by a DataLoader with its workers)."""
+        split = self.split(name)
+        shuffle = (name == "train") if shuffle is None else shuffle
+        if isinstance(split, DatasetSplit):
+            return split.loader(batch_size, shuffle=shuffle)
+        return TensorLoader(split, batch_size, shuffle=shuffle)
 
     def select_tasks(self, names: list[str]) -> Self:
         """The same data restricted to the tasks in ``names`` (for single-task baselines); a
@@ -149,7 +215,9 @@ class DataBundle:
                 f"its tasks are {', '.join(t.name for t in self.tasks)}"
             )
 
-        def keep(split: TensorSplit) -> TensorSplit:
+        def keep(split: Split) -> Split:
+            if isinstance(split, DatasetSplit):
+                return split.select(names)
             targets = {t: split.targets[t] for t in names if t in split.targets}
             return TensorSplit(split.inputs, targets, split.name)
 

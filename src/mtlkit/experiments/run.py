@@ -210,7 +210,9 @@ def build_run_model(
 def check_data(data: DataBundle | MultiInputData, tasks: list[Task]) -> None:
     """The checks at the data boundary, each error naming the split, the task and the input:
     no split is empty, every floating-point input is finite, and every task has at least one
-    label in the train and val splits (otherwise its loss and metrics are undefined)."""
+    label in the train and val splits (otherwise its loss and metrics are undefined). A split
+    read from disk (:class:`~mtlkit.data.base.DatasetSplit`) is only checked for emptiness here;
+    its examples are checked as they are read."""
     for split_name in ("train", "val", "test"):
         if isinstance(data, MultiInputData):
             per_task: dict[str | None, TensorSplit] = dict(getattr(data, split_name))
@@ -222,6 +224,8 @@ def check_data(data: DataBundle | MultiInputData, tasks: list[Task]) -> None:
             )
             if len(split) == 0:
                 raise DatasetError(f"{where}: the split is empty")
+            if not isinstance(split, TensorSplit):  # read from disk: checked as it loads
+                continue
             inputs = split.inputs if isinstance(split.inputs, dict) else {"inputs": split.inputs}
             for key, x in inputs.items():
                 if isinstance(x, torch.Tensor) and x.is_floating_point():

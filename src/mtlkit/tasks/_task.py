@@ -19,7 +19,7 @@ from torch import Tensor
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.registry import Registry
 from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, LossFn
-from mtlkit.tasks.metrics import METRICS, Metric
+from mtlkit.tasks.metrics import METRICS, Accumulator, Metric
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,11 @@ class Task:
     def compute_metrics(self, output: Tensor, target: Tensor) -> dict[str, float]:
         """Every metric of this task over a whole split."""
         return {name: fn(output, target) for name, fn in self.metric_fns.items()}
+
+    def accumulators(self) -> dict[str, Accumulator]:
+        """A fresh accumulator per metric, to compute the metrics batch by batch
+        (:meth:`Metric.accumulate`): ``update(output, target)`` each batch, then ``compute()``."""
+        return {name: fn.accumulate() for name, fn in self.metric_fns.items()}
 
 
 def _lookup(registry: Registry[Any], name: Any, where: str) -> Any:

@@ -19,7 +19,10 @@ normals.
 The metrics are those of the NYUv2 / Cityscapes multi-task benchmarks as used since MTAN, and
 Eigen & Fergus, 2015, "Predicting Depth, Surface Normals and Semantic Labels with a Common
 Multi-Scale Convolutional Architecture", ICCV. Every metric pools all valid pixels of the
-split (it is not a mean of per-image or per-batch values):
+split (it is not a mean of per-image or per-batch values). Evaluation streams them: each
+metric accumulates per-batch sums (a confusion matrix, error totals, counts), so its memory
+does not grow with the split, except the median angle, which keeps one float64 angle per
+valid pixel:
 
 - segmentation (output ``(N, C, H, W)`` logits, target ``(N, H, W)`` labels): pixels labelled
   255, −1 or −100 are ignored. ``miou`` is the mean over classes of TP / (TP + FP + FN),
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +50,7 @@ from torch import Tensor
 from mtlkit.errors import TaskDataError
 from mtlkit.tasks._task import TASK_KINDS, TaskKind
 from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
-from mtlkit.tasks.metrics import metric
+from mtlkit.tasks.metrics import Accumulator, Sums, metric
 
 SEGMENTATION_IGNORE: tuple[int, ...] = (IGNORE_INDEX, -1, 255)
 """Segmentation labels that mark a pixel as unlabelled."""
@@ -147,22 +151,51 @@ def confusion_matrix(output: Tensor, target: Tensor) -> Tensor:
     return counts.reshape(num_classes, num_classes)
 
 
-@metric("miou", "max")
-def miou(output: Tensor, target: Tensor) -> float:
-    """Mean intersection over union over the classes present in target or prediction."""
-    conf = confusion_matrix(output, target).double()
+class ConfusionSums(Sums):
+    """``miou`` or ``pixel_accuracy`` batch by batch: the confusion matrix of valid pixels."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {"confusion": confusion_matrix(output, target)}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        if "confusion" not in sums:
+            return math.nan
+        return iou_from_confusion(sums["confusion"])
+
+
+class PixelAccuracySums(ConfusionSums):
+    def value(self, sums: dict[str, Tensor]) -> float:
+        if "confusion" not in sums:
+            return math.nan
+        return accuracy_from_confusion(sums["confusion"])
+
+
+def iou_from_confusion(confusion: Tensor) -> float:
+    """Mean IoU over the classes present (a non-empty union) of a confusion matrix."""
+    conf = confusion.double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp
     present = union > 0
     return float((tp[present] / union[present]).mean()) if bool(present.any()) else math.nan
 
 
-@metric("pixel_accuracy", "max")
-def pixel_accuracy(output: Tensor, target: Tensor) -> float:
-    """Share of labelled pixels whose argmax class is the target class."""
-    conf = confusion_matrix(output, target).double()
+def accuracy_from_confusion(confusion: Tensor) -> float:
+    """Share of the confusion matrix's pixels on its diagonal."""
+    conf = confusion.double()
     total = float(conf.sum())
     return float(conf.diag().sum()) / total if total else math.nan
+
+
+@metric("miou", "max", ConfusionSums)
+def miou(output: Tensor, target: Tensor) -> float:
+    """Mean intersection over union over the classes present in target or prediction."""
+    return iou_from_confusion(confusion_matrix(output, target))
+
+
+@metric("pixel_accuracy", "max", PixelAccuracySums)
+def pixel_accuracy(output: Tensor, target: Tensor) -> float:
+    """Share of labelled pixels whose argmax class is the target class."""
+    return accuracy_from_confusion(confusion_matrix(output, target))
 
 
 # --------------------------------------------------------------------------- depth
@@ -194,14 +227,38 @@ def depth_pair(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return out.double()[keep], tgt[keep]
 
 
-@metric("depth_abs_err", "min")
+def _mean(sums: dict[str, Tensor], key: str) -> float:
+    if "count" not in sums or int(sums["count"]) == 0:
+        return math.nan
+    return float(sums[key]) / int(sums["count"])
+
+
+class DepthErrorSums(Sums):
+    """``depth_abs_err`` batch by batch (``relative``: ``depth_rel_err``)."""
+
+    relative = False
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        pred, tgt = depth_pair(output, target)
+        error = (pred - tgt).abs() / tgt if self.relative else (pred - tgt).abs()
+        return {"error": error.sum(), "count": torch.tensor(tgt.numel())}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return _mean(sums, "error")
+
+
+class DepthRelativeSums(DepthErrorSums):
+    relative = True
+
+
+@metric("depth_abs_err", "min", DepthErrorSums)
 def depth_abs_err(output: Tensor, target: Tensor) -> float:
     """Mean absolute depth error |d̂ − d| over valid pixels."""
     pred, tgt = depth_pair(output, target)
     return float((pred - tgt).abs().mean()) if tgt.numel() else math.nan
 
 
-@metric("depth_rel_err", "min")
+@metric("depth_rel_err", "min", DepthRelativeSums)
 def depth_rel_err(output: Tensor, target: Tensor) -> float:
     """Mean relative depth error |d̂ − d| / d over valid pixels."""
     pred, tgt = depth_pair(output, target)
@@ -255,23 +312,75 @@ def normal_angles(output: Tensor, target: Tensor) -> Tensor:
     return torch.rad2deg(torch.acos(cos))
 
 
-@metric("normal_mean_angle", "min")
+class AngleSums(Sums):
+    """``normal_mean_angle`` batch by batch: the sum and count of angular errors."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        angles = normal_angles(output, target)
+        return {"angle": angles.sum(), "count": torch.tensor(angles.numel())}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return _mean(sums, "angle")
+
+
+class WithinSums(Sums):
+    """``normal_within_*`` batch by batch: pixels below the threshold, and all valid pixels."""
+
+    def __init__(self, degrees: float) -> None:
+        super().__init__()
+        self.degrees = degrees
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        angles = normal_angles(output, target)
+        return {"below": (angles < self.degrees).sum(), "count": torch.tensor(angles.numel())}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return _mean(sums, "below")
+
+
+class KeptAngles(Accumulator):
+    """``normal_median_angle``: a median needs every value, so this keeps the angular error
+    of each valid pixel (one float64 per pixel, not the outputs and targets)."""
+
+    def __init__(self) -> None:
+        self.angles: list[Tensor] = []
+
+    def update(self, output: Tensor, target: Tensor) -> None:
+        self.angles.append(normal_angles(output, target))
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, KeptAngles)
+        self.angles += other.angles
+
+    def compute(self) -> float:
+        return median(torch.cat(self.angles)) if self.angles else math.nan
+
+
+def median(values: Tensor) -> float:
+    """The median of a 1-D tensor (the mean of the two middle values for an even count)."""
+    n = values.numel()
+    if n == 0:
+        return math.nan
+    lower = values.kthvalue((n + 1) // 2).values  # kthvalue, unlike quantile, has no size cap
+    upper = values.kthvalue(n // 2 + 1).values
+    return float((lower + upper) / 2)
+
+
+@metric("normal_mean_angle", "min", AngleSums)
 def normal_mean_angle(output: Tensor, target: Tensor) -> float:
     """Mean angular error in degrees."""
     angles = normal_angles(output, target)
     return float(angles.mean()) if angles.numel() else math.nan
 
 
-@metric("normal_median_angle", "min")
+@metric("normal_median_angle", "min", KeptAngles)
 def normal_median_angle(output: Tensor, target: Tensor) -> float:
-    """Median angular error in degrees (the mean of the two middle values for an even count)."""
-    angles = normal_angles(output, target)
-    n = angles.numel()
-    if n == 0:
-        return math.nan
-    lower = angles.kthvalue((n + 1) // 2).values  # kthvalue, unlike quantile, has no size cap
-    upper = angles.kthvalue(n // 2 + 1).values
-    return float((lower + upper) / 2)
+    """Median angular error in degrees (the mean of the two middle values for an even count).
+
+    A median needs every value: streamed, it keeps each valid pixel's angle (a third of the
+    outputs' size in float64), not the outputs and targets.
+    """
+    return median(normal_angles(output, target))
 
 
 def within(output: Tensor, target: Tensor, degrees: float) -> float:
@@ -280,19 +389,19 @@ def within(output: Tensor, target: Tensor, degrees: float) -> float:
     return float((angles < degrees).double().mean()) if angles.numel() else math.nan
 
 
-@metric("normal_within_11_25", "max")
+@metric("normal_within_11_25", "max", partial(WithinSums, 11.25))
 def normal_within_11_25(output: Tensor, target: Tensor) -> float:
     """Share of valid pixels with an angular error below 11.25°."""
     return within(output, target, 11.25)
 
 
-@metric("normal_within_22_5", "max")
+@metric("normal_within_22_5", "max", partial(WithinSums, 22.5))
 def normal_within_22_5(output: Tensor, target: Tensor) -> float:
     """Share of valid pixels with an angular error below 22.5°."""
     return within(output, target, 22.5)
 
 
-@metric("normal_within_30", "max")
+@metric("normal_within_30", "max", partial(WithinSums, 30))
 def normal_within_30(output: Tensor, target: Tensor) -> float:
     """Share of valid pixels with an angular error below 30°."""
     return within(output, target, 30.0)
@@ -303,12 +412,22 @@ __all__ = [
     "NORMALS",
     "SEGMENTATION",
     "SEGMENTATION_IGNORE",
+    "AngleSums",
+    "ConfusionSums",
     "DenseKind",
+    "DepthErrorSums",
+    "DepthRelativeSums",
+    "KeptAngles",
+    "PixelAccuracySums",
+    "WithinSums",
+    "accuracy_from_confusion",
     "confusion_matrix",
     "depth_abs_err",
     "depth_l1",
     "depth_pair",
     "depth_rel_err",
+    "iou_from_confusion",
+    "median",
     "miou",
     "normal_angles",
     "normal_cosine",

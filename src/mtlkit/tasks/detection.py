@@ -54,7 +54,7 @@ from mtlkit.tasks.boxes import (
 )
 from mtlkit.tasks.fcos import FCOSLoss
 from mtlkit.tasks.losses import LOSSES
-from mtlkit.tasks.metrics import metric
+from mtlkit.tasks.metrics import Accumulator, metric
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -252,8 +252,8 @@ def evaluate_detections(
     }
 
 
-def evaluate_output(output: Tensor, target: Tensor) -> dict[str, float | dict[int, float]]:
-    """Decode a detection head's output and evaluate it against ``(N, M, 5)`` targets."""
+def decode_images(output: Tensor, target: Tensor) -> tuple[list[ImageDetections], list[ImageTruth]]:
+    """Each image's decoded detections and ground truth, after checking the layouts."""
     parts = split_output(output, "detection metric")
     check_detection_target(target, parts.logits.shape[-1], "detection metric")
     if target.shape[0] != output.shape[0]:
@@ -265,16 +265,52 @@ def evaluate_output(output: Tensor, target: Tensor) -> dict[str, float | dict[in
         for d in decode(output)
     ]
     truths = [ImageTruth(b.numpy(), c.numpy()) for b, c in target_boxes(target)]
-    return evaluate_detections(dets, truths)
+    return dets, truths
 
 
-@metric("map", "max")
+def evaluate_output(output: Tensor, target: Tensor) -> dict[str, float | dict[int, float]]:
+    """Decode a detection head's output and evaluate it against ``(N, M, 5)`` targets."""
+    return evaluate_detections(*decode_images(output, target))
+
+
+class KeptDetections(Accumulator):
+    """``map`` / ``map50`` batch by batch: COCO matching ranks detections over the whole
+    split, so this keeps each image's decoded detections (at most 100) and ground-truth
+    boxes, not the head's dense output."""
+
+    key = "map"
+
+    def __init__(self) -> None:
+        self.detections: list[ImageDetections] = []
+        self.truths: list[ImageTruth] = []
+
+    def update(self, output: Tensor, target: Tensor) -> None:
+        dets, truths = decode_images(output, target)
+        self.detections += dets
+        self.truths += truths
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, KeptDetections)
+        self.detections += other.detections
+        self.truths += other.truths
+
+    def compute(self) -> float:
+        if not self.truths:
+            return math.nan
+        return float(evaluate_detections(self.detections, self.truths)[self.key])  # type: ignore[arg-type]
+
+
+class KeptDetections50(KeptDetections):
+    key = "map50"
+
+
+@metric("map", "max", KeptDetections)
 def mean_average_precision(output: Tensor, target: Tensor) -> float:
     """COCO mAP@[.5:.95] of decoded detections."""
     return float(evaluate_output(output, target)["map"])  # type: ignore[arg-type]
 
 
-@metric("map50", "max")
+@metric("map50", "max", KeptDetections50)
 def mean_average_precision_50(output: Tensor, target: Tensor) -> float:
     """COCO mAP@.5 (PASCAL-style IoU threshold, COCO's 101-point interpolation)."""
     return float(evaluate_output(output, target)["map50"])  # type: ignore[arg-type]
@@ -287,6 +323,9 @@ __all__ = [
     "DetectionKind",
     "ImageDetections",
     "ImageTruth",
+    "KeptDetections",
+    "KeptDetections50",
+    "decode_images",
     "evaluate_detections",
     "evaluate_output",
     "mean_average_precision",

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.tasks._task import TASK_KINDS, Task
-from mtlkit.tasks.metrics import metric
+from mtlkit.tasks.metrics import Sums, metric
 from mtlkit.tasks.tagging import TokenKind, token_pairs
 
 Objective = Literal["masked", "causal"]
@@ -43,7 +43,23 @@ for _kind in (MASKED_LM, CAUSAL_LM):
     TASK_KINDS.register(_kind.name, _kind)
 
 
-@metric("perplexity", "min")
+class PerplexitySums(Sums):
+    """``perplexity`` batch by batch: the summed cross-entropy and the predicted positions."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        logits, tgt = token_pairs(output, target, "perplexity")
+        if tgt.numel() == 0:
+            return {"nll": torch.zeros((), dtype=torch.float64), "count": torch.tensor(0)}
+        nll = F.cross_entropy(logits.double(), tgt, reduction="sum")
+        return {"nll": nll, "count": torch.tensor(tgt.numel())}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        if "count" not in sums or int(sums["count"]) == 0:
+            return math.nan
+        return math.exp(float(sums["nll"]) / int(sums["count"]))
+
+
+@metric("perplexity", "min", PerplexitySums)
 def perplexity(output: Tensor, target: Tensor) -> float:
     """exp(mean cross-entropy) over positions whose target is not -100 (NaN if none)."""
     logits, tgt = token_pairs(output, target, "perplexity")

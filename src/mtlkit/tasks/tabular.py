@@ -32,7 +32,7 @@ from torch import Tensor
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.tasks._task import TASK_KINDS, TaskKind
 from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
-from mtlkit.tasks.metrics import metric
+from mtlkit.tasks.metrics import Accumulator, Sums, metric
 
 CLASSIFICATION = TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True)
 BINARY = TaskKind("binary", "bce", ("accuracy", "auroc"), False, False, binary_targets=True)
@@ -142,17 +142,67 @@ def _scores(output: Tensor, target: Tensor) -> np.ndarray:
     return torch.sigmoid(output.float().reshape(target.shape)).numpy()
 
 
+def ratio(sums: dict[str, Tensor], top: str, bottom: str = "count") -> float:
+    """``sums[top] / sums[bottom]`` as a float, NaN when nothing was counted."""
+    if bottom not in sums or float(sums[bottom]) == 0:
+        return math.nan
+    return float(sums[top].double()) / float(sums[bottom].double())
+
+
+def class_f1(sums: dict[str, Tensor]) -> float:
+    """Macro F1 from per-class counts ``tp``, ``pred`` and ``gold`` (classes in either)."""
+    if "tp" not in sums:
+        return math.nan
+    denom = (sums["pred"] + sums["gold"]).double()
+    present = denom > 0
+    if not bool(present.any()):
+        return math.nan
+    return float(np.mean((2 * sums["tp"].double()[present] / denom[present]).numpy()))
+
+
+def class_counts(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Per-class true positives, predictions and gold labels of 1-D label tensors."""
+    size = int(max(pred.max(), target.max())) + 1 if target.numel() else 0
+    return {
+        "tp": torch.bincount(target[pred == target], minlength=size),
+        "pred": torch.bincount(pred, minlength=size),
+        "gold": torch.bincount(target, minlength=size),
+    }
+
+
+class AccuracySums(Sums):
+    """``accuracy`` batch by batch: correct predictions and labelled samples."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        pred, tgt = _valid(class_predictions(output, target), target.long())
+        return {"correct": (pred == tgt).sum(), "count": torch.tensor(tgt.numel())}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return ratio(sums, "correct")
+
+
+class MacroF1Sums(Sums):
+    """``macro_f1`` batch by batch: per-class true positives, predictions and labels."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        pred, tgt = _valid(class_predictions(output, target), target.long())
+        return class_counts(pred, tgt)
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return class_f1(sums)
+
+
 # --------------------------------------------------------------------------- classification
 
 
-@metric("accuracy", "max")
+@metric("accuracy", "max", AccuracySums)
 def accuracy(output: Tensor, target: Tensor) -> float:
     """Share of correct predictions (labels equal to -100 are ignored)."""
     pred, tgt = _valid(class_predictions(output, target), target.long())
-    return float((pred == tgt).float().mean()) if tgt.numel() else math.nan
+    return float((pred == tgt).double().mean()) if tgt.numel() else math.nan
 
 
-@metric("macro_f1", "max")
+@metric("macro_f1", "max", MacroF1Sums)
 def macro_f1(output: Tensor, target: Tensor) -> float:
     """F1 averaged over the classes that occur in the target or the prediction."""
     pred, tgt = _valid(class_predictions(output, target), target.long())
@@ -195,7 +245,12 @@ def binary_auroc(y: np.ndarray, scores: np.ndarray) -> float:
 
 @metric("auroc", "max")
 def auroc(output: Tensor, target: Tensor) -> float:
-    """Area under the ROC curve; one-vs-rest macro average for more than two classes."""
+    """Area under the ROC curve; one-vs-rest macro average for more than two classes.
+
+    AUROC ranks every score of the split, so it has no streaming accumulator: evaluation
+    keeps this metric's outputs and targets of the whole split (one score per class and
+    sample, small for per-sample tasks).
+    """
     keep = (target != IGNORE_INDEX).numpy()
     y = target.long().numpy()[keep]
     scores = _scores(output, target)[keep]
@@ -220,21 +275,76 @@ def _regression_pair(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return out[keep], tgt[keep]
 
 
-@metric("mae", "min")
+class ErrorSums(Sums):
+    """``mae`` (``power=1``) or ``rmse`` (``power=2``) batch by batch."""
+
+    power = 1
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        out, tgt = _regression_pair(output, target)
+        return {
+            "error": (out - tgt).abs().pow(self.power).sum(),
+            "count": torch.tensor(tgt.numel()),
+        }
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        mean = ratio(sums, "error")
+        return mean if self.power == 1 else math.sqrt(mean)
+
+
+class SquaredErrorSums(ErrorSums):
+    power = 2
+
+
+class R2Moments(Accumulator):
+    """``r2`` batch by batch: the count, mean and centred sum of squares of the targets
+    (merged as Chan, Golub & LeVeque, 1979, so no large sums cancel) and SS_res."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2, self.ss_res = 0, 0.0, 0.0, 0.0
+
+    def update(self, output: Tensor, target: Tensor) -> None:
+        out, tgt = _regression_pair(output, target)
+        if tgt.numel():
+            mean = float(tgt.mean())
+            other = R2Moments()
+            other.n, other.mean = tgt.numel(), mean
+            other.m2 = float((tgt - mean).pow(2).sum())
+            other.ss_res = float((out - tgt).pow(2).sum())
+            self.merge(other)
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, R2Moments)
+        n = self.n + other.n
+        if other.n == 0:
+            return
+        delta = other.mean - self.mean
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
+        self.mean += delta * other.n / n
+        self.n = n
+        self.ss_res += other.ss_res
+
+    def compute(self) -> float:
+        if self.n < 2 or self.m2 == 0.0:
+            return math.nan
+        return 1.0 - self.ss_res / self.m2
+
+
+@metric("mae", "min", ErrorSums)
 def mae(output: Tensor, target: Tensor) -> float:
     """Mean absolute error over finite targets."""
     out, tgt = _regression_pair(output, target)
     return float((out - tgt).abs().mean()) if tgt.numel() else math.nan
 
 
-@metric("rmse", "min")
+@metric("rmse", "min", SquaredErrorSums)
 def rmse(output: Tensor, target: Tensor) -> float:
     """Root mean squared error over finite targets."""
     out, tgt = _regression_pair(output, target)
     return float((out - tgt).pow(2).mean().sqrt()) if tgt.numel() else math.nan
 
 
-@metric("r2", "max")
+@metric("r2", "max", R2Moments)
 def r2(output: Tensor, target: Tensor) -> float:
     """Coefficient of determination, 1 − SS_res / SS_tot, pooled over all target entries."""
     out, tgt = _regression_pair(output, target)
@@ -247,7 +357,31 @@ def r2(output: Tensor, target: Tensor) -> float:
 # --------------------------------------------------------------------------- multi-label
 
 
-@metric("macro_f1_multilabel", "max")
+class MultilabelF1Sums(Sums):
+    """``macro_f1_multilabel`` batch by batch: per-label TP, FP and FN."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        pred = (output.reshape(target.shape) > 0).double()
+        tgt = target.double()
+        keep = torch.isfinite(tgt)
+        pred, tgt = torch.where(keep, pred, 0.0), torch.where(keep, tgt, 0.0)
+        dims = tuple(range(tgt.dim() - 1))
+        return {
+            "tp": (pred * tgt).sum(dims),
+            "fp": (pred * (1 - tgt) * keep).sum(dims),
+            "fn": ((1 - pred) * tgt * keep).sum(dims),
+        }
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        if "tp" not in sums:
+            return math.nan
+        denom = 2 * sums["tp"] + sums["fp"] + sums["fn"]
+        present = denom > 0
+        scores = (2 * sums["tp"][present] / denom[present]).tolist()
+        return float(np.mean(scores)) if scores else math.nan
+
+
+@metric("macro_f1_multilabel", "max", MultilabelF1Sums)
 def macro_f1_multilabel(output: Tensor, target: Tensor) -> float:
     """Multi-label F1 averaged over labels (logit > 0 is a positive prediction)."""
     pred = (output.reshape(target.shape) > 0).float()
@@ -283,7 +417,11 @@ def average_precision(scores: Tensor, labels: Tensor) -> float:
 
 @metric("multilabel_map", "max")
 def multilabel_map(output: Tensor, target: Tensor) -> float:
-    """Mean over labels (with at least one positive) of the average precision of the logits."""
+    """Mean over labels (with at least one positive) of the average precision of the logits.
+
+    Average precision ranks every score of the split, so it has no streaming accumulator:
+    evaluation keeps this metric's outputs and targets of the whole split.
+    """
     out = output.reshape(target.shape).float()
     keep = torch.isfinite(target.float())
     values = []
@@ -300,11 +438,19 @@ __all__ = [
     "CLASSIFICATION",
     "MULTILABEL",
     "REGRESSION",
+    "AccuracySums",
+    "ErrorSums",
+    "MacroF1Sums",
+    "MultilabelF1Sums",
+    "R2Moments",
+    "SquaredErrorSums",
     "StandardizedMSE",
     "accuracy",
     "auroc",
     "average_precision",
     "bce",
+    "class_counts",
+    "class_f1",
     "class_predictions",
     "cross_entropy",
     "l1",
@@ -314,6 +460,7 @@ __all__ = [
     "mse",
     "multilabel_map",
     "r2",
+    "ratio",
     "rmse",
     "smooth_l1",
 ]

@@ -43,7 +43,8 @@ from torch import Tensor
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.tasks._task import TASK_KINDS, Task, TaskKind
 from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
-from mtlkit.tasks.metrics import Metric, metric
+from mtlkit.tasks.metrics import Metric, Sums, metric
+from mtlkit.tasks.tabular import class_counts, class_f1, ratio
 
 Span = tuple[int, int, str]
 """An entity: first token, last token (inclusive) and type."""
@@ -109,7 +110,29 @@ def token_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- metrics
 
 
-@metric("token_accuracy", "max")
+class TokenAccuracySums(Sums):
+    """``token_accuracy`` batch by batch: correct and labelled tokens."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        logits, tgt = token_pairs(output, target, "token_accuracy")
+        return {"correct": (logits.argmax(dim=-1) == tgt).sum(), "count": torch.tensor(len(tgt))}
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return ratio(sums, "correct")
+
+
+class TokenF1Sums(Sums):
+    """``token_macro_f1`` batch by batch: per-class true positives, predictions and labels."""
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        logits, tgt = token_pairs(output, target, "token_macro_f1")
+        return class_counts(logits.argmax(dim=-1), tgt)
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        return class_f1(sums)
+
+
+@metric("token_accuracy", "max", TokenAccuracySums)
 def token_accuracy(output: Tensor, target: Tensor) -> float:
     """Share of labelled tokens (target ≠ -100) whose argmax class equals the target."""
     _check_tokens(output, target, "metric 'token_accuracy'")
@@ -120,7 +143,7 @@ def token_accuracy(output: Tensor, target: Tensor) -> float:
     return float((pred[keep] == target[keep]).double().mean())
 
 
-@metric("token_macro_f1", "max")
+@metric("token_macro_f1", "max", TokenF1Sums)
 def token_macro_f1(output: Tensor, target: Tensor) -> float:
     """Per-token F1 averaged over the classes that occur in the target or the prediction
     (the argmax over the last dim of ``(B, L, C)`` logits; targets -100 left out)."""
@@ -236,7 +259,31 @@ def entity_f1(output: Tensor, target: Tensor, labels: Sequence[str] | None = Non
     return 2.0 * correct / (n_pred + n_gold)
 
 
-@metric("entity_f1", "max")
+class EntitySums(Sums):
+    """``entity_f1`` batch by batch: correct, predicted and gold entity counts (entities lie
+    within one sequence, so the counts add up over batches)."""
+
+    def __init__(self, labels: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.labels = None if labels is None else check_bio_labels(labels)
+
+    def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        names = self.labels if self.labels is not None else conll_labels(output.shape[-1])
+        return dict(
+            zip(
+                ("correct", "pred", "gold"),
+                map(torch.tensor, entity_counts(output, target, names)),
+                strict=True,
+            )
+        )
+
+    def value(self, sums: dict[str, Tensor]) -> float:
+        if "correct" not in sums or int(sums["pred"] + sums["gold"]) == 0:
+            return math.nan
+        return 2.0 * int(sums["correct"]) / int(sums["pred"] + sums["gold"])
+
+
+@metric("entity_f1", "max", EntitySums)
 def entity_f1_conll(output: Tensor, target: Tensor) -> float:
     """Entity F1 for tags in the CoNLL-2003 layout (O = 0, B-k = 2k − 1, I-k = 2k)."""
     return entity_f1(output, target)
@@ -245,7 +292,7 @@ def entity_f1_conll(output: Tensor, target: Tensor) -> float:
 def entity_f1_metric(labels: Sequence[str]) -> Metric:
     """An ``entity_f1`` metric for the tag names ``labels`` (one per class index)."""
     names = check_bio_labels(labels)
-    return Metric("entity_f1", partial(entity_f1, labels=names), "max")
+    return Metric("entity_f1", partial(entity_f1, labels=names), "max", partial(EntitySums, names))
 
 
 def bind_labels(task: Task, labels: Sequence[str]) -> None:
@@ -268,6 +315,9 @@ def bind_labels(task: Task, labels: Sequence[str]) -> None:
 __all__ = [
     "BIO_TAGGING",
     "TAGGING",
+    "EntitySums",
+    "TokenAccuracySums",
+    "TokenF1Sums",
     "TokenKind",
     "bind_labels",
     "bio_spans",

@@ -1,8 +1,12 @@
-"""The evaluation loop: every task's outputs, targets and mean loss over a split.
+"""The evaluation loop: every task's mean loss and metrics over a split, and predictions.
 
-Under data-parallel training each rank evaluates its block of the split; the strategy gathers
-the outputs and targets in rank order and sums the loss totals, so every rank computes the
-metrics of the whole split, as a single process would.
+Evaluation streams: each batch updates every metric's accumulator
+(:meth:`mtlkit.tasks.Task.accumulators`: confusion matrices, sums, counts) and is then
+dropped, so memory grows with the batch, not the split; only metrics without an accumulator
+(AUROC, multi-label mAP, the median normal angle, user metrics) keep what they need of the
+split. Under data-parallel training each rank evaluates its block of the split; the strategy
+gathers the accumulators in rank order (and merges them) and sums the loss totals, so every
+rank computes the metrics of the whole split, as a single process would.
 """
 
 from __future__ import annotations
@@ -51,15 +55,67 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, data: Iterable[Batch | TaskBatches]) -> Metrics:
-        """Each task's mean loss and metrics over ``data``."""
-        collected = self.collect(data, with_targets=True)
-        assert collected.targets is not None and collected.losses is not None
+        """Each task's mean loss and metrics over ``data``, batch by batch."""
+        self.model.eval()
+        accumulators = {name: task.accumulators() for name, task in self.tasks.items()}
+        loss_sums = dict.fromkeys(self.tasks, 0.0)
+        count = 0
+        task_counts = dict.fromkeys(self.tasks, 0)  # multi-input data: examples per task
+        batches = 0
+
+        def update(name: str, output: Tensor, target: Tensor) -> None:
+            out, tgt = output.detach().float().cpu(), target.detach().cpu()
+            for acc in accumulators[name].values():
+                acc.update(out, tgt)
+
+        for batch in data:
+            batches += 1
+            if isinstance(batch, TaskBatches):
+                for name, (x, y) in batch.items():
+                    with self.precision.autocast():
+                        out_t = self.model(to_device(x, self.device))[name]
+                    tgt_t = to_device(y[name], self.device)
+                    loss = self.tasks[name].compute_loss(out_t, tgt_t, self.check)
+                    loss_sums[name] += float(loss) * tgt_t.shape[0]
+                    task_counts[name] += out_t.shape[0]
+                    update(name, out_t, tgt_t)
+                continue
+            inputs = to_device(batch[0] if isinstance(batch, tuple | list) else batch, self.device)
+            with self.precision.autocast():
+                out = self.model(inputs)
+            tgt = to_device(batch[1], self.device)
+            losses = task_losses(self.tasks, out, tgt, self.check)
+            size = next(iter(tgt.values())).shape[0]
+            for name, loss in losses.items():
+                loss_sums[name] += float(loss) * size
+            count += size
+            for name in self.tasks:
+                update(name, out[name], tgt[name])
+            del out, tgt, losses
+        totals = torch.tensor(
+            [batches, count, *loss_sums.values(), *task_counts.values()],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        batches, count, *rest = self.strategy.all_reduce(totals).tolist()
+        if not batches:
+            raise DatasetError("the evaluation data yielded no batch: the split is empty")
+        n = len(loss_sums)
+        loss_sums = dict(zip(loss_sums, rest[:n], strict=True))
+        task_counts = dict(zip(task_counts, rest[n:], strict=True))
+        # every rank's accumulators, merged in rank order
+        ranks = self.strategy.gather([accumulators])
+        merged = ranks[0]
+        for other in ranks[1:]:
+            for name, accs in merged.items():
+                for metric, acc in accs.items():
+                    acc.merge(other[name][metric])
         return {
             name: {
-                "loss": collected.losses[name],
-                **task.compute_metrics(collected.outputs[name], collected.targets[name]),
+                "loss": loss_sums[name] / (task_counts[name] or count),
+                **{metric: acc.compute() for metric, acc in merged[name].items()},
             }
-            for name, task in self.tasks.items()
+            for name in self.tasks
         }
 
     @torch.no_grad()
