@@ -117,3 +117,20 @@ def test_class_dimension_last_for_per_token_outputs() -> None:
     )
     with pytest.raises(Exception, match="no class dimension"):
         get_metric("accuracy")(torch.zeros(1, 5, 7), target)
+
+
+def test_standardized_mse_ignores_missing_labels() -> None:
+    """A NaN target is a missing label for the standardised loss too (tabular regression
+    columns with empty cells use it): the loss is the MSE of the labelled entries over std²,
+    and a batch without labels is an exact zero that still back-propagates."""
+    from mtlkit.tasks import StandardizedMSE
+
+    loss = StandardizedMSE(std=2.0)
+    output = torch.tensor([[1.0], [3.0], [5.0]], requires_grad=True)
+    target = torch.tensor([2.0, float("nan"), 1.0])
+    value = loss(output, target)
+    assert float(value.detach()) == pytest.approx(((1 - 2) ** 2 + (5 - 1) ** 2) / 2 / 4)
+    value.backward()
+    assert output.grad is not None and float(output.grad[1, 0]) == 0.0
+    empty = loss(output, torch.full((3,), float("nan")))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad

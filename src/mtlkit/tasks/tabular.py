@@ -90,7 +90,8 @@ def smooth_l1(output: Tensor, target: Tensor) -> Tensor:
 
 
 class StandardizedMSE:
-    """MSE of standardised values: ``mean((ŷ − y)²) / std²`` for outputs in original units."""
+    """MSE of standardised values: ``mean((ŷ − y)²) / std²`` for outputs in original units,
+    over the labelled targets (NaN marks a missing label, as in ``mse``)."""
 
     def __init__(self, std: float) -> None:
         if not std > 0:
@@ -98,8 +99,8 @@ class StandardizedMSE:
         self.std = float(std)
 
     def __call__(self, output: Tensor, target: Tensor) -> Tensor:
-        out = output.reshape(target.shape) if output.numel() == target.numel() else output
-        return F.mse_loss(out.float(), target.float()) / self.std**2
+        out, tgt = _masked_float(output, target.float())
+        return F.mse_loss(out, tgt) / self.std**2 if tgt.numel() else empty_loss(output)
 
     def __repr__(self) -> str:
         return f"StandardizedMSE(std={self.std:.6g})"
