@@ -92,18 +92,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """A UTF-8 text file's contents; an error naming the file when it cannot be read or is
-    not UTF-8."""
+def decode_text(
+    data: bytes, source: object, what: str = "file", error: type[MtlkitError] = MtlkitError
+) -> str:
+    """``data`` decoded as UTF-8 (a leading byte-order mark dropped); ``error`` naming
+    ``source``, the line and the byte offset when it is not UTF-8."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise error(
+            f"{what} {source} is not UTF-8 text (line {line}, byte {err.start}: "
+            f"{err.reason}); save it as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")  # a byte-order mark, as spreadsheet programs write
+
+
+def read_text(path: Path, what: str = "file", error: type[MtlkitError] = MtlkitError) -> str:
+    """A UTF-8 text file's contents; ``error`` (a :class:`~mtlkit.errors.MtlkitError`)
+    naming the file, and the line and byte at fault, when it cannot be read or is not UTF-8."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise MtlkitError(
-            f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason})"
-        ) from None
+        data = path.read_bytes()
     except OSError as err:
-        raise MtlkitError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+    return decode_text(data, path, what, error)
 
 
 class RunLock:
@@ -191,6 +204,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_with",
+    "decode_text",
     "fsync_dir",
     "read_text",
     "sha256_file",

@@ -240,3 +240,19 @@ def test_ctrl_c_prints_how_to_resume(tmp_path: Path) -> None:
     assert f"--resume {out}" in proc.stderr and "epoch 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not (out / ".lock").exists()
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_data_file_that_is_not_utf8_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "table.csv").write_bytes(b"x,y\n1,2\n3,\xe9\n")
+    cfg = tiny(
+        data={"name": "tabular", "params": {"path": "table.csv", "tasks": {"y": "regression"}}}
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "table.csv is not UTF-8 text (line 3, byte 10" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

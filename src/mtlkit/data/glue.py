@@ -23,6 +23,7 @@ also the test set, and ``info["test_is_dev"]`` says so). Tiny files in the GLUE 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ import torch
 from mtlkit.data.base import DATASETS, TensorSplit
 from mtlkit.data.multi import MultiInputData
 from mtlkit.errors import ConfigError, DatasetError
+from mtlkit.files import read_text
 from mtlkit.tasks import Task
 
 PAD, UNK, SEP = 0, 1, 2
@@ -79,7 +81,8 @@ def read_tsv(
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"GLUE file {path} does not exist")
-    with path.open(encoding="utf-8", newline="") as handle:
+    text = read_text(path, "GLUE file", DatasetError)
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:

@@ -52,6 +52,7 @@ import csv
 import functools
 import importlib.resources
 import importlib.util
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ import torch
 
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
 from mtlkit.errors import DatasetError, MissingExtraError
+from mtlkit.files import decode_text
 from mtlkit.tasks import StandardizedMSE, Task
 
 #: (task name, column of the qm9pack files, unit)
@@ -124,7 +126,11 @@ def _read_part(path: Any) -> tuple[list[list[int]], np.ndarray, list[list[str]],
     xyz: list[str] = []
     targets: list[list[str]] = []
     index: list[str] = []
-    with path.open("r", newline="", encoding="utf-8") as fh:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"cannot read QM9 file {path}: {err.strerror or err}") from None
+    with io.StringIO(decode_text(data, path, "QM9 file", DatasetError), newline="") as fh:
         reader = csv.reader(fh)
         col = {c: i for i, c in enumerate(next(reader, []))}
         needed = ["Index", "Elements", "XYZ_Ang"] + [c for _, c, _ in TARGETS]

@@ -28,6 +28,7 @@ names the file, and the column, row or task at fault.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import torch
 
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
 from mtlkit.errors import DatasetError, MissingExtraError
+from mtlkit.files import read_text
 from mtlkit.tasks import StandardizedMSE, Task
 
 SPLITS = ("train", "val", "test")
@@ -64,13 +66,17 @@ def read_columns(path: Path) -> dict[str, list[Any]]:
             import pyarrow.parquet as pq
         except ImportError:
             raise MissingExtraError("pyarrow", "parquet", f"reading {path}") from None
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise DatasetError(f"dataset 'tabular': {path} is not a Parquet file ({err})") from None
         return {name: list(values) for name, values in table.to_pydict().items()}
     if suffix not in (".csv", ".tsv"):
         raise DatasetError(
             f"dataset 'tabular': {path}: unknown file type '{suffix}'; use .csv or .parquet"
         )
-    with path.open(newline="", encoding="utf-8") as f:
+    text = read_text(path, "dataset 'tabular': file", DatasetError)
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
         header = next(reader, None)
         if not header:

@@ -14,6 +14,7 @@ selected weights (``best/``, else the latest checkpoint) without loading any dat
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from mtlkit.config import RunConfig, parse_config
 from mtlkit.errors import ConfigError, DatasetError, MissingExtraError, MtlkitError
-from mtlkit.files import atomic_write_text
+from mtlkit.files import atomic_write_text, read_text
 from mtlkit.plugins import import_plugins
 from mtlkit.tasks import Task
 from mtlkit.train.checkpoint import load_model_weights
@@ -192,12 +193,15 @@ def read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
         raise DatasetError(f"{path}: no such file")
     kind = _format(path)
     if kind == ".parquet":
-        table = _pyarrow(f"reading {path}").read_table(path)
+        try:
+            table = _pyarrow(f"reading {path}").read_table(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise DatasetError(f"{path} is not a Parquet file ({err})") from None
         columns = list(table.column_names)
         data = table.to_pydict()
         return columns, [list(r) for r in zip(*(data[c] for c in columns), strict=True)]
     if kind == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with io.StringIO(read_text(path, "input file", DatasetError), newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
@@ -210,7 +214,7 @@ def read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
                 )
         return header, rows
     records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(read_text(path, "input file", DatasetError).splitlines()):
         if line.strip():
             try:
                 record = json.loads(line)

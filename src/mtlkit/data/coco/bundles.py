@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from mtlkit.data.base import DATASETS, DataBundle, TensorSplit
 from mtlkit.data.coco.io import CocoDataset, CocoFormatError, read_coco, read_image, write_coco
 from mtlkit.errors import DatasetError
+from mtlkit.files import read_text
 from mtlkit.tasks import Task
 
 __all__ = ["coco", "coco_shapes", "coco_split", "vision_tasks", "write_shapes"]
@@ -228,7 +229,7 @@ def coco_shapes(
         )
     marker = folder / "meta.json"
     if marker.is_file():
-        found = json.loads(marker.read_text())
+        found = json.loads(read_text(marker, "scene marker", DatasetError))
         if found != meta:
             raise DatasetError(
                 f"dataset 'coco_shapes': {folder} holds scenes made with {found}, not {meta}; "

@@ -25,6 +25,7 @@ import numpy as np
 
 from mtlkit.data.coco.masks import encode_mask, polygons_to_mask, rle_decode, rle_from_string
 from mtlkit.errors import DatasetError, TaskDataError, require
+from mtlkit.files import read_text
 
 __all__ = [
     "CocoAnnotation",
@@ -143,8 +144,8 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None) 
     if not path.is_file():
         raise CocoFormatError(f"COCO annotation file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(read_text(path, "COCO annotation file", CocoFormatError))
+    except json.JSONDecodeError as err:
         raise CocoFormatError(f"{path}: not valid JSON ({err})") from None
     _require(data, ("images", "annotations", "categories"), str(path))
     categories: dict[int, str] = {}
@@ -207,11 +208,13 @@ def read_image(path: Path) -> np.ndarray:
     """An image file as (3, H, W) float32 in [0, 1] (see the module docstring)."""
     if not path.is_file():
         raise CocoFormatError(f"image file {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        arr = np.load(path)
-    else:
+    plt = None
+    if path.suffix.lower() != ".npy":
         plt = require("matplotlib.pyplot", "datasets", "reading COCO image files")
-        arr = plt.imread(path)
+    try:
+        arr = np.load(path, allow_pickle=False) if plt is None else plt.imread(path)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: OSError; np.load: ValueError
+        raise CocoFormatError(f"cannot read image file {path}: {err}") from None
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     arr = np.asarray(arr, dtype=np.float32)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mtlkit.errors import ConfigError, DatasetError, MissingExtraError, TaskDataError
+from mtlkit.files import read_text
 
 __all__ = [
     "CONLL2003_COLUMNS",
@@ -224,7 +225,8 @@ def read_conllu(
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CoNLL-U file {path} does not exist")
-    return parse_conllu(path.read_text(encoding="utf-8"), str(path), columns, bio_columns, bio_rule)
+    text = read_text(path, "CoNLL-U file", DatasetError)
+    return parse_conllu(text, str(path), columns, bio_columns, bio_rule)
 
 
 # --------------------------------------------------------------------------- CoNLL-2003
@@ -298,6 +300,5 @@ def read_conll2003(
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CoNLL-2003 file {path} does not exist")
-    return parse_conll2003(
-        path.read_text(encoding="utf-8"), str(path), columns, bio_columns, bio_rule
-    )
+    text = read_text(path, "CoNLL-2003 file", DatasetError)
+    return parse_conll2003(text, str(path), columns, bio_columns, bio_rule)
