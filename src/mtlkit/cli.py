@@ -69,7 +69,12 @@ def train(
     data-parallel; see docs/distributed.md)."""
     from mtlkit.config import load_config
     from mtlkit.experiments.run import new_run_dir, train_run
-    from mtlkit.train.distributed import init_distributed, launched_by_torchrun, teardown
+    from mtlkit.train.distributed import (
+        StopTogether,
+        init_distributed,
+        launched_by_torchrun,
+        teardown,
+    )
 
     if stop_after is not None and stop_after < 1:
         raise MtlkitError(f"--stop-after must be ≥ 1 (the epoch to stop after), got {stop_after}")
@@ -79,6 +84,7 @@ def train(
         raise MtlkitError("--overwrite starts a new run; it cannot be combined with --resume")
     cfg = load_config(config, _overrides(set_))
     ctx = init_distributed() if launched_by_torchrun() else None
+    watch = StopTogether(ctx).start() if ctx is not None else None
     run_dir: Any = None
     try:
         if ctx is None or ctx.is_main:
@@ -93,16 +99,18 @@ def train(
             if_exists="overwrite" if overwrite else "error",
         )
     except KeyboardInterrupt:
+        if watch is not None:
+            watch.stop()
         if (ctx is None or ctx.is_main) and run_dir is not None:
             _interrupted(config, Path(run_dir), set_)
         raise typer.Exit(130) from None
     except Exception as err:
-        if ctx is None or isinstance(err, MtlkitError):
+        if ctx is None or watch is None:
             raise
-        errors.print(f"[red]error:[/] {_distributed_failure(ctx.rank, err)}", highlight=False)
-        raise typer.Exit(1) from None
-    finally:
-        teardown()
+        _distributed_failure(ctx.rank, err, watch)  # raises
+    if watch is not None:
+        watch.stop()
+    teardown()
     if ctx is None or ctx.is_main:
         _print_metrics(results["test"], f"Test metrics (best epoch {results['best_epoch']})")
         console.print(f"Run folder: {run_dir}")
@@ -128,16 +136,36 @@ def _interrupted(config: Path, run_dir: Path, sets: list[str] | None) -> None:
     )
 
 
-def _distributed_failure(rank: int, err: BaseException) -> str:
-    """One line for a collective that failed because another rank died or hung."""
-    import os
-
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    timeout = os.environ.get("MTLKIT_DIST_TIMEOUT", "600")
-    return (
-        f"rank {rank}: training stopped: another rank was lost or did not answer within "
-        f"MTLKIT_DIST_TIMEOUT={timeout} s ({type(err).__name__}: {first})"
+def _distributed_failure(rank: int, err: Exception, watch: Any) -> None:
+    """This rank failed under torchrun: tell the other ranks (they stop within a second or
+    so), print one line (a traceback only for an internal error) and exit non-zero. The
+    process group is not torn down: a lost peer can make that wait."""
+    from mtlkit.train.distributed import (
+        collective_timeout,
+        failure_line,
+        is_collective_failure,
     )
+
+    if isinstance(err, MtlkitError):
+        watch.abort(f"error: {err}")
+        raise err
+    if not is_collective_failure(err):
+        watch.abort(f"internal error {type(err).__name__}: {err}"[:300])
+        raise err
+    import re
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # gloo's source location
+    what = (
+        "a collective failed: another rank was lost or did not answer within "
+        f"MTLKIT_DIST_TIMEOUT={collective_timeout():g} s ({type(err).__name__}: {first})"
+    )
+    watch.abort(what)
+    errors.print(
+        escape(failure_line(rank, f"training stopped: {what}; every rank stops")),
+        highlight=False,
+    )
+    raise typer.Exit(1) from None
 
 
 @app.command("eval")

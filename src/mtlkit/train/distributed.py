@@ -40,7 +40,10 @@ returns the process-group handle :class:`~mtlkit.train.strategy.DataParallel` (a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -61,8 +64,12 @@ __all__ = [
     "Distributed",
     "DistributedWeighting",
     "GlobalLosses",
+    "StopTogether",
+    "collective_timeout",
     "current",
+    "failure_line",
     "init_distributed",
+    "is_collective_failure",
     "launched_by_torchrun",
     "teardown",
 ]
@@ -122,6 +129,121 @@ def init_distributed(backend: str | None = None, *, timeout_s: float | None = No
     context = current()
     assert context is not None
     return context
+
+
+def collective_timeout() -> float:
+    """The seconds a collective waits: the group's setting (``MTLKIT_DIST_TIMEOUT`` or 600)."""
+    return _timeout(None)
+
+
+# ---------------------------------------------------------------------------- failures
+
+#: what every line mtlkit prints about a distributed failure starts with: "mtlkit: rank N: "
+LINE_PREFIX = "mtlkit: rank"
+
+#: words of the errors a collective raises when a peer is gone or silent (gloo and NCCL)
+_PEER_WORDS = (
+    "timed out",
+    "timeout",
+    "connection closed",
+    "connection reset",
+    "connection refused",
+    "broken pipe",
+    "peer",
+    "gloo",
+    "nccl",
+)
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank died or hung (not a
+    bug of this rank): torch's ``DistError`` family, or gloo's and NCCL's runtime errors."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(word in text for word in _PEER_WORDS)
+
+
+def failure_line(rank: int, what: str) -> str:
+    """The one line a rank prints when the job stops: ``mtlkit: rank R: <what>``."""
+    return f"{LINE_PREFIX} {rank}: {' '.join(what.split())}"
+
+
+class StopTogether:
+    """Ends every rank when one fails: a watchdog thread per rank, talking through the job's
+    rendezvous store (torchrun's, at ``MASTER_ADDR:MASTER_PORT``), not through the collectives.
+
+    A rank that fails calls :meth:`abort` with what failed; every other rank's watchdog reads it
+    within ``interval`` seconds, prints one line naming the failed rank and exits with status 1
+    (also while it is hung outside a collective, or busy computing). A watchdog that loses the
+    store (the node that hosts it was lost) does the same. So after a lost or hung rank, every
+    rank ends within ``MTLKIT_DIST_TIMEOUT`` (the collective that waits for it raises) plus a
+    few seconds, and torchrun's agents, which see their workers exit, end too.
+    """
+
+    def __init__(self, context: Distributed, *, interval: float = 0.5) -> None:
+        self.rank = context.rank
+        self.interval = interval
+        run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.key = f"mtlkit/stop/{run}/{restart}"
+        self.where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        self._stop = threading.Event()
+        self._store: dist.Store | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StopTogether:
+        """Connect to the store and start watching (a store that cannot be reached: no
+        watchdog; the collectives' timeout still ends the job)."""
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if host is None or port is None:
+            return self
+        try:
+            self._store = dist.TCPStore(
+                host, int(port), is_master=False, timeout=timedelta(seconds=10)
+            )
+        except (RuntimeError, ValueError):
+            return self
+        self._thread = threading.Thread(target=self._watch, name="mtlkit-stop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (the run ended, or this rank reports its own failure)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def abort(self, what: str) -> None:
+        """Tell every other rank to stop because this one failed with ``what`` (best effort)."""
+        self.stop()
+        if self._store is not None:
+            # the store is gone too: the collectives' timeout ends the others
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._store.set(self.key, f"{self.rank}|{what}")
+
+    def _watch(self) -> None:
+        assert self._store is not None
+        while not self._stop.wait(self.interval):
+            try:
+                stopped = self._store.check([self.key])
+                reason = self._store.get(self.key).decode() if stopped else None
+            except (RuntimeError, ValueError) as err:
+                if self._stop.wait(2.0):  # the job ended normally meanwhile
+                    return
+                self._exit(
+                    f"training stopped: lost the job's rendezvous store at {self.where} "
+                    f"(the node that hosts it was lost?; {type(err).__name__}); "
+                    "every rank stops"
+                )
+            else:
+                if reason is not None and not self._stop.is_set():
+                    other, _, what = reason.partition("|")
+                    self._exit(f"training stopped: rank {other} failed ({what}); every rank stops")
+
+    def _exit(self, what: str) -> None:
+        print(failure_line(self.rank, what), file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def teardown() -> None:
