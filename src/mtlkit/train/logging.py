@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,7 +120,7 @@ def epoch_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in scalars.items() if math.isfinite(v)}
 
 
-class _ScalarLogger(Callback):
+class _ScalarLogger(Callback, ABC):
     """Step scalars every ``log_every`` steps (with the throughput over the interval) and
     epoch scalars after each epoch, to :meth:`write`."""
 
@@ -127,8 +128,9 @@ class _ScalarLogger(Callback):
         self.log_every = max(1, int(log_every))
         self.interval = _Interval()
 
+    @abstractmethod
     def write(self, scalars: Mapping[str, float], step: int, *, epoch: bool) -> None:
-        raise NotImplementedError
+        """Send ``scalars`` at ``step`` to the tracker (``epoch``: an epoch record)."""
 
     def on_step_end(self, trainer: Trainer, step: StepLog) -> None:
         self.interval.add(step)
