@@ -33,6 +33,7 @@ whose gradient scaler needs ``manual_backward`` of one loss, is refused with a c
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ except ImportError:  # pragma: no cover - depends on the extra
 CHECKPOINT_KEY = "mtlkit_method"
 
 
-class MTLModule(pl.LightningModule):
+class MTLModule(pl.LightningModule, ABC):
     """A LightningModule whose training step balances task losses with ``method`` (module
     docstring). Subclasses implement :meth:`task_losses` and ``configure_optimizers``, and
     :meth:`shared_parameters` for gradient-based methods."""
@@ -64,10 +65,10 @@ class MTLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ to implement
 
+    @abstractmethod
     def task_losses(self, batch: Any) -> Mapping[str, Tensor | None] | tuple[Any, Tensor]:
         """The batch's loss per task (``None`` for a task without labels), or
         ``(losses, features)`` with the shared representation (representation mode)."""
-        raise NotImplementedError
 
     def shared_parameters(self) -> nn.Module | Iterable[Tensor] | None:
         """The shared part (a module or parameters) gradient-based methods balance on; None

@@ -323,11 +323,7 @@ class DistributedWeighting(Weighting):
     ) -> StepRecord:
         """The wrapped method's step (absent tasks handled as everywhere) between the
         gradient reductions."""
-        if not isinstance(losses, GlobalLosses):
-            raise TaskDataError(
-                f"distributed {self.method}: pass the losses through Distributed.globalize "
-                "first (they must hold the global values)"
-            )
+        self._check_global(losses)
         params = [p for p in model.parameters() if p.requires_grad]
         shared: list[Tensor] = []
         if self.method.jacobian_mode is not None:
@@ -355,9 +351,22 @@ class DistributedWeighting(Weighting):
                 if old is not None:
                     p.grad = old if p.grad is None else p.grad + old
             self.context.sync_gradients(params)
+        self._sync_own_parameters()
+        return record
+
+    def _check_global(self, losses: Mapping[str, Tensor | None]) -> None:
+        """An error unless ``losses`` came through the strategy's ``globalize``."""
+        if not isinstance(losses, GlobalLosses):
+            raise TaskDataError(
+                f"distributed {self.method}: pass the losses through Distributed.globalize "
+                "first (they must hold the global values)"
+            )
+
+    def _sync_own_parameters(self) -> None:
+        """Average the method's own parameters' gradients (equal on every rank, up to
+        rounding, which must never let them drift apart)."""
         own = [p for p in self.method.parameters() if p.requires_grad]
         self.context.sync_gradients(own, op="mean")
-        return record
 
     def step(self, ctx: StepContext, /) -> StepRecord:
         """The wrapped method's step, in a context that reduces its Jacobian across ranks."""

@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.errors import ConfigError
 from mtlkit.train.distributed import DistributedWeighting
-from mtlkit.train.strategy import DataParallel, GlobalLosses
+from mtlkit.train.strategy import DataParallel
 from mtlkit.weighting import WEIGHTINGS
 from mtlkit.weighting.base import StepContext, StepRecord, Weighting
 from mtlkit.weighting.gradient import GramianWeighting
@@ -282,11 +282,7 @@ class ShardedWeighting(DistributedWeighting):
         loss_scale: float = 1.0,
     ) -> StepRecord:
         """The method's step, then the reductions that make every gradient global."""
-        if not isinstance(losses, GlobalLosses):
-            raise TaskDataError(
-                f"sharded {self.method}: pass the losses through globalize first "
-                "(they must hold the global values)"
-            )
+        self._check_global(losses)
         _, sharded = self.context.sharded_parameters(model)
         self._written: set[int] = set()  # gradients the hook wrote (already global)
         record = Weighting.backward(self, losses, model, loss_scale=loss_scale)
@@ -298,8 +294,7 @@ class ShardedWeighting(DistributedWeighting):
         self.context.sync_gradients(
             [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         )
-        own = [p for p in self.method.parameters() if p.requires_grad]
-        self.context.sync_gradients(own, op="mean")
+        self._sync_own_parameters()
         return record
 
     def step(self, ctx: StepContext, /) -> StepRecord:
