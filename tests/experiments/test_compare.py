@@ -393,3 +393,22 @@ def test_inference_serves_each_model_its_own_inputs() -> None:
     both = Recorder()
     out = measure_inference({"all": both}, inputs, cpu, multi_input=True)
     assert both.sizes == [5, 7] * passes and out["batch_examples"] == 12
+
+
+def test_cli_compare_takes_the_protocol_options(tmp_path, capsys) -> None:
+    import yaml
+
+    from mtlkit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    out = tmp_path / "out"
+    args = ["compare", str(path), "--methods", "ew", "--seeds", "1", "--max-epochs", "2"]
+    assert main([*args, "--patience", "1", "--no-efficiency", "--out", str(out)]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["protocol"]["max_epochs"] == 2 and summary["protocol"]["patience"] == 1
+    assert "latency_ms" not in summary["efficiency"]["stl"]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "one seed cannot decide" in printed and "± 0" not in printed
+    assert main([*args, "--patience", "0", "--out", str(tmp_path / "o2")]) == 2
+    assert "'patience' must be ≥ 1" in capsys.readouterr().err
