@@ -298,10 +298,7 @@ def affinity(
         for i, (t, row) in enumerate(zip(result.tasks, result.matrix(measure), strict=True)):
             table.add_row(
                 t,
-                *(
-                    "—" if i == j else format_estimate(v, errs[i, j])
-                    for j, v in enumerate(row)
-                ),
+                *("—" if i == j else format_estimate(v, errs[i, j]) for j, v in enumerate(row)),
             )
         console.print(table)
     cost = result.seconds["measure_per_step_vs_train_step"]

@@ -140,9 +140,7 @@ def test_affinity_json_and_heatmaps_round_trip(tmp_path) -> None:
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = TensorLoader(tiny_split(64), 16)
-    aff = measure_affinity(
-        model, tiny_tasks(), get("ew"), loader, optimizer=opt, every=2, epochs=1
-    )
+    aff = measure_affinity(model, tiny_tasks(), get("ew"), loader, optimizer=opt, every=2, epochs=1)
     assert aff.steps == 2 and aff.stop == "budget"
     assert aff.seconds["measure"] > 0 and aff.seconds["train"] > 0
     paths = aff.save(tmp_path)
@@ -225,9 +223,7 @@ def test_precision_rule_on_constructed_samples() -> None:
 def test_measuring_stops_when_precise_or_at_the_cap() -> None:
     model, tasks, loader = linear_setup()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # the scores barely move between steps
-    aff = measure_affinity(
-        model, tasks, get("ew"), loader, optimizer=opt, every=1, min_measured=5
-    )
+    aff = measure_affinity(model, tasks, get("ew"), loader, optimizer=opt, every=1, min_measured=5)
     assert aff.stop == "precise" and aff.steps == 5  # no epoch budget: passes repeat
 
     torch.manual_seed(0)

@@ -132,6 +132,7 @@ def test_a_noisy_ambiguous_affinity_is_not_robust() -> None:
     assert len(r.alternatives) > 1
     shares = [share for _, _, share in r.alternatives]
     assert sum(shares) == pytest.approx(1.0) and shares == sorted(shares, reverse=True)
+
     def key(groups: list[list[str]], serves: list[list[str]]) -> list:
         return sorted((sorted(g), sorted(s)) for g, s in zip(groups, serves, strict=True))
 

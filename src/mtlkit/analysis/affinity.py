@@ -358,8 +358,15 @@ def draw_heatmap(
             luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
             colour = "black" if luminance > 0.5 else "white"
             text = f"{m[i, j]:.2g}" if se is None else format_estimate(m[i, j], se[i, j])
-            ax.text(j, i, text.replace(" ± ", "\n± "), ha="center", va="center", color=colour,
-                    fontsize=size)
+            ax.text(
+                j,
+                i,
+                text.replace(" ± ", "\n± "),
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=size,
+            )
     ax.set_title(title, fontsize=11)
     return image
 

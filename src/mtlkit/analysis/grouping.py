@@ -296,7 +296,9 @@ class Robustness:
         elif self.frequency >= 0.7:
             verdict = "fairly robust; the pairs below 0.9 in the pair-together matrix are unsure"
         else:
-            verdict = "not robust: the measurement cannot decide between groupings; measure more steps"
+            verdict = (
+                "not robust: the measurement cannot decide between groupings; measure more steps"
+            )
         return f"chosen in {share} of the {self.steps} measured steps: {verdict}"
 
 
@@ -354,7 +356,5 @@ def grouping_robustness(
         pair_together=together / resamples,
         resamples=resamples,
         steps=int(x.shape[0]),
-        alternatives=[
-            (found[c].groups, found[c].serves, counts[c] / resamples) for c in order
-        ],
+        alternatives=[(found[c].groups, found[c].serves, counts[c] / resamples) for c in order],
     )

@@ -247,6 +247,7 @@ def run_tune(
             {
                 "number": t.number,
                 "value": t.value,
+                "fold_delta_m": t.user_attrs.get("fold_delta_m"),
                 "weights": t.user_attrs.get("weights"),
                 "params": {n: t.params[n] for n in params if n in t.params},
             }
@@ -361,6 +362,8 @@ def holdout_advice(
 
     - every candidate loses to the single-task models (its interval is below 0; with one seed,
       its value is): "use single-task models";
+    - both below 0 on every seed, with intervals that still reach 0: "lean towards single-task
+      models";
     - otherwise the tuned weights against equal weights, paired by seed: better only when the
       interval of the difference is above 0; else "no better than equal weights".
     ``cv_best`` (the best trial's mean validation Δm) below 0 adds that every trial also lost
@@ -388,6 +391,13 @@ def holdout_advice(
             f"(Δm {_describe(tuned)}) and equal weights (Δm {_describe(ew)}) do worse than one "
             f"model per task.{cv}{one_seed}"
         )
+    if n > 1 and all(v < 0 for v in [*tuned, *ew]):
+        return (
+            f"Lean towards single-task models: both the tuned weights (Δm {_describe(tuned)}) "
+            f"and equal weights (Δm {_describe(ew)}) did worse than one model per task on every "
+            f"one of the {n} held-out seeds, though the intervals still reach 0; more seeds "
+            "would settle it."
+        )
     if tuned_is_ew:
         head = (
             "The search kept equal weights (no trial beat them in cross-validation); "
@@ -396,10 +406,16 @@ def holdout_advice(
         return head + _against_stl(ew, n) + "." + one_seed
     diff = [a - b for a, b in zip(tuned, ew, strict=True)]
     if n > 1 and decide(diff) == "better":
-        head = f"The tuned weights beat equal weights on held-out data by {_describe(diff, 'points')}"
-        return head + "; against single-task models: Δm " + _describe(tuned) + _against_stl(
-            tuned, n
-        ) + "."
+        head = (
+            f"The tuned weights beat equal weights on held-out data by {_describe(diff, 'points')}"
+        )
+        return (
+            head
+            + "; against single-task models: Δm "
+            + _describe(tuned)
+            + _against_stl(tuned, n)
+            + "."
+        )
     if n == 1 and diff[0] > 0:
         return (
             f"The tuned weights are ahead of equal weights by {diff[0]:+.2f} points of Δm on one "
@@ -471,7 +487,9 @@ def _holdout(
             res = train_or_reuse(cfg, root / f"stl-{task.name}-seed{seed}", False, console)
             stl.update(main_metrics([task], res["test"]))
         ew_cfg = ew_base.model_copy(update={"seed": seed, "name": f"{config.name}-ew-seed{seed}"})
-        ew = main_metrics(main, train_or_reuse(ew_cfg, root / f"ew-seed{seed}", False, console)["test"])
+        ew = main_metrics(
+            main, train_or_reuse(ew_cfg, root / f"ew-seed{seed}", False, console)["test"]
+        )
         if tuned_is_ew:
             mine = ew
         else:
@@ -483,9 +501,7 @@ def _holdout(
         per_seed["tuned"].append(mine)
         dm["tuned"].append(delta_m(mine, stl))
         dm["ew"].append(delta_m(ew, stl))
-    result: dict[str, Any] = {
-        name: _mean_metrics(runs) for name, runs in per_seed.items()
-    }
+    result: dict[str, Any] = {name: _mean_metrics(runs) for name, runs in per_seed.items()}
     result.update(
         {
             "seeds": [config.seed + i for i in range(seeds)],
