@@ -260,7 +260,7 @@ def affinity(
         int | None, typer.Option(help="Budget: at most this many epochs (default: no limit).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Budget: at most this many steps.")] = None,
-    every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 10,
+    every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 5,
     min_measured: Annotated[int, typer.Option(help="Measure at least this many steps.")] = 30,
     max_measured: Annotated[int, typer.Option(help="Measure at most this many steps.")] = 200,
     rel_stderr: Annotated[
@@ -290,7 +290,10 @@ def affinity(
         rel_stderr=rel_stderr,
     )
     for measure in ("cosine", "conflict", "tag"):
-        table = Table(title=f"{measure} (row i → column j): {UNITS[measure]}, mean ± s.e.")
+        table = Table(
+            title=f"{measure}, row i → column j: mean ± standard error",
+            caption=UNITS[measure],
+        )
         table.add_column("")
         for t in result.tasks:
             table.add_column(t, justify="right")
