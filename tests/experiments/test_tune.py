@@ -191,3 +191,30 @@ def test_held_out_check_advises_single_task_models_when_they_win_by_construction
     assert result["cv_vs_equal"]["values"] == pytest.approx(gain)
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["holdout"]["advice"] == hold["advice"]
+
+
+def test_the_printed_summary_carries_the_advice_and_the_intervals() -> None:
+    from rich.console import Console
+
+    from mtlkit.experiments.tune import print_tune
+
+    tuned, ew = [-5.0, -6.0, -5.5], [-3.0, -4.0, -3.2]
+    result = {
+        "weights": {"a": 1.5, "b": 0.5},
+        "params": {},
+        "folds": 2,
+        "best_delta_m": -2.0,
+        "cv_vs_equal": {**mean_interval([1.0, 2.0]), "values": [1.0, 2.0]},
+        "holdout": {
+            "seeds": [0, 1, 2],
+            "delta_m": {"tuned": {"values": tuned}, "ew": {"values": ew}},
+            "decision": {"tuned": decide(tuned), "ew": decide(ew)},
+            "advice": holdout_advice(tuned, ew),
+        },
+    }
+    console = Console(record=True, width=200)
+    print_tune(result, console)
+    text = console.export_text()
+    assert "Advice: Use single-task models" in text
+    assert "t over 3 seeds" in text and "worse" in text
+    assert "optimistic" in text
