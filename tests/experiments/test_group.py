@@ -57,6 +57,7 @@ def test_group_reports_robustness_and_a_disagreeing_measure(tmp_path) -> None:
     assert result["grouping"]["search"] == "exhaustive search"
     assert result["robustness"]["frequency"] == 1.0  # noiseless steps: every resample agrees
     assert result["robustness"]["pair_together"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert result["score_stderr"] == {"a": 0.0, "b": 0.0}  # identical steps: no spread
     other = result["other_measure"]
     assert other["measure"] == "cosine" and not other["agrees"]
     assert sorted(other["grouping"]["groups"]) == [["a"], ["b"]]

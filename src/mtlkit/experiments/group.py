@@ -51,7 +51,7 @@ def run_group(
     ``resamples`` bootstrap resamples; None for an affinity file without per-step history) and
     ``result["other_measure"]``: the grouping the other measure picks, its robustness, and
     ``agrees``."""
-    from mtlkit.analysis.affinity import Affinity
+    from mtlkit.analysis.affinity import Affinity, standard_error
     from mtlkit.analysis.grouping import best_grouping, grouping_robustness
     from mtlkit.experiments.affinity import run_affinity
 
@@ -86,13 +86,20 @@ def run_group(
         except ConfigError:
             samples = None  # an old affinity file without per-step history
         robust = None
+        errors: dict[str, float | None] = {t: None for t in grouping.scores}
         if samples is not None and samples.shape[0] >= 2:
             robust = grouping_robustness(samples, models, names, resamples=resamples)
-        return {
-            "grouping": grouping,
-            "robustness": robust,
-            "stderr": affinity.stderr(which)[np.ix_(index, index)],
-        }
+            for members, served in zip(grouping.groups, grouping.serves, strict=True):
+                idx = [names.index(m) for m in members]
+                for task in served:
+                    j = names.index(task)
+                    others = [i for i in idx if i != j]
+                    if others:  # the score's standard error over the measured steps
+                        per_step = samples[:, others, j].mean(axis=1)
+                        errors[task] = float(standard_error(per_step))
+                    else:
+                        errors[task] = 0.0  # alone: the score is 0 by definition
+        return {"grouping": grouping, "robustness": robust, "score_stderr": errors}
 
     chosen = choose(measure)
     other_name = "cosine" if measure == "tag" else "tag"
@@ -101,6 +108,7 @@ def run_group(
     result: dict[str, Any] = {
         "measure": measure,
         "grouping": grouping.to_json(),
+        "score_stderr": chosen["score_stderr"],
         "robustness": None if chosen["robustness"] is None else chosen["robustness"].to_json(),
         "robustness_note": (
             chosen["robustness"].describe()
@@ -172,13 +180,18 @@ def _verify_grouping(
 def print_grouping(result: dict[str, Any], models: int, console: Console) -> None:
     """The grouping of :func:`~mtlkit.experiments.group.run_group`, its robustness and whether
     the other measure agrees."""
+    from mtlkit.analysis.affinity import format_estimate
+
     grouping, measure = result["grouping"], result["measure"]
     label = {"tag": "lookahead (TAG)", "cosine": "gradient cosine"}
     table = Table(title=f"Best grouping into ≤ {models} model(s) by {label[measure]}")
     for column in ("model", "trained on", "serves", "scores"):
         table.add_column(column)
     for i, (g, s) in enumerate(zip(grouping["groups"], grouping["serves"], strict=True)):
-        scores = ", ".join(f"{t}: {grouping['scores'][t]:+.3g}" for t in s)
+        errors = result.get("score_stderr") or {}
+        scores = ", ".join(
+            f"{t}: {format_estimate(grouping['scores'][t], errors.get(t))}" for t in s
+        )
         table.add_row(str(i + 1), ", ".join(g), ", ".join(s), scores)
     console.print(table)
     console.print(f"total score {grouping['total']:+.3g} ({grouping['search']} over this matrix)")
@@ -186,7 +199,9 @@ def print_grouping(result: dict[str, Any], models: int, console: Console) -> Non
     robust = result.get("robustness")
     if robust:
         tasks = robust["tasks"]
-        pairs = Table(title="Pair-together: share of bootstrap resamples training i with j")
+        pairs = Table(
+            title="Pair-together", caption="share of bootstrap resamples training i with j"
+        )
         pairs.add_column("")
         for t in tasks:
             pairs.add_column(t, justify="right")
