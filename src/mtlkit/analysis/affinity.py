@@ -149,7 +149,7 @@ class Affinity:
     def matrix(self, measure: str) -> np.ndarray:
         """The matrix of ``measure`` (cosine, conflict or tag)."""
         _check_measure(measure)
-        return getattr(self, measure)
+        return np.asarray(getattr(self, measure), dtype=float)
 
     def samples(self, measure: str) -> np.ndarray:
         """The per-step values of ``measure`` (steps × T × T), from :attr:`history`; a
