@@ -271,6 +271,8 @@ def affinity(
 ) -> None:
     """Gradient cosines, conflicts and TAG lookahead affinity of every task pair, ± standard
     errors; measures until the errors are small (see docs/affinity.md)."""
+    import numpy as np
+
     from mtlkit.analysis.affinity import UNITS, format_estimate
     from mtlkit.config import load_config
     from mtlkit.experiments.affinity import run_affinity
@@ -316,6 +318,14 @@ def affinity(
         f"{result.steps} measured steps (every {every} training steps), stopped: {why}. "
         f"Measuring cost {cost:.2f}× a training step per step. Written to {out_dir}"
     )
+    tag = result.matrix("tag")
+    off = ~np.eye(len(result.tasks), dtype=bool)
+    if result.lr is not None and float(np.sqrt(np.mean(tag[off] ** 2))) < 0.01:
+        console.print(
+            f"The lookahead scores are below 0.01 %: the lookahead step (η = {result.lr:g}, "
+            "the learning rate unless --lr) is small for this model's gradients. They still "
+            "rank the pairs where their errors are small; --lr gives larger numbers."
+        )
 
 
 @app.command()
