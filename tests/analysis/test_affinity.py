@@ -251,6 +251,7 @@ def test_estimates_print_with_their_error() -> None:
     assert format_estimate(-0.5, 0.0123) == "-0.500 ± 0.012"
     assert format_estimate(12.0, 3.0) == "+12.0 ± 3.0"
     assert format_estimate(1.2e-6, 2e-7) == "+1.20e-06 ± 2.0e-07"
+    assert format_estimate(9.63e-4, 9.6e-5) == "+0.000963 ± 0.000096"
     assert format_estimate(0.25, float("nan")) == "+0.25"
 
 

@@ -106,14 +106,14 @@ def is_precise(samples: np.ndarray, rel_stderr: float) -> bool:
 def format_estimate(mean: float, stderr: float | None = None) -> str:
     """``+1.23 ± 0.40``: the mean with as many decimals as two significant digits of its
     standard error need; ``+1.23`` (3 significant digits) without one; scientific notation
-    for estimates whose error is below 1e-4."""
+    for estimates whose error is below 1e-5."""
     if not math.isfinite(mean):
         return "n/a"
     if stderr is None or not math.isfinite(stderr):
         return f"{mean:+.3g}"
     if stderr == 0:
         return f"{mean:+.3g} ± 0"
-    if stderr < 1e-4:
+    if stderr < 1e-5:
         return f"{mean:+.2e} ± {stderr:.1e}"
     decimals = min(6, max(0, 1 - math.floor(math.log10(stderr))))
     return f"{mean:+.{decimals}f} ± {stderr:.{decimals}f}"
