@@ -108,6 +108,9 @@ def test_tuning_recovers_the_better_weights_and_resumes(tmp_path) -> None:
     more = run_tune(cfg, tmp_path, trials=7, folds=2)
     assert more["trials"] == 7
     assert [h["value"] for h in more["history"][:6]] == [h["value"] for h in history]
+    # the held-out check reuses its finished runs and trains the new best trial's own
+    assert more["holdout"]["stl"] == result["holdout"]["stl"]
+    assert more["holdout"]["advice"]
 
 
 def test_bad_tuning_input_is_a_config_error(tmp_path) -> None:

@@ -280,6 +280,7 @@ def run_tune(
             console,
             tuned_is_ew=tuned_is_ew,
             cv_best=best.value,
+            best_trial=best.number,
         )
     atomic_write_text(out / "tune.json", json.dumps(result, indent=2))
     return result
@@ -456,6 +457,7 @@ def _holdout(
     *,
     tuned_is_ew: bool,
     cv_best: float | None,
+    best_trial: int,
 ) -> dict[str, Any]:
     """Train the tuned weights, equal weights and the single-task models on the whole training
     split (selected on the validation split, as ``mtlkit train`` does) for ``seeds`` seeds,
@@ -494,7 +496,9 @@ def _holdout(
             mine = ew
         else:
             t_cfg = tuned.model_copy(update={"seed": seed, "name": f"{tuned.name}-seed{seed}"})
-            res = train_or_reuse(t_cfg, root / f"tuned-seed{seed}", False, console)
+            # named by the trial: a resumed study with a new best trains a new run
+            folder = root / f"tuned-trial{best_trial}-seed{seed}"
+            res = train_or_reuse(t_cfg, folder, False, console)
             mine = main_metrics(main, res["test"])
         per_seed["stl"].append(stl)
         per_seed["ew"].append(ew)
