@@ -26,7 +26,10 @@ from mtlkit.experiments.run import build_run
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task, delta_m, delta_m_per_task
 
-__all__ = ["print_grouping", "run_group"]
+__all__ = ["measure_advice", "print_grouping", "run_group"]
+
+#: a grouping chosen in at least this share of bootstrap resamples is trusted
+ROBUST = 0.7
 
 
 def run_group(
@@ -124,11 +127,50 @@ def run_group(
             "agrees": other["grouping"].key() == grouping.key(),
         },
     }
+    freq = {
+        measure: None if chosen["robustness"] is None else chosen["robustness"].frequency,
+        other_name: None if other["robustness"] is None else other["robustness"].frequency,
+    }
+    result["measure_advice"] = measure_advice(
+        freq["tag"], freq["cosine"], result["other_measure"]["agrees"]
+    )
     if verify:
         result["verify"] = _verify_grouping(config, tasks, grouping, out, console)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "group.json", json.dumps(result, indent=2))
     return result
+
+
+def measure_advice(tag: float | None, cosine: float | None, agree: bool) -> str:
+    """Which grouping to believe, from the bootstrap frequencies of the lookahead's (``tag``)
+    and the cosine's groupings (None: unknown) and whether they agree (docs/affinity.md):
+    the lookahead when it is robust; the cosine when only it is; otherwise neither decides,
+    and ``--verify`` (training the candidates) should."""
+
+    def robust(f: float | None) -> bool:
+        return f is not None and f >= ROBUST
+
+    if agree:
+        if robust(tag) or robust(cosine):
+            return "Both measures pick this grouping, and it is robust to the measurement noise."
+        return (
+            "Both measures pick this grouping, but neither is robust to the measurement "
+            "noise: measure more steps or check it with --verify."
+        )
+    if robust(tag):
+        return (
+            "The measures disagree; believe the lookahead (TAG): it is robust, and it measures "
+            "the effect on each task's loss, of which the cosine is one ingredient."
+        )
+    if robust(cosine):
+        return (
+            "The measures disagree and the lookahead's grouping is not robust (its scores are "
+            "within the noise); lean on the gradient cosine's grouping, or check with --verify."
+        )
+    return (
+        "The measures disagree and neither grouping is robust: the measurement cannot decide; "
+        "train the candidates with --verify."
+    )
 
 
 def _verify_grouping(
@@ -215,6 +257,7 @@ def print_grouping(result: dict[str, Any], models: int, console: Console) -> Non
         groups = " | ".join(", ".join(g) for g in other["grouping"]["groups"])
         console.print(
             f"[bold]The {label[other['measure']]} measure picks a different grouping[/bold]: "
-            f"{escape(groups)}. See docs/affinity.md for which to believe (the lookahead, "
-            "when its errors are small)."
+            f"{escape(groups)} (docs/affinity.md: which measure to believe)."
         )
+    if "measure_advice" in result:
+        console.print(f"[bold]Advice:[/bold] {result['measure_advice']}")
