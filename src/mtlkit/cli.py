@@ -406,7 +406,9 @@ def tune(
         cfg, out_dir, trials, folds, ranges, console=console, holdout_seeds=holdout_seeds
     )
     print_tune(result, console)
-    console.print(f"Train with them: mtlkit train {Path(out_dir) / 'tuned.yaml'}")
+    advice = (result.get("holdout") or {}).get("advice", "")
+    lead = "To train one model anyway" if advice.startswith("Use single") else "Train with them"
+    console.print(f"{lead}: mtlkit train {Path(out_dir) / 'tuned.yaml'}")
 
 
 @app.command()

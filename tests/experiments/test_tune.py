@@ -169,6 +169,8 @@ def test_advice_says_when_tuning_is_no_better_than_equal_weights() -> None:
     ahead = holdout_advice([2.0], [1.0])
     assert "cannot tell them from noise" in ahead
     assert "kept equal weights" in holdout_advice([1.0], [1.0], tuned_is_ew=True)
+    kept = holdout_advice([-1.0, -2.0], [-1.0, -2.0], tuned_is_ew=True)
+    assert kept.startswith("Lean towards single-task models: equal weights, which the search")
     with pytest.raises(ConfigError, match="one value per seed"):
         holdout_advice([1.0, 2.0], [1.0])
 

@@ -380,6 +380,12 @@ def holdout_advice(
         return decide(values) == "worse" if n > 1 else float(values[0]) < 0
 
     one_seed = " One seed gives no interval: raise --holdout-seeds to confirm." if n == 1 else ""
+    if tuned_is_ew:
+        both = f"equal weights, which the search kept (Δm {_describe(ew)}),"
+    else:
+        both = (
+            f"both the tuned weights (Δm {_describe(tuned)}) and equal weights (Δm {_describe(ew)})"
+        )
     if loses(tuned) and loses(ew):
         cv = (
             f" Every trial also lost in cross-validation (best mean validation Δm "
@@ -388,16 +394,14 @@ def holdout_advice(
             else ""
         )
         return (
-            f"Use single-task models: on held-out test data both the tuned weights "
-            f"(Δm {_describe(tuned)}) and equal weights (Δm {_describe(ew)}) do worse than one "
+            f"Use single-task models: on held-out test data {both} do worse than one "
             f"model per task.{cv}{one_seed}"
         )
     if n > 1 and all(v < 0 for v in [*tuned, *ew]):
         return (
-            f"Lean towards single-task models: both the tuned weights (Δm {_describe(tuned)}) "
-            f"and equal weights (Δm {_describe(ew)}) did worse than one model per task on every "
-            f"one of the {n} held-out seeds, though the intervals still reach 0; more seeds "
-            "would settle it."
+            f"Lean towards single-task models: {both} did worse than one model per task on "
+            f"every one of the {n} held-out seeds, though the intervals still reach 0; more "
+            "seeds would settle it."
         )
     if tuned_is_ew:
         head = (
@@ -550,7 +554,9 @@ def print_tune(result: dict[str, Any], console: Console) -> None:
     folds = result["folds"]
     console.print(f"mean validation Δm over {folds} folds: {result['best_delta_m']:+.2f} %")
     cv = result.get("cv_vs_equal")
-    if cv:
+    if cv and all(v == 0 for v in cv["values"]):
+        console.print("the best trial is the first one: nothing beat it in cross-validation")
+    elif cv:
         span = "" if cv["ci"] is None else f" (95 % CI {cv['ci'][0]:+.2f} … {cv['ci'][1]:+.2f})"
         console.print(
             f"best trial − first trial, per fold: {cv['mean']:+.2f} points{span}; optimistic, "
