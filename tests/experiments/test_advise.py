@@ -39,7 +39,8 @@ def unit_cost(**change: Any) -> Cost:
         "steps_per_epoch": 10,
         "stl_step": 1.0,
         "method_step": {m: 1.0 for m in MENU},
-        "eval_seconds": 0.0,
+        "epoch_overhead": 0.0,
+        "run_seconds": 0.0,
         "affinity_step": 1.0,
         "pilot_seconds": 0.0,
     }
@@ -47,10 +48,13 @@ def unit_cost(**change: Any) -> Cost:
     return Cost(**values)
 
 
-def test_cost_of_one_seed_epoch_is_every_model_once() -> None:
-    cost = unit_cost(eval_seconds=2.0, method_step={"ew": 1.0, "uw": 1.0, "upgrad": 3.0})
+def test_cost_of_one_seed_is_every_model_once() -> None:
+    cost = unit_cost(
+        epoch_overhead=2.0, run_seconds=7.0, method_step={"ew": 1.0, "uw": 1.0, "upgrad": 3.0}
+    )
     # STL: 2 × (10 + 2); EW, UW: 10 + 2 each; UPGrad: 30 + 2
     assert cost.seed_epoch_seconds(MENU) == pytest.approx(24 + 12 + 12 + 32)
+    assert cost.seed_run_seconds(MENU) == pytest.approx(5 * 7.0)
     assert Cost.from_json(json.loads(json.dumps(cost.to_json()))) == cost
 
 
@@ -87,6 +91,15 @@ def test_budget_rule_by_hand(usable: float, seeds: int, epochs: int, steps: int)
     assert (f"{steps} of {AFFINITY_STEPS} steps" in cuts) == (steps < AFFINITY_STEPS)
 
 
+def test_fixed_run_costs_count_once_per_run() -> None:
+    # F = 5 runs × 10 s per seed, 10 s for the affinity run. Usable 1020: affinity
+    # ⌊0.15·1020 − 10⌋ = 143 → 100 steps; R = 1020 − 10 − 100 = 910 ≥ 3 · (5 · 50 + 50);
+    # epochs ⌊(910 / 3 − 50) / 50⌋ = 5
+    plan = plan_budget(unit_cost(run_seconds=10.0), 10, budget_seconds=1020 / SAFETY)
+    assert (plan.seeds, plan.epochs, plan.affinity_steps) == (3, 5, 100)
+    assert plan.estimated_seconds == pytest.approx(10 + 100 + 3 * (5 * 50 + 50))
+
+
 def test_a_budget_below_the_smallest_plan_says_so() -> None:
     plan = plan_budget(unit_cost(), max_epochs=10, budget_seconds=20 / SAFETY)
     assert (plan.seeds, plan.epochs, plan.affinity_steps) == (1, 1, AFFINITY_MIN_STEPS)
@@ -107,7 +120,8 @@ def test_more_budget_never_plans_less() -> None:
             steps_per_epoch=int(rng.integers(1, 200)),
             stl_step=float(rng.uniform(0.001, 0.2)),
             method_step={m: float(rng.uniform(0.001, 0.5)) for m in MENU},
-            eval_seconds=float(rng.uniform(0, 5)),
+            epoch_overhead=float(rng.uniform(0, 5)),
+            run_seconds=float(rng.uniform(0, 10)),
             affinity_step=float(rng.uniform(0.001, 1.0)),
             pilot_seconds=float(rng.uniform(0, 20)),
         )
@@ -354,7 +368,7 @@ def test_advise_end_to_end_and_resumed(tmp_path: Path, capsys: pytest.CaptureFix
         assert f'<section id="{section}">' in page
     assert math.isfinite(advice["seconds"]["total"])
     # the command on the same folder: the plan, the affinity and every run are reused
-    finished = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+    finished = {p: p.stat().st_mtime_ns for p in (out / "compare").rglob("results.json")}
     assert len(finished) == plan["seeds"] * (3 + len(MENU))
     (tmp_path / "c.yaml").write_text(json.dumps(raw))
     capsys.readouterr()
@@ -362,7 +376,7 @@ def test_advise_end_to_end_and_resumed(tmp_path: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     assert code == 0
     assert "resuming the plan" in printed and "measuring" not in printed
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == finished
+    assert {p: p.stat().st_mtime_ns for p in (out / "compare").rglob("results.json")} == finished
     assert "Recommendation" in printed and "Verdict against the 3 single-task models" in printed
     second = json.loads((out / "advise.json").read_text())
     for key in ("choice", "method", "models", "confidence"):

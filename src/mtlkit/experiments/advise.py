@@ -35,6 +35,7 @@ import html
 import json
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -95,26 +96,33 @@ class Cost:
     """Measured seconds of one config's models (the pilot of :func:`measure_cost`).
 
     ``stl_step``: one training step of a single-task model; ``method_step[m]``: one step of
-    the multi-task model with method ``m``; ``eval_seconds``: one validation pass;
-    ``affinity_step``: one training step with an affinity measurement.
+    the multi-task model with method ``m``; ``epoch_overhead``: what an epoch costs besides
+    its training steps (validation, checkpoint, logging); ``run_seconds``: what a run costs
+    besides its epochs (loading the data, building the model); ``affinity_step``: one
+    training step with an affinity measurement.
     """
 
     n_tasks: int
     steps_per_epoch: int
     stl_step: float
     method_step: dict[str, float]
-    eval_seconds: float
+    epoch_overhead: float
+    run_seconds: float
     affinity_step: float
     pilot_seconds: float = 0.0
 
     def epoch_seconds(self, model: str) -> float:
-        """One epoch (training + validation) of ``model`` (``"stl"`` or a menu method)."""
+        """One epoch (training + overhead) of ``model`` (``"stl"`` or a menu method)."""
         step = self.stl_step if model == "stl" else self.method_step[model]
-        return step * self.steps_per_epoch + self.eval_seconds
+        return step * self.steps_per_epoch + self.epoch_overhead
 
     def seed_epoch_seconds(self, menu: Sequence[str]) -> float:
         """One epoch of every model of one seed: the T single-task models and each method."""
         return self.n_tasks * self.epoch_seconds("stl") + sum(self.epoch_seconds(m) for m in menu)
+
+    def seed_run_seconds(self, menu: Sequence[str]) -> float:
+        """The fixed cost of every run of one seed (T single-task models and each method)."""
+        return (self.n_tasks + len(menu)) * self.run_seconds
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,30 +171,37 @@ def plan_budget(
     """The seeds, maximum epochs and affinity steps that fit ``budget_seconds``.
 
     The rule (also in ``docs/advise.md``), with U the seconds of one epoch of every model of
-    one seed (T single-task models + each method of ``menu``, validation included):
+    one seed (T single-task models + each method of ``menu``, overhead included) and F the
+    fixed cost of those T + |menu| runs (data, model):
 
     1. usable = ``SAFETY`` × budget − the pilot's seconds already spent;
     2. affinity: ``AFFINITY_STEPS`` measured steps, cut to what fits in ``AFFINITY_SHARE`` of
-       the usable seconds, but never below ``AFFINITY_MIN_STEPS``;
+       the usable seconds (after the fixed cost of its run), never below
+       ``AFFINITY_MIN_STEPS``;
     3. comparison, with what remains (R): the most seeds s ≤ ``seeds`` (down to 2) whose runs
-       fit at least half of ``max_epochs``, s · ⌈max_epochs / 2⌉ · U ≤ R; then the most
-       epochs E ≤ ``max_epochs`` with s · E · U ≤ R. Seeds go before epochs below half the
-       maximum because fewer epochs leave runs unconverged (flagged), while fewer than two
-       seeds leave no interval at all. When even two seeds do not fit: one seed (the verdict
-       is then "undecided"), as many epochs as fit, at least one;
-    4. patience: the config's, else :func:`default_patience` of E.
+       fit at least half of ``max_epochs``, s · (⌈max_epochs / 2⌉ · U + F) ≤ R; then the most
+       epochs E ≤ ``max_epochs`` with s · (E · U + F) ≤ R. Seeds go before epochs below half
+       the maximum because fewer epochs leave runs unconverged (flagged), while fewer than
+       two seeds leave no interval at all. When even two seeds do not fit: one seed (the
+       verdict is then "undecided"), as many epochs as fit, at least one;
+    4. patience: the config's, else :func:`default_patience` of E (never more than E).
 
     Without a budget: ``seeds`` seeds, ``max_epochs`` epochs, ``AFFINITY_STEPS`` steps.
-    ``estimated_seconds`` is the plan's cost (pilot included); ``full_seconds`` that of the
-    uncut plan, so a user knows what budget would have been enough.
+    ``estimated_seconds`` is the plan's cost (pilot included), an upper bound when runs stop
+    early; ``full_seconds`` that of the uncut plan, so a user knows what budget is enough.
     """
     if max_epochs < 1:
         raise ConfigError(f"advise: the maximum epochs must be ≥ 1, got {max_epochs}")
     if seeds < 1:
         raise ConfigError(f"advise: option 'seeds' must be ≥ 1, got {seeds}")
     unit = cost.seed_epoch_seconds(menu)
-    aff_unit = cost.affinity_step
-    full = cost.pilot_seconds + AFFINITY_STEPS * aff_unit + seeds * max_epochs * unit
+    fixed = cost.seed_run_seconds(menu)
+
+    def cost_of(n_seeds: int, epochs: int, steps: int) -> float:
+        affinity = cost.run_seconds + steps * cost.affinity_step
+        return cost.pilot_seconds + affinity + n_seeds * (epochs * unit + fixed)
+
+    full = cost_of(seeds, max_epochs, AFFINITY_STEPS)
     cuts: list[str] = []
     if budget_seconds is None:
         s, epochs, steps = seeds, max_epochs, AFFINITY_STEPS
@@ -194,14 +209,17 @@ def plan_budget(
         if budget_seconds <= 0:
             raise ConfigError(f"advise: option 'budget' must be > 0 minutes, got {budget_seconds}")
         usable = SAFETY * budget_seconds - cost.pilot_seconds
-        fits = math.floor(AFFINITY_SHARE * max(usable, 0.0) / aff_unit) if aff_unit > 0 else 10**9
+        share = AFFINITY_SHARE * usable - cost.run_seconds
+        step = cost.affinity_step
+        fits = math.floor(max(share, 0.0) / step) if step > 0 else AFFINITY_STEPS
         steps = max(AFFINITY_MIN_STEPS, min(AFFINITY_STEPS, fits))
         if steps < AFFINITY_STEPS:
             cuts.append(f"affinity measured on {steps} of {AFFINITY_STEPS} steps")
-        remaining = usable - steps * aff_unit
+        remaining = usable - cost.run_seconds - steps * step
         half = math.ceil(max_epochs / 2)
-        s = next((n for n in range(seeds, 1, -1) if n * half * unit <= remaining), 1)
-        epochs = max(1, min(max_epochs, math.floor(remaining / (s * unit)) if unit > 0 else 1))
+        s = next((n for n in range(seeds, 1, -1) if n * (half * unit + fixed) <= remaining), 1)
+        room = (remaining / s - fixed) / unit if unit > 0 else max_epochs
+        epochs = max(1, min(max_epochs, math.floor(room)))
         if s < seeds:
             cuts.append(
                 f"{s} seed(s) instead of {seeds}"
@@ -209,7 +227,7 @@ def plan_budget(
             )
         if epochs < max_epochs:
             cuts.append(f"at most {epochs} of the config's {max_epochs} epochs")
-    estimated = cost.pilot_seconds + steps * aff_unit + s * epochs * unit
+    estimated = cost_of(s, epochs, steps)
     if budget_seconds is not None and estimated > SAFETY * budget_seconds:
         cuts.append(
             f"even this smallest plan needs about {estimated / 60:.1f} min, more than the "
@@ -249,10 +267,17 @@ def _timed_steps(trainer: Any, loader: Any, steps: int) -> float:
     return statistics.median(times)
 
 
-def measure_cost(config: RunConfig, menu: Sequence[str] = MENU, steps: int = 3) -> Cost:
-    """Time ``steps`` training steps of a single-task model and of the multi-task model with
-    each method of ``menu``, one validation pass and two affinity measurements (the pilot).
-    The data are loaded once and shared by every model of the pilot."""
+def measure_cost(
+    config: RunConfig, menu: Sequence[str] = MENU, steps: int = 3, folder: Path | None = None
+) -> Cost:
+    """The pilot: the seconds of one run's data and model (a build), of one real epoch (a
+    one-epoch run of the multi-task model with equal weights, written to ``folder`` or a
+    temporary folder), of ``steps`` training steps of a single-task model and of the
+    multi-task model with each method of ``menu``, and of two affinity measurements.
+
+    The epoch overhead (validation, checkpoint, logging) is the one-epoch run's seconds less
+    its build and training steps, and at least one timed validation pass. The step models
+    share the data loaded once."""
     from mtlkit.analysis.affinity import measure_affinity
     from mtlkit.experiments.compare import Variant, stl_config, variant_config
     from mtlkit.experiments.run import (
@@ -262,11 +287,13 @@ def measure_cost(config: RunConfig, menu: Sequence[str] = MENU, steps: int = 3) 
         build_weighting,
         encoder_spec,
         resolve_tasks,
+        train_run,
     )
     from mtlkit.train.batches import resolve_device
 
     started = time.perf_counter()
     base = build_run(config)
+    run_seconds = time.perf_counter() - started
     main = [t for t in base.tasks if not t.auxiliary]
     if not main:
         raise ConfigError("advise: every task is auxiliary; there is nothing to advise on")
@@ -304,12 +331,26 @@ def measure_cost(config: RunConfig, menu: Sequence[str] = MENU, steps: int = 3) 
         device=resolve_device(config.train.device),
     )
     affinity_step = (measured.seconds["measure"] + measured.seconds["train"]) / measured.steps
+    ew = variant_config(config, Variant("ew", config.model.architecture), config.seed)
+    one = ew.model_copy(
+        update={
+            "name": f"{config.name}-pilot",
+            "train": ew.train.model_copy(update={"epochs": 1}),
+        }
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        began = time.perf_counter()
+        train_run(one, Path(folder or scratch) / "pilot-epoch", progress=False, if_exists="replace")
+        epoch_run = time.perf_counter() - began
+    ew_step = method_step.get("ew", min(method_step.values()))
+    overhead = max(eval_seconds, epoch_run - run_seconds - steps_per_epoch * ew_step)
     return Cost(
         n_tasks=len(main),
         steps_per_epoch=steps_per_epoch,
         stl_step=stl_step,
         method_step=method_step,
-        eval_seconds=eval_seconds,
+        epoch_overhead=overhead,
+        run_seconds=run_seconds,
         affinity_step=affinity_step,
         pilot_seconds=time.perf_counter() - started,
     )
@@ -575,7 +616,7 @@ def _load_or_plan(
         console.print(f"advise: resuming the plan in {plan_file}")
         return Plan.from_json(saved["plan"]), Cost.from_json(saved["cost"]), True
     console.print("advise: timing a few steps of every model (pilot)")
-    cost = measure_cost(config)
+    cost = measure_cost(config, folder=out)
     plan = plan_budget(
         cost,
         config.train.epochs,
