@@ -44,12 +44,17 @@ def demo(
         "multidigits"
     ),
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/demo-...).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per model.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per model.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds (3: a 95 % interval; 1 decides nothing).")] = 3,
+    patience: Annotated[
+        int | None, typer.Option(help="Stop a run after this many epochs without improvement.")
+    ] = None,
 ) -> None:
-    """Train single-task models and one multi-task model on built-in data; compare them."""
+    """Single-task models against one multi-task model on built-in data, over seeds: the
+    verdict with its interval, and what each costs."""
     from mtlkit.experiments.demo import run_demo
 
-    run_demo(dataset, out=out, epochs=epochs, console=console)
+    run_demo(dataset, out=out, epochs=epochs, console=console, seeds=seeds, patience=patience)
 
 
 @app.command()
@@ -325,11 +330,25 @@ def compare(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     methods: Annotated[str | None, typer.Option(help="Methods, e.g. ew,uw,pcgrad.")] = None,
     architectures: Annotated[str | None, typer.Option(help="Architectures, e.g. hps,mmoe.")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per model.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Seeds per model (≥ 2 for an interval).")] = 3,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Epoch budget of every run (default: train.epochs).")
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs without validation improvement before a run stops "
+            "(default: train.patience, else 5)."
+        ),
+    ] = None,
+    efficiency: Annotated[
+        bool, typer.Option(help="Measure inference latency, throughput and memory.")
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Single-task baselines against every chosen method and architecture, over seeds."""
+    """Single-task baselines against every chosen method and architecture, over seeds, under
+    one convergence protocol (docs/protocol.md): Δm with a 95 % interval and a verdict."""
     from mtlkit.config import load_config
     from mtlkit.experiments.compare import print_summary, run_compare
     from mtlkit.experiments.run import new_run_dir
@@ -337,7 +356,15 @@ def compare(
     cfg = load_config(config, _overrides(set_))
     out_dir = out or new_run_dir("runs", f"{cfg.name}-compare")
     summary = run_compare(
-        cfg, out_dir, _csv(methods), _csv(architectures), seeds=seeds, console=console
+        cfg,
+        out_dir,
+        _csv(methods),
+        _csv(architectures),
+        seeds=seeds,
+        console=console,
+        patience=patience,
+        max_epochs=max_epochs,
+        efficiency=efficiency,
     )
     print_summary(summary, console)
     console.print(f"Written to {out_dir} (compare.json, compare.csv, compare.md)")

@@ -98,6 +98,9 @@ class TaskConfig(Strict):
     auxiliary: bool | None = None
     head: str | None = None
     head_params: dict[str, Any] | None = None
+    #: the metric Δm compares for this task (one of its metrics); None: the task kind's
+    #: primary metric (docs/protocol.md)
+    primary_metric: str | None = None
 
 
 class ModelConfig(Strict):

@@ -102,7 +102,8 @@ def test_report_has_every_section_with_data(run_dir: Path) -> None:
     results = json.loads((run_dir / "results.json").read_text())
     assert f"Selected epoch: <b>{results['best_epoch']}</b> of 2" in page
     assert f"<td>{results['test']['reg']['mae']:.4f}</td>" in page  # the test-metrics table
-    assert "MTL (ew@hps) beats STL on 1 of 1 tasks" in page
+    assert "MTL (ew@hps) vs STL: Δm +20.00 % (interval n/a: one seed)" in page
+    assert "undecided: one seed cannot decide" in page
     assert "name: tiny" in page
     assert "http://" not in page and "https://" not in page  # self-contained
 
@@ -110,7 +111,8 @@ def test_report_has_every_section_with_data(run_dir: Path) -> None:
 def test_a_comparison_draws_every_model_over_its_seeds_and_delta_m(compare_dir: Path) -> None:
     page = build_report(compare_dir).read_text()
     assert "mean over its seeds, with a band" in page
-    assert "95 % confidence intervals over 2 seeds (Student" in page
+    assert "95 % confidence intervals, t over 2 seeds, paired by seed" in page
+    assert "t over 2 seeds, paired by seed; primary metrics" in page  # the verdict
     assert "(mean of 2 seeds)" not in page  # the captions are drawn in the images
     assert "mgda@hps, seed 0" in page and "mgda@hps, seed 1" in page  # the cosine table
     assert page.count("Not available") == 2  # no results.json of one run, no affinity

@@ -296,7 +296,9 @@ def test_auxiliary_tasks_are_trained_but_left_out_of_delta_m(tmp_path: Path) -> 
     metrics = results["mtl"]["tasks"]["sign"]["metrics"]
     stl = {"sign": {m: results["stl"]["sign"]["test"]["sign"][m] for m in metrics}}
     mtl = {"sign": {m: results["mtl"]["test"]["sign"][m] for m in metrics}}
-    assert results["delta_m"] == pytest.approx(delta_m(mtl, stl))
+    assert results["delta_m_all_metrics"] == pytest.approx(delta_m(mtl, stl))
+    primary = results["primary"]["sign"]
+    assert results["delta_m"] == pytest.approx(delta_m(mtl, stl, metrics={"sign": primary}))
 
 
 def test_under_torchrun_a_run_shards_multi_input_data_and_checks_the_schedule(

@@ -324,9 +324,10 @@ def _affinity(affinity: dict[str, Any] | None) -> str:
     )
 
 
-def _interval(std: float, n: int) -> float:
-    """Half-width of the 95 % Student-t confidence interval of a mean of ``n`` values."""
-    if n < 2 or not math.isfinite(std):
+def _interval(std: float | None, n: int) -> float:
+    """Half-width of the 95 % Student-t confidence interval of a mean of ``n`` values (0 draws
+    no whisker: one seed has no interval)."""
+    if n < 2 or std is None or not math.isfinite(std):
         return 0.0
     from scipy.stats import t
 
@@ -359,24 +360,26 @@ def _comparison_charts(compare: dict[str, Any]) -> str:
         ax.set_xlabel(metric)
     ax = axes[-1]
     dms = [variants[v]["delta_m"] for v in variants]
+    decision_colour = {"better": "tab:green", "worse": "tab:red"}
     ax.barh(
         list(variants),
         [d["mean"] for d in dms],
-        xerr=[_interval(d["std"], n) for d in dms],
+        xerr=[_interval(d.get("std"), n) for d in dms],
         capsize=4,
-        color=["tab:green" if d["mean"] > 0 else "tab:red" for d in dms],
+        color=[decision_colour.get(variants[v].get("decision", ""), "tab:grey") for v in variants],
         alpha=0.85,
     )
     for k, d in enumerate(dms):
         ax.plot(d.get("values", []), [k] * len(d.get("values", [])), "k.", markersize=5)
     ax.axvline(0.0, color="grey", linewidth=0.8)
     ax.invert_yaxis()
-    ax.set_title("Δm vs single-task models (%; > 0 better)", fontsize=10)
+    ax.set_title("Δm vs single-task models (%; primary metrics; > 0 better)", fontsize=10)
     ax.set_xlabel("Δm (%)")
     interval = (
-        f"95 % confidence intervals over {n} seeds (Student's t); dots: each seed's Δm"
+        f"95 % confidence intervals, t over {n} seeds, paired by seed for Δm; dots: each "
+        "seed's Δm; Δm bars green: better, red: worse, grey: no detectable difference"
         if n > 1
-        else "one seed: no interval"
+        else "one seed: interval n/a (one seed cannot decide)"
     )
     return f"<p>Bars: mean over seeds; whiskers: {interval}.</p>" + _figure_tag(
         fig, "comparison charts"
@@ -386,18 +389,31 @@ def _comparison_charts(compare: dict[str, Any]) -> str:
 def _comparison(compare: dict[str, Any] | None) -> str:
     if not compare:
         return ""
-    from mtlkit.experiments.compare import rows
+    from mtlkit.experiments.compare import efficiency_rows, rows
 
-    table = rows(compare)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in table[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in table
-    )
     verdicts = "".join(
         f"<li>{html.escape(v['verdict'])}</li>" for v in compare.get("variants", {}).values()
     )
     charts = _comparison_charts(compare) if compare.get("variants") else ""
-    return f"<ul>{verdicts}</ul>{charts}<table><tr>{head}</tr>{body}</table>"
+    costs = efficiency_rows(compare)
+    cost_table = (
+        "<p>Cost: STL sums its T models; training seconds are a mean over seeds; latency is "
+        "the median time of one test batch after a warm-up, throughput in examples/s; peak "
+        "memory on CUDA only (n/a elsewhere).</p>" + _html_table(costs)
+        if costs
+        else ""
+    )
+    return f"<ul>{verdicts}</ul>{charts}{_html_table(rows(compare))}{cost_table}"
+
+
+def _html_table(table: list[dict[str, str]]) -> str:
+    if not table:
+        return ""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in table[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in table
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _results(results: dict[str, Any] | None, epochs: int) -> str:

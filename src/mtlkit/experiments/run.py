@@ -125,6 +125,10 @@ def resolve_tasks(config: RunConfig, data: DataBundle) -> list[Task]:
         override = overrides.get(name)
         if override is not None:
             fields.update(override.model_dump(exclude_none=True, exclude={"name"}))
+            if "primary_metric" in fields:  # the config's name of Task.primary
+                fields["primary"] = fields.pop("primary_metric")
+            elif override.metrics is not None and fields.get("primary") not in override.metrics:
+                fields["primary"] = None  # the dataset's choice is not among the new metrics
         if config.weights and name in config.weights:
             fields["weight"] = config.weights[name]
         task = Task(**fields)
@@ -432,6 +436,7 @@ def _train(
     results = {
         "name": config.name,
         "best_epoch": fit.best_epoch,
+        "epochs_run": trainer.epoch,
         "monitor": {"name": config.train.monitor, "value": fit.best_value},
         "stopped_early": fit.stopped_early,
         "val": trainer.evaluate(run.loader("val")),

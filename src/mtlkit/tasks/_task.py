@@ -29,6 +29,8 @@ class TaskKind:
     ``integer_targets`` says whether targets are class indices (checked to lie in
     ``[0, num_outputs)`` or equal the ignore value ``-100``); otherwise they are floats.
     ``class_dim`` says whether the output has a class/channel dimension 1 that the target lacks.
+    ``primary_metric`` is the one metric Δm compares by default (None: the first of
+    ``metrics``); it should be the metric a user of the kind would report first.
     """
 
     name: str
@@ -39,6 +41,12 @@ class TaskKind:
     binary_targets: bool = False
     #: integer labels that mark a missing label (never range-checked)
     ignore_labels: tuple[int, ...] = (IGNORE_INDEX,)
+    primary_metric: str | None = None
+
+    @property
+    def primary(self) -> str:
+        """The kind's primary metric: ``primary_metric``, else the first default metric."""
+        return self.primary_metric or self.metrics[0]
 
     def expected_output_shape(self, target: Tensor, num_outputs: int) -> tuple[int, ...]:
         """The head output shape that fits ``target``."""
@@ -78,11 +86,12 @@ class Task:
             dimensions (regression; 1 means a target of shape ``(B,)``).
         loss: a registered loss name or a callable ``(output, target) -> scalar``;
             the kind's default when omitted.
-        metrics: registered metric names; the kind's defaults when omitted. The first is the
-            task's primary metric.
+        metrics: registered metric names; the kind's defaults when omitted.
         weight: the static weight α in L = Σ α_i L_i.
         auxiliary: trained, but left out of model selection and of Δm.
         head: a registered head name, and ``head_params`` its options.
+        primary: the metric Δm compares by default (one of ``metrics``); None: the kind's
+            primary metric when the task reports it, else the task's first metric.
     """
 
     name: str
@@ -94,6 +103,7 @@ class Task:
     auxiliary: bool = False
     head: str = "linear"
     head_params: dict[str, Any] = field(default_factory=dict)
+    primary: str | None = None
 
     def __post_init__(self) -> None:
         where = f"task '{self.name}'"
@@ -115,11 +125,21 @@ class Task:
         self.metric_fns: dict[str, Metric] = {
             m: _lookup(METRICS, m, f"{where}: field 'metrics'") for m in names
         }
+        if self.primary is not None and self.primary not in names:
+            raise ConfigError(
+                f"{where}: field 'primary_metric' is '{self.primary}', which is not one of "
+                f"the task's metrics ({', '.join(names) or 'none'})"
+            )
 
     @property
     def primary_metric(self) -> str | None:
-        """The first metric, used by default for model selection."""
-        return self.metrics[0] if self.metrics else None
+        """The metric Δm compares by default: ``primary`` when set, else the kind's primary
+        metric when the task reports it, else the task's first metric (None: no metric)."""
+        if self.primary is not None:
+            return self.primary
+        if not self.metrics:
+            return None
+        return self.spec.primary if self.spec.primary in self.metrics else self.metrics[0]
 
     # ------------------------------------------------------------------ checks at the boundary
 

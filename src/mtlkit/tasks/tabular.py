@@ -35,7 +35,15 @@ from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
 from mtlkit.tasks.metrics import Accumulator, Sums, metric
 
 CLASSIFICATION = TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True)
-BINARY = TaskKind("binary", "bce", ("accuracy", "auroc"), False, False, binary_targets=True)
+BINARY = TaskKind(
+    "binary",
+    "bce",
+    ("accuracy", "auroc"),
+    False,
+    False,
+    binary_targets=True,
+    primary_metric="auroc",
+)
 MULTILABEL = TaskKind(
     "multilabel", "bce", ("macro_f1_multilabel",), False, False, binary_targets=True
 )
