@@ -261,32 +261,62 @@ def bench(
 def affinity(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs of the short training run.")] = 1,
-    steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Budget: at most this many epochs (default: no limit).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Budget: at most this many steps.")] = None,
     every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 10,
+    min_measured: Annotated[int, typer.Option(help="Measure at least this many steps.")] = 30,
+    max_measured: Annotated[int, typer.Option(help="Measure at most this many steps.")] = 200,
+    rel_stderr: Annotated[
+        float, typer.Option(help="Stop when every standard error ≤ this × the typical score.")
+    ] = 0.25,
     lr: Annotated[float | None, typer.Option(help="Lookahead step (default: the lr).")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Gradient cosines, conflicts and TAG lookahead affinity of every task pair."""
+    """Gradient cosines, conflicts and TAG lookahead affinity of every task pair, ± standard
+    errors; measures until the errors are small (see docs/affinity.md)."""
+    from mtlkit.analysis.affinity import UNITS, format_estimate
     from mtlkit.config import load_config
     from mtlkit.experiments.affinity import run_affinity
     from mtlkit.experiments.run import new_run_dir
 
     cfg = load_config(config, _overrides(set_))
     out_dir = out or new_run_dir("runs", f"{cfg.name}-affinity")
-    result = run_affinity(cfg, out_dir, epochs=epochs, steps=steps, every=every, lr=lr)
+    result = run_affinity(
+        cfg,
+        out_dir,
+        epochs=epochs,
+        steps=steps,
+        every=every,
+        lr=lr,
+        min_measured=min_measured,
+        max_measured=max_measured,
+        rel_stderr=rel_stderr,
+    )
     for measure in ("cosine", "conflict", "tag"):
-        table = Table(title=f"{measure} (row i → column j)")
+        table = Table(title=f"{measure} (row i → column j): {UNITS[measure]}, mean ± s.e.")
         table.add_column("")
         for t in result.tasks:
             table.add_column(t, justify="right")
-        for t, row in zip(result.tasks, result.matrix(measure), strict=True):
-            table.add_row(t, *(f"{v:+.3g}" for v in row))
+        errs = result.stderr(measure)
+        for i, (t, row) in enumerate(zip(result.tasks, result.matrix(measure), strict=True)):
+            table.add_row(
+                t,
+                *("—" if i == j else format_estimate(v, errs[i, j]) for j, v in enumerate(row)),
+            )
         console.print(table)
     cost = result.seconds["measure_per_step_vs_train_step"]
+    why = {
+        "precise": f"every standard error ≤ {rel_stderr:g} × the typical score",
+        "max_measured": f"reached --max-measured {max_measured}; the errors are still large "
+        "relative to the scores: read the ± before trusting a pair",
+        "budget": "the --epochs/--steps budget ended it before the errors were small; "
+        "read the ± before trusting a pair",
+    }.get(result.stop, result.stop)
     console.print(
-        f"{result.steps} measured steps; measuring cost {cost:.2f}× a training step per step "
-        f"(every {every} steps). Written to {out_dir}"
+        f"{result.steps} measured steps (every {every} training steps), stopped: {why}. "
+        f"Measuring cost {cost:.2f}× a training step per step. Written to {out_dir}"
     )
 
 
@@ -298,29 +328,22 @@ def group(
         Path | None, typer.Option("--affinity", help="affinity.json (default: measure it).")
     ] = None,
     measure: Annotated[str, typer.Option(help="tag or cosine.")] = "tag",
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for robustness.")] = 200,
     verify: Annotated[bool, typer.Option(help="Train the grouping, all-in-one and STL.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Choose which tasks to train together in at most k models."""
+    """Choose which tasks to train together in at most k models, and how robust that is."""
     from mtlkit.config import load_config
-    from mtlkit.experiments.group import run_group
+    from mtlkit.experiments.group import print_grouping, run_group
     from mtlkit.experiments.run import new_run_dir
 
     cfg = load_config(config, _overrides(set_))
     out_dir = out or new_run_dir("runs", f"{cfg.name}-group")
-    result = run_group(cfg, out_dir, models, affinity_file, measure, verify, console)
-    grouping = result["grouping"]
-    table = Table(title=f"Best grouping into ≤ {models} model(s) ({measure})")
-    for column in ("model", "trained on", "serves", "scores"):
-        table.add_column(column)
-    for i, (g, s) in enumerate(zip(grouping["groups"], grouping["serves"], strict=True)):
-        scores = ", ".join(f"{t}: {grouping['scores'][t]:+.3f}" for t in s)
-        table.add_row(str(i + 1), ", ".join(g), ", ".join(s), scores)
-    console.print(table)
-    console.print(
-        f"total score {grouping['total']:+.4f} ({'exact' if grouping['exact'] else 'heuristic'})"
+    result = run_group(
+        cfg, out_dir, models, affinity_file, measure, verify, console, resamples=resamples
     )
+    print_grouping(result, models, console)
     for name, choice in result.get("verify", {}).items():
         console.print(f"{name}: Δm = {choice['delta_m']:+.2f} % vs single-task models")
 
@@ -402,27 +425,25 @@ def tune(
     param: Annotated[
         list[str] | None, typer.Option(help="Method option range NAME=LOW:HIGH[:log].")
     ] = None,
+    holdout_seeds: Annotated[
+        int, typer.Option(help="Seeds of the held-out check on the test split (0: skip).")
+    ] = 1,
     out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Static task weights (and method options) by k-fold cross-validation (Optuna)."""
+    """Static task weights (and method options) by k-fold cross-validation (Optuna), checked
+    on held-out data against equal weights and single-task models."""
     from mtlkit.config import load_config
     from mtlkit.experiments.run import new_run_dir
-    from mtlkit.experiments.tune import parse_param_ranges, run_tune
+    from mtlkit.experiments.tune import parse_param_ranges, print_tune, run_tune
 
     cfg = load_config(config, _overrides(set_))
     ranges = parse_param_ranges(param)
     out_dir = out or new_run_dir("runs", f"{cfg.name}-tune")
-    result = run_tune(cfg, out_dir, trials, folds, ranges, console=console)
-    if result["weights"]:
-        console.print(
-            "best weights: " + ", ".join(f"{t}={w:.3f}" for t, w in result["weights"].items())
-        )
-    if result["params"]:
-        console.print(
-            "best options: " + ", ".join(f"{k}={v:.4g}" for k, v in result["params"].items())
-        )
-    console.print(f"mean validation Δm over {folds} folds: {result['best_delta_m']:+.2f} %")
+    result = run_tune(
+        cfg, out_dir, trials, folds, ranges, console=console, holdout_seeds=holdout_seeds
+    )
+    print_tune(result, console)
     console.print(f"Train with them: mtlkit train {Path(out_dir) / 'tuned.yaml'}")
 
 

@@ -12,6 +12,7 @@ from mtlkit.analysis import (
     best_grouping_exact,
     best_grouping_heuristic,
     group_score,
+    grouping_robustness,
     total_value,
 )
 from mtlkit.errors import ConfigError
@@ -83,9 +84,9 @@ def test_heuristic_is_valid_and_never_beats_the_optimum(seed: int) -> None:
     assert len(heur.groups) <= 3
     assert sorted(t for g in heur.groups for t in g) == names
     assert heur.total <= exact.total + 1e-9
-    assert not heur.exact and exact.exact
+    assert not heur.exhaustive and exact.exhaustive
     # beyond exact_up_to, best_grouping switches to the heuristic
-    assert not best_grouping(a, 3, names, exact_up_to=5).exact
+    assert not best_grouping(a, 3, names, exact_up_to=5).exhaustive
 
 
 def test_bad_k_and_shapes_are_config_errors() -> None:
@@ -98,3 +99,62 @@ def test_bad_k_and_shapes_are_config_errors() -> None:
         best_grouping(a, 1, ["a", "b"])
     with pytest.raises(ConfigError, match="non-finite"):
         best_grouping(np.full((2, 2), np.nan), 1, ["a", "b"])
+
+
+# ---------------------------------------------------------------------------- robustness
+
+
+def two_cliques() -> np.ndarray:
+    a = -np.ones((4, 4))
+    a[np.ix_([0, 1], [0, 1])] = 1.0
+    a[np.ix_([2, 3], [2, 3])] = 1.0
+    return a
+
+
+def test_a_noiseless_clear_cut_affinity_is_fully_robust() -> None:
+    samples = np.repeat(two_cliques()[None], 20, axis=0)
+    r = grouping_robustness(samples, 2, list("abcd"), resamples=50, seed=0)
+    assert r.frequency == 1.0
+    assert sorted(map(sorted, r.grouping.groups)) == [["a", "b"], ["c", "d"]]
+    expected = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=float)
+    assert np.array_equal(r.pair_together, expected)
+    assert len(r.alternatives) == 1 and r.alternatives[0][2] == 1.0
+    assert "robust" in r.describe() and "not robust" not in r.describe()
+
+
+def test_a_noisy_ambiguous_affinity_is_not_robust() -> None:
+    # every pair helps about equally (mean 0.1) under noise of size 1: no grouping is favoured
+    rng = np.random.default_rng(3)
+    samples = 0.1 + rng.normal(size=(30, 4, 4))
+    r = grouping_robustness(samples, 2, list("abcd"), resamples=200, seed=0)
+    assert r.frequency < 0.7
+    assert "not robust" in r.describe()
+    assert len(r.alternatives) > 1
+    shares = [share for _, _, share in r.alternatives]
+    assert sum(shares) == pytest.approx(1.0) and shares == sorted(shares, reverse=True)
+
+    def key(groups: list[list[str]], serves: list[list[str]]) -> list:
+        return sorted((sorted(g), sorted(s)) for g, s in zip(groups, serves, strict=True))
+
+    mine = key(r.grouping.groups, r.grouping.serves)
+    match = [share for g, s, share in r.alternatives if key(g, s) == mine]
+    assert (match[0] if match else 0.0) == r.frequency  # the frequency is that grouping's share
+    assert np.allclose(r.pair_together, r.pair_together.T)
+    assert np.all(np.diag(r.pair_together) == 1.0)
+    assert 0 < r.pair_together[0, 1] < 1
+    # seeded: the same answer twice
+    again = grouping_robustness(samples, 2, list("abcd"), resamples=200, seed=0)
+    assert again.frequency == r.frequency
+
+
+def test_robustness_rejects_bad_samples() -> None:
+    with pytest.raises(ConfigError, match="steps × 3 × 3"):
+        grouping_robustness(np.zeros((5, 2, 2)), 1, list("abc"))
+    with pytest.raises(ConfigError, match="at least two measured steps"):
+        grouping_robustness(np.zeros((1, 3, 3)), 1, list("abc"))
+
+
+def test_the_answer_says_exhaustive_search_never_exact() -> None:
+    g = best_grouping(two_cliques(), 2, list("abcd"))
+    assert g.to_json()["search"] == "exhaustive search"
+    assert "exact" not in g.to_json()

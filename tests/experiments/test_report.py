@@ -48,7 +48,13 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     aff = measure_affinity(
-        model, tiny_tasks(), get("ew"), TensorLoader(tiny_split(64), 16), optimizer=opt, every=1
+        model,
+        tiny_tasks(),
+        get("ew"),
+        TensorLoader(tiny_split(64), 16),
+        optimizer=opt,
+        every=1,
+        epochs=1,
     )
     aff.save(folder / "affinity")
     stl = {0: {"cls": {"accuracy": 0.5}}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,13 @@ import yaml
 from mtlkit.config import parse_config
 from mtlkit.data import DATASETS, DataBundle, TensorSplit
 from mtlkit.errors import ConfigError
-from mtlkit.experiments.tune import parse_param_ranges, simplex_weights
+from mtlkit.experiments.tune import (
+    decide,
+    holdout_advice,
+    mean_interval,
+    parse_param_ranges,
+    simplex_weights,
+)
 from mtlkit.tasks import Task
 
 
@@ -117,3 +124,70 @@ def test_bad_tuning_input_is_a_config_error(tmp_path) -> None:
         run_tune(uw, tmp_path, trials=1, folds=2)
     with pytest.raises(ConfigError, match="unknown option"):
         run_tune(uw, tmp_path, trials=1, folds=2, params={"nosuch": (0.0, 1.0, False)})
+
+
+# ---------------------------------------------------------------------------- held-out check
+
+
+def test_mean_interval_is_the_student_t_interval() -> None:
+    s = mean_interval([1.0, 2.0, 3.0])
+    # mean 2, s = 1, t(0.975, 2) = 4.3027: half-width 4.3027 / √3
+    assert s["mean"] == pytest.approx(2.0) and s["std"] == pytest.approx(1.0)
+    assert s["ci"] == pytest.approx([2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)])
+    one = mean_interval([0.5])
+    assert one["std"] is None and one["ci"] is None  # never "± 0" from one seed
+    assert decide([1.0, 1.2, 0.9]) == "better"
+    assert decide([-1.0, -1.2, -0.9]) == "worse"
+    assert decide([1.0, -1.0, 0.2]) == "no detectable difference"
+    assert decide([3.0]) == "undecided"
+
+
+def test_advice_says_use_single_task_models_when_every_candidate_loses() -> None:
+    advice = holdout_advice([-5.0, -6.0, -5.5], [-3.0, -4.0, -3.2], cv_best=-2.0)
+    assert advice.startswith("Use single-task models")
+    assert "Every trial also lost in cross-validation" in advice
+    one = holdout_advice([-1.0], [-0.5])
+    assert one.startswith("Use single-task models") and "One seed gives no interval" in one
+    # below 0 on every seed, but the intervals reach 0: a lean, not a verdict
+    lean = holdout_advice([-1.0, -90.0], [-2.0, -80.0])
+    assert lean.startswith("Lean towards single-task models")
+    # one candidate that does not lose is enough to not say it
+    assert not holdout_advice([-1.0, -1.2], [0.5, 3.0]).startswith("Use single-task")
+
+
+def test_advice_says_when_tuning_is_no_better_than_equal_weights() -> None:
+    # tuned − equal: +1, −0.5, +0.2: the interval holds 0
+    advice = holdout_advice([2.0, 0.5, 1.2], [1.0, 1.0, 1.0])
+    assert "no better than equal weights" in advice and "keep equal weights" in advice
+    # tuned clearly ahead on every seed
+    better = holdout_advice([3.0, 3.1, 2.9], [1.0, 1.1, 0.9])
+    assert better.startswith("The tuned weights beat equal weights")
+    # one seed ahead: not called a win
+    ahead = holdout_advice([2.0], [1.0])
+    assert "cannot tell them from noise" in ahead
+    assert "kept equal weights" in holdout_advice([1.0], [1.0], tuned_is_ew=True)
+    with pytest.raises(ConfigError, match="one value per seed"):
+        holdout_advice([1.0, 2.0], [1.0])
+
+
+def test_held_out_check_advises_single_task_models_when_they_win_by_construction(
+    tmp_path,
+) -> None:
+    """Both tasks main, one shared tanh unit: an MTL model serves one task at most, while each
+    single-task model has its own unit, so every weighting loses to STL on held-out data."""
+    pytest.importorskip("optuna")
+    from mtlkit.experiments.tune import run_tune
+
+    cfg = parse_config(config(tasks=[{"name": "main"}, {"name": "loud"}]))
+    result = run_tune(cfg, tmp_path, trials=2, folds=2, holdout_seeds=1)
+    hold = result["holdout"]
+    assert hold["split"] == "test" and hold["seeds"] == [cfg.seed]
+    assert set(hold["stl"]) == {"main", "loud"} and set(hold["tuned"]) == {"main", "loud"}
+    assert all(v < 0 for v in hold["delta_m"]["tuned"]["values"])
+    assert all(v < 0 for v in hold["delta_m"]["ew"]["values"])
+    assert hold["advice"].startswith("Use single-task models")
+    first = result["history"][0]["fold_delta_m"]
+    gain = [a - b for a, b in zip(result["fold_delta_m"], first, strict=True)]
+    assert result["cv_vs_equal"]["values"] == pytest.approx(gain)
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["holdout"]["advice"] == hold["advice"]

@@ -11,14 +11,24 @@ group G for task j ∈ G is the mean affinity onto j from the other members,
 
 and the value of a choice of groups is Σ_j max_{G chosen, G ∋ j} s(G, j).
 
-Exact search (``exact_up_to`` tasks, 12 by default): each task is served by one group, so the
+Exhaustive search (``exact_up_to`` tasks, 12 by default): each task is served by one group, so the
 served sets partition the tasks into at most k blocks, and a block S is best served by
 
     v(S) = max_{G ⊇ S} Σ_{j ∈ S} s(G, j)
 
 (a group may contain helper tasks it does not serve). The optimum is the best partition into
 at most k blocks of Σ v(S), found by dynamic programming over subsets: O(3^T) for v and
-O(k·3^T) for the partition. This is exactly the optimum of the group-selection problem.
+O(k·3^T) for the partition. This is the optimum of the group-selection problem *for the
+affinity matrix given*; the matrix itself is an estimate from a few noisy steps, so the answer
+is only as good as :func:`grouping_robustness` says (never call it "exact").
+
+Robustness (:func:`grouping_robustness`): the search is repeated on bootstrap resamples of the
+measured steps (Efron & Tibshirani 1993, "An Introduction to the Bootstrap": draw as many steps
+as were measured, with replacement, and average them into a new affinity matrix). The share of
+resamples that give the chosen grouping is its *frequency*; the share in which tasks i and j are
+trained in a common model is the *pair-together* matrix. A frequency near 1 means the noise of
+the measurement cannot move the answer; near 1/(number of plausible groupings) means the data
+do not decide it.
 
 Beyond that, a documented heuristic (deviation from Standley's branch and bound, which is
 exponential too): start from singletons, greedily merge the two blocks whose union raises the
@@ -46,7 +56,17 @@ class Grouping:
     serves: list[list[str]]
     scores: dict[str, float]
     total: float
-    exact: bool
+    exhaustive: bool  # True: the optimum for this matrix (exhaustive search); False: heuristic
+
+    @property
+    def search(self) -> str:
+        """``"exhaustive search"`` or ``"heuristic search"``: how the grouping was found."""
+        return "exhaustive search" if self.exhaustive else "heuristic search"
+
+    def key(self) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+        """A canonical form: two groupings are the same when their keys are equal."""
+        pairs = zip(self.groups, self.serves, strict=True)
+        return tuple(sorted((tuple(sorted(g)), tuple(sorted(s))) for g, s in pairs))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -54,7 +74,7 @@ class Grouping:
             "serves": self.serves,
             "scores": self.scores,
             "total": self.total,
-            "exact": self.exact,
+            "search": self.search,
         }
 
 
@@ -123,7 +143,8 @@ def _block_values(a: np.ndarray) -> tuple[list[float], list[int]]:
 
 
 def best_grouping_exact(affinity: np.ndarray, k: int, tasks: Sequence[str]) -> Grouping:
-    """The optimal choice of at most ``k`` groups (see the module docstring)."""
+    """The optimal choice of at most ``k`` groups for this matrix, by exhaustive search (see
+    the module docstring)."""
     a = _check(affinity, k)
     n = a.shape[0]
     full = (1 << n) - 1
@@ -154,7 +175,7 @@ def best_grouping_exact(affinity: np.ndarray, k: int, tasks: Sequence[str]) -> G
         c -= 1
     groups = [[i for i in range(n) if int(arg[b]) >> i & 1] for b in blocks]
     serves = [[i for i in range(n) if b >> i & 1] for b in blocks]
-    return _result(a, groups, serves, tasks, exact=True)
+    return _result(a, groups, serves, tasks, exhaustive=True)
 
 
 def best_grouping_heuristic(affinity: np.ndarray, k: int, tasks: Sequence[str]) -> Grouping:
@@ -198,7 +219,7 @@ def best_grouping_heuristic(affinity: np.ndarray, k: int, tasks: Sequence[str]) 
             if improved:
                 break
     blocks = [sorted(b) for b in blocks]
-    return _result(a, blocks, blocks, tasks, exact=False)
+    return _result(a, blocks, blocks, tasks, exhaustive=False)
 
 
 def _result(
@@ -206,7 +227,7 @@ def _result(
     groups: list[list[int]],
     serves: list[list[int]],
     tasks: Sequence[str],
-    exact: bool,
+    exhaustive: bool,
 ) -> Grouping:
     scores = {}
     for g, s in zip(groups, serves, strict=True):
@@ -218,7 +239,7 @@ def _result(
         serves=[[tasks[i] for i in serves[o]] for o in order],
         scores=scores,
         total=float(sum(scores.values())),
-        exact=exact,
+        exhaustive=exhaustive,
     )
 
 
@@ -226,7 +247,8 @@ def best_grouping(
     affinity: np.ndarray, k: int, tasks: Sequence[str], exact_up_to: int = 12
 ) -> Grouping:
     """At most ``k`` groups of ``tasks`` maximising the total score under ``affinity``
-    (``affinity[i][j]`` = Z(i→j)): exact up to ``exact_up_to`` tasks, heuristic beyond."""
+    (``affinity[i][j]`` = Z(i→j)): exhaustive search up to ``exact_up_to`` tasks, heuristic
+    beyond."""
     a = np.asarray(affinity, dtype=float)
     if len(tasks) != a.shape[0]:
         raise ConfigError(
@@ -235,3 +257,104 @@ def best_grouping(
     if len(tasks) <= exact_up_to:
         return best_grouping_exact(a, k, tasks)
     return best_grouping_heuristic(a, k, tasks)
+
+
+@dataclass
+class Robustness:
+    """How stable a grouping is under resampling of the measured steps.
+
+    ``grouping``: the grouping of the mean affinity; ``frequency``: the share of bootstrap
+    resamples whose best grouping is that one; ``pair_together[i][j]``: the share in which
+    tasks i and j are trained in a common model (1 on the diagonal); ``alternatives``: every
+    grouping found, most frequent first, as (groups, serves, share)."""
+
+    tasks: list[str]
+    grouping: Grouping
+    frequency: float
+    pair_together: np.ndarray
+    resamples: int
+    steps: int
+    alternatives: list[tuple[list[list[str]], list[list[str]], float]]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "frequency": self.frequency,
+            "pair_together": self.pair_together.tolist(),
+            "tasks": self.tasks,
+            "resamples": self.resamples,
+            "steps": self.steps,
+            "alternatives": [
+                {"groups": g, "serves": s, "share": share} for g, s, share in self.alternatives
+            ],
+        }
+
+    def describe(self) -> str:
+        """One sentence: how often the bootstrap gives this grouping, and what that means."""
+        share = f"{self.frequency * 100:.0f} % of {self.resamples} bootstrap resamples"
+        if self.frequency >= 0.95:
+            verdict = "robust: the measurement noise does not change it"
+        elif self.frequency >= 0.7:
+            verdict = "fairly robust; the pairs below 0.9 in the pair-together matrix are unsure"
+        else:
+            verdict = (
+                "not robust: the measurement cannot decide between groupings; measure more steps"
+            )
+        return f"chosen in {share} of the {self.steps} measured steps: {verdict}"
+
+
+def grouping_robustness(
+    samples: np.ndarray,
+    k: int,
+    tasks: Sequence[str],
+    *,
+    resamples: int = 200,
+    seed: int = 0,
+    exact_up_to: int = 12,
+) -> Robustness:
+    """Bootstrap the grouping over the measured steps (see the module docstring).
+
+    ``samples`` holds the per-step affinities, steps × T × T (``Affinity.samples(measure)``).
+    The chosen grouping is :func:`best_grouping` of their mean; each of ``resamples`` resamples
+    draws as many steps with replacement (``numpy`` generator seeded with ``seed``), averages
+    them and searches again."""
+    x = np.asarray(samples, dtype=float)
+    n = len(tasks)
+    if x.ndim != 3 or x.shape[1:] != (n, n):
+        raise ConfigError(
+            f"group: the per-step affinities must be steps × {n} × {n} for {n} tasks, "
+            f"got shape {x.shape}"
+        )
+    if x.shape[0] < 2:
+        raise ConfigError(
+            f"group: robustness needs at least two measured steps, got {x.shape[0]}; "
+            "measure more steps with `mtlkit affinity`"
+        )
+    if resamples < 1:
+        raise ConfigError(f"group: option 'resamples' must be ≥ 1, got {resamples}")
+    chosen = best_grouping(x.mean(axis=0), k, tasks, exact_up_to)
+    rng = np.random.default_rng(seed)
+    index = {t: i for i, t in enumerate(tasks)}
+    together = np.zeros((n, n))
+    counts: dict[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...], int] = {}
+    found: dict[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...], Grouping] = {}
+    for _ in range(resamples):
+        draw = x[rng.integers(0, x.shape[0], size=x.shape[0])].mean(axis=0)
+        g = best_grouping(draw, k, tasks, exact_up_to)
+        key = g.key()
+        counts[key] = counts.get(key, 0) + 1
+        found.setdefault(key, g)
+        shared = np.zeros((n, n), dtype=bool)
+        for members in g.groups:
+            idx = [index[t] for t in members]
+            shared[np.ix_(idx, idx)] = True
+        together += shared
+    order = sorted(counts, key=lambda c: -counts[c])
+    return Robustness(
+        tasks=list(tasks),
+        grouping=chosen,
+        frequency=counts.get(chosen.key(), 0) / resamples,
+        pair_together=together / resamples,
+        resamples=resamples,
+        steps=int(x.shape[0]),
+        alternatives=[(found[c].groups, found[c].serves, counts[c] / resamples) for c in order],
+    )

@@ -20,9 +20,15 @@ def run_affinity(
     steps: int | None = None,
     every: int = 10,
     lr: float | None = None,
+    min_measured: int = 30,
+    max_measured: int = 200,
+    rel_stderr: float = 0.25,
 ) -> Affinity:
-    """Measure the affinity of a config's tasks during a short run of its model; write
-    ``affinity.json`` and the heatmaps into ``out_dir``."""
+    """Measure the affinity of a config's tasks during a short run of its model, until the
+    estimate is precise (the rule of :func:`~mtlkit.analysis.affinity.measure_affinity`:
+    at least ``min_measured`` measured steps, then until every standard error is at most
+    ``rel_stderr`` × the typical score, at most ``max_measured``; ``epochs``/``steps`` cap the
+    run); write ``affinity.json`` and the heatmaps into ``out_dir``."""
     run = build_run(config)
     seed_everything(run.config.seed, run.config.train.deterministic)
     cfg = run.config
@@ -37,9 +43,12 @@ def run_affinity(
         run.loader("train", train=True),
         optimizer=optimizer,
         steps=steps,
-        epochs=epochs or 1,
+        epochs=epochs,
         every=every,
         lr=lr,
+        min_measured=min_measured,
+        max_measured=max_measured,
+        rel_stderr=rel_stderr,
         device=resolve_device(cfg.train.device),
     )
     affinity.save(out_dir)

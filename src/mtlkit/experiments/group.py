@@ -1,6 +1,8 @@
 """Task grouping: which tasks to train together, chosen from their measured affinity.
 
-:func:`run_group` chooses at most k groups of a config's tasks (:mod:`mtlkit.analysis`) and,
+:func:`run_group` chooses at most k groups of a config's tasks (:mod:`mtlkit.analysis`),
+reports how robust that choice is (bootstrap over the measured steps), whether the other
+measure (gradient cosine vs lookahead) picks the same grouping, and,
 with ``verify``, trains the chosen grouping, the all-in-one model and the single-task models
 (the runs of :mod:`mtlkit.experiments.compare`, reused when finished) to report Δm of each
 choice against the single-task models.
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from mtlkit.config import RunConfig, TaskConfig
 from mtlkit.errors import ConfigError
@@ -22,7 +26,7 @@ from mtlkit.experiments.run import build_run
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task, delta_m, delta_m_per_task
 
-__all__ = ["run_group"]
+__all__ = ["print_grouping", "run_group"]
 
 
 def run_group(
@@ -33,6 +37,7 @@ def run_group(
     measure: str = "tag",
     verify: bool = False,
     console: Console | None = None,
+    resamples: int = 200,
 ) -> dict[str, Any]:
     """Choose at most ``models`` groups of the config's tasks from their affinity (read from
     ``affinity_file`` or measured), write ``group.json``; with ``verify``, train the chosen
@@ -40,9 +45,14 @@ def run_group(
     report each choice's per-task test metrics and Δm against the single-task models.
 
     With the grouping, each task's metrics come from the model that serves it; a group of one
-    task is its single-task model."""
+    task is its single-task model.
+
+    ``result["robustness"]`` (:func:`~mtlkit.analysis.grouping.grouping_robustness`, over
+    ``resamples`` bootstrap resamples; None for an affinity file without per-step history) and
+    ``result["other_measure"]``: the grouping the other measure picks, its robustness, and
+    ``agrees``."""
     from mtlkit.analysis.affinity import Affinity
-    from mtlkit.analysis.grouping import best_grouping
+    from mtlkit.analysis.grouping import best_grouping, grouping_robustness
     from mtlkit.experiments.affinity import run_affinity
 
     console = console or Console()
@@ -67,9 +77,45 @@ def run_group(
         console.print("group: measuring the task affinity (mtlkit affinity)")
         affinity = run_affinity(config, out / "affinity")
     index = [affinity.tasks.index(n) for n in names]
-    matrix = affinity.matrix(measure)[np.ix_(index, index)]
-    grouping = best_grouping(matrix, models, names)
-    result: dict[str, Any] = {"measure": measure, "grouping": grouping.to_json()}
+
+    def choose(which: str) -> dict[str, Any]:
+        matrix = affinity.matrix(which)[np.ix_(index, index)]
+        grouping = best_grouping(matrix, models, names)
+        try:
+            samples = affinity.samples(which)[:, index][:, :, index]
+        except ConfigError:
+            samples = None  # an old affinity file without per-step history
+        robust = None
+        if samples is not None and samples.shape[0] >= 2:
+            robust = grouping_robustness(samples, models, names, resamples=resamples)
+        return {
+            "grouping": grouping,
+            "robustness": robust,
+            "stderr": affinity.stderr(which)[np.ix_(index, index)],
+        }
+
+    chosen = choose(measure)
+    other_name = "cosine" if measure == "tag" else "tag"
+    other = choose(other_name)
+    grouping = chosen["grouping"]
+    result: dict[str, Any] = {
+        "measure": measure,
+        "grouping": grouping.to_json(),
+        "robustness": None if chosen["robustness"] is None else chosen["robustness"].to_json(),
+        "robustness_note": (
+            chosen["robustness"].describe()
+            if chosen["robustness"] is not None
+            else "unknown: the affinity has no per-step history (an older file, or one "
+            "measured step); measure again with `mtlkit affinity`"
+        ),
+        "steps": affinity.steps,
+        "other_measure": {
+            "measure": other_name,
+            "grouping": other["grouping"].to_json(),
+            "robustness": None if other["robustness"] is None else other["robustness"].to_json(),
+            "agrees": other["grouping"].key() == grouping.key(),
+        },
+    }
     if verify:
         result["verify"] = _verify_grouping(config, tasks, grouping, out, console)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,3 +167,39 @@ def _verify_grouping(
         }
     report["stl"] = {"metrics": stl, "delta_m": 0.0}
     return report
+
+
+def print_grouping(result: dict[str, Any], models: int, console: Console) -> None:
+    """The grouping of :func:`~mtlkit.experiments.group.run_group`, its robustness and whether
+    the other measure agrees."""
+    grouping, measure = result["grouping"], result["measure"]
+    label = {"tag": "lookahead (TAG)", "cosine": "gradient cosine"}
+    table = Table(title=f"Best grouping into ≤ {models} model(s) by {label[measure]}")
+    for column in ("model", "trained on", "serves", "scores"):
+        table.add_column(column)
+    for i, (g, s) in enumerate(zip(grouping["groups"], grouping["serves"], strict=True)):
+        scores = ", ".join(f"{t}: {grouping['scores'][t]:+.3g}" for t in s)
+        table.add_row(str(i + 1), ", ".join(g), ", ".join(s), scores)
+    console.print(table)
+    console.print(f"total score {grouping['total']:+.3g} ({grouping['search']} over this matrix)")
+    console.print(f"Robustness: {result['robustness_note']}")
+    robust = result.get("robustness")
+    if robust:
+        tasks = robust["tasks"]
+        pairs = Table(title="Pair-together: share of bootstrap resamples training i with j")
+        pairs.add_column("")
+        for t in tasks:
+            pairs.add_column(t, justify="right")
+        for t, row in zip(tasks, robust["pair_together"], strict=True):
+            pairs.add_row(t, *(f"{v:.2f}" for v in row))
+        console.print(pairs)
+    other = result["other_measure"]
+    if other["agrees"]:
+        console.print(f"The {label[other['measure']]} measure picks the same grouping.")
+    else:
+        groups = " | ".join(", ".join(g) for g in other["grouping"]["groups"])
+        console.print(
+            f"[bold]The {label[other['measure']]} measure picks a different grouping[/bold]: "
+            f"{escape(groups)}. See docs/affinity.md for which to believe (the lookahead, "
+            "when its errors are small)."
+        )

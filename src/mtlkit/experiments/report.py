@@ -301,15 +301,16 @@ def _gradients(models: dict[str, Runs], affinity: dict[str, Any] | None) -> str:
 def _affinity(affinity: dict[str, Any] | None) -> str:
     if not affinity:
         return ""
-    from mtlkit.analysis.affinity import HEATMAPS, draw_heatmap
+    from mtlkit.analysis.affinity import HEATMAPS, Affinity, draw_heatmap
 
     plt = _plt()
-    tasks = affinity["tasks"]
+    read = Affinity.from_json(affinity)  # older files: lookahead converted to %, errors derived
+    tasks = read.tasks
     tags = []
-    size = max(6.0, 1.0 * len(tasks) + 3.0)
+    size = max(6.0, 1.2 * len(tasks) + 3.0)
     for measure in HEATMAPS:
         fig, ax = plt.subplots(figsize=(size, size - 0.6))
-        image = draw_heatmap(ax, np.asarray(affinity[measure], dtype=float), tasks, measure)
+        image = draw_heatmap(ax, read.matrix(measure), tasks, measure, read.stderr(measure))
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         tags.append(_figure_tag(fig, f"{measure} heatmap"))
     seconds = affinity.get("seconds", {})

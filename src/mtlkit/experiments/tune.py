@@ -12,13 +12,20 @@ split: for fold f the model trains on the other folds and is selected and scored
 against single-task models trained and scored the same way. The validation and test splits of
 the dataset are never used. The study lives in SQLite in the output folder, so re-running the
 same command resumes it; the single-task baselines are cached there too.
+
+A cross-validated optimum is not an answer by itself: the best of many trials on the same folds
+is biased upwards, and a weighting can beat equal weights while every candidate loses to one
+model per task. So the tuned weights are then checked on the test split, which no fold has seen,
+against equal weights and against single-task models, over one or more seeds (95 % Student-t
+intervals, paired by seed, when there are two or more), and :func:`holdout_advice` turns that
+into a plain sentence.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +133,18 @@ def run_tune(
     params: dict[str, tuple[float, float, bool]] | None = None,
     weights: bool | None = None,
     console: Console | None = None,
+    holdout_seeds: int = 1,
 ) -> dict[str, Any]:
-    """Search weights/hyper-parameters; write ``study.db``, ``tune.json`` and ``tuned.yaml``."""
+    """Search weights/hyper-parameters; write ``study.db``, ``tune.json`` and ``tuned.yaml``.
+
+    Then check the answer on held-out data (``result["holdout"]``, skipped with
+    ``holdout_seeds=0``): the tuned weights, equal weights and the single-task models are
+    trained on the whole training split for ``holdout_seeds`` seeds and scored on the test
+    split, which the folds never use; ``holdout["advice"]`` says plainly "use single-task
+    models" when both lose to them, or that the tuned weights are no better than equal weights
+    when that is so (:func:`holdout_advice`). ``result["cv_vs_equal"]`` compares the best trial
+    with the equal-weights trial fold by fold (optimistic: the best of many trials on the same
+    folds)."""
     try:
         import optuna
     except ImportError:
@@ -137,6 +154,8 @@ def run_tune(
         raise ConfigError(f"tune: option 'trials' must be ≥ 1, got {trials}")
     if folds < 2:
         raise ConfigError(f"tune: option 'folds' must be ≥ 2, got {folds}")
+    if holdout_seeds < 0:
+        raise ConfigError(f"tune: option 'holdout_seeds' must be ≥ 0, got {holdout_seeds}")
     params = dict(params or {})
     method = config.weighting.name
     static = WEIGHTINGS.lookup(method).static_weights
@@ -217,7 +236,7 @@ def run_tune(
     best_params = {n: best.params[n] for n in params}
     tuned = trial_config(config, best_weights, best_params)
     tuned = tuned.model_copy(update={"name": f"{config.name}-tuned"})
-    result = {
+    result: dict[str, Any] = {
         "best_delta_m": best.value,
         "fold_delta_m": best.user_attrs.get("fold_delta_m"),
         "weights": best_weights,
@@ -228,6 +247,7 @@ def run_tune(
             {
                 "number": t.number,
                 "value": t.value,
+                "fold_delta_m": t.user_attrs.get("fold_delta_m"),
                 "weights": t.user_attrs.get("weights"),
                 "params": {n: t.params[n] for n in params if n in t.params},
             }
@@ -235,8 +255,33 @@ def run_tune(
             if t.state == optuna.trial.TrialState.COMPLETE
         ],
     }
-    atomic_write_text(out / "tune.json", json.dumps(result, indent=2))
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    first_trial = min(completed, key=lambda t: t.number)
+    best_folds = best.user_attrs.get("fold_delta_m") or []
+    equal_folds = first_trial.user_attrs.get("fold_delta_m") or []
+    if best_folds and len(best_folds) == len(equal_folds):
+        gain = [a - b for a, b in zip(best_folds, equal_folds, strict=True)]
+        result["cv_vs_equal"] = {
+            **mean_interval(gain),
+            "values": gain,
+            "note": "best trial − first trial (equal weights / the config's options), per fold; "
+            "optimistic, since the best trial was chosen on these folds",
+        }
     atomic_write_text(out / "tuned.yaml", dump_config(tuned))
+    result["holdout"] = None
+    if holdout_seeds:
+        tuned_is_ew = best.number == first_trial.number and search_weights
+        result["holdout"] = _holdout(
+            config,
+            tuned,
+            main,
+            holdout_seeds,
+            out,
+            console,
+            tuned_is_ew=tuned_is_ew,
+            cv_best=best.value,
+        )
+    atomic_write_text(out / "tune.json", json.dumps(result, indent=2))
     return result
 
 
@@ -267,3 +312,255 @@ def _baselines(
         out.append(fold)
     atomic_write_text(path, json.dumps({"config": key, "folds": out}, indent=2))
     return out
+
+
+# ---------------------------------------------------------------------------- held-out check
+
+
+def mean_interval(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and 95 % Student-t confidence interval of ``values``
+    (std and interval None for fewer than two values)."""
+    x = [float(v) for v in values]
+    n = len(x)
+    mean = sum(x) / n if n else math.nan
+    if n < 2:
+        return {"mean": mean, "std": None, "ci": None, "n": n}
+    from scipy.stats import t
+
+    std = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci": [mean - half, mean + half], "n": n}
+
+
+def decide(values: Sequence[float]) -> str:
+    """``better`` when the 95 % t-interval of the mean is above 0, ``worse`` below, ``no
+    detectable difference`` when it holds 0, ``undecided`` with fewer than two values."""
+    stats = mean_interval(values)
+    if stats["ci"] is None:
+        return "undecided"
+    lo, hi = stats["ci"]
+    return "better" if lo > 0 else "worse" if hi < 0 else "no detectable difference"
+
+
+def _describe(values: Sequence[float], unit: str = "%") -> str:
+    s = mean_interval(values)
+    if s["ci"] is None:
+        return f"{s['mean']:+.2f} {unit} (one seed: interval n/a)"
+    lo, hi = s["ci"]
+    return f"{s['mean']:+.2f} {unit} (95 % CI {lo:+.2f} … {hi:+.2f}, t over {s['n']} seeds)"
+
+
+def holdout_advice(
+    tuned: Sequence[float],
+    ew: Sequence[float],
+    *,
+    tuned_is_ew: bool = False,
+    cv_best: float | None = None,
+) -> str:
+    """The plain advice of ``mtlkit tune`` from held-out Δm (in %, against the single-task
+    models, one value per seed, paired by seed) of the tuned weights and of equal weights.
+
+    - every candidate loses to the single-task models (its interval is below 0; with one seed,
+      its value is): "use single-task models";
+    - both below 0 on every seed, with intervals that still reach 0: "lean towards single-task
+      models";
+    - otherwise the tuned weights against equal weights, paired by seed: better only when the
+      interval of the difference is above 0; else "no better than equal weights".
+    ``cv_best`` (the best trial's mean validation Δm) below 0 adds that every trial also lost
+    in cross-validation; ``tuned_is_ew``: the search kept equal weights."""
+    if not tuned or len(tuned) != len(ew):
+        raise ConfigError(
+            f"tune: the held-out Δm needs one value per seed for both the tuned weights and "
+            f"equal weights, got {len(tuned)} and {len(ew)}"
+        )
+    n = len(tuned)
+
+    def loses(values: Sequence[float]) -> bool:
+        return decide(values) == "worse" if n > 1 else float(values[0]) < 0
+
+    one_seed = " One seed gives no interval: raise --holdout-seeds to confirm." if n == 1 else ""
+    if loses(tuned) and loses(ew):
+        cv = (
+            f" Every trial also lost in cross-validation (best mean validation Δm "
+            f"{cv_best:+.2f} %)."
+            if cv_best is not None and cv_best < 0
+            else ""
+        )
+        return (
+            f"Use single-task models: on held-out test data both the tuned weights "
+            f"(Δm {_describe(tuned)}) and equal weights (Δm {_describe(ew)}) do worse than one "
+            f"model per task.{cv}{one_seed}"
+        )
+    if n > 1 and all(v < 0 for v in [*tuned, *ew]):
+        return (
+            f"Lean towards single-task models: both the tuned weights (Δm {_describe(tuned)}) "
+            f"and equal weights (Δm {_describe(ew)}) did worse than one model per task on every "
+            f"one of the {n} held-out seeds, though the intervals still reach 0; more seeds "
+            "would settle it."
+        )
+    if tuned_is_ew:
+        head = (
+            "The search kept equal weights (no trial beat them in cross-validation); "
+            f"held-out Δm {_describe(ew)} against single-task models"
+        )
+        return head + _against_stl(ew, n) + "." + one_seed
+    diff = [a - b for a, b in zip(tuned, ew, strict=True)]
+    if n > 1 and decide(diff) == "better":
+        head = (
+            f"The tuned weights beat equal weights on held-out data by {_describe(diff, 'points')}"
+        )
+        return (
+            head
+            + "; against single-task models: Δm "
+            + _describe(tuned)
+            + _against_stl(tuned, n)
+            + "."
+        )
+    if n == 1 and diff[0] > 0:
+        return (
+            f"The tuned weights are ahead of equal weights by {diff[0]:+.2f} points of Δm on one "
+            f"held-out seed, which cannot tell them from noise; equal weights are as good a "
+            f"choice until more seeds say otherwise (Δm tuned {_describe(tuned)}, equal "
+            f"{_describe(ew)}).{one_seed}"
+        )
+    return (
+        f"The tuned weights are no better than equal weights on held-out data (tuned − equal "
+        f"Δm {_describe(diff, 'points')}): keep equal weights; they have Δm {_describe(ew)}"
+        + _against_stl(ew, n)
+        + "."
+        + one_seed
+    )
+
+
+def _against_stl(values: Sequence[float], n: int) -> str:
+    if n == 1:
+        return (
+            ", ahead of single-task models on this seed"
+            if values[0] > 0
+            else ", behind single-task models on this seed"
+        )
+    return {
+        "better": ", better than single-task models",
+        "worse": ", worse than single-task models",
+        "no detectable difference": ", no detectable difference from single-task models",
+    }[decide(values)]
+
+
+def _holdout(
+    config: RunConfig,
+    tuned: RunConfig,
+    main: list[Any],
+    seeds: int,
+    out: Path,
+    console: Console,
+    *,
+    tuned_is_ew: bool,
+    cv_best: float | None,
+) -> dict[str, Any]:
+    """Train the tuned weights, equal weights and the single-task models on the whole training
+    split (selected on the validation split, as ``mtlkit train`` does) for ``seeds`` seeds,
+    score them on the test split, which the folds never touch, and advise."""
+    from mtlkit.experiments.compare import main_metrics, train_or_reuse
+
+    ew_base = config.model_copy(
+        deep=True,
+        update={
+            "weighting": config.weighting.model_copy(update={"name": "ew", "params": {}}),
+            "weights": None,
+            "aggregator": None,
+            "tasks": (
+                [t.model_copy(update={"weight": None}) for t in config.tasks]
+                if config.tasks
+                else None
+            ),
+        },
+    )
+    per_seed: dict[str, list[dict[str, Any]]] = {"tuned": [], "ew": [], "stl": []}
+    dm: dict[str, list[float]] = {"tuned": [], "ew": []}
+    root = out / "holdout"
+    for i in range(seeds):
+        seed = config.seed + i
+        console.print(f"tune: held-out check, seed {seed} ({i + 1}/{seeds})")
+        stl: dict[str, Any] = {}
+        for task in main:
+            cfg = stl_config(config, task, seed)
+            res = train_or_reuse(cfg, root / f"stl-{task.name}-seed{seed}", False, console)
+            stl.update(main_metrics([task], res["test"]))
+        ew_cfg = ew_base.model_copy(update={"seed": seed, "name": f"{config.name}-ew-seed{seed}"})
+        ew = main_metrics(
+            main, train_or_reuse(ew_cfg, root / f"ew-seed{seed}", False, console)["test"]
+        )
+        if tuned_is_ew:
+            mine = ew
+        else:
+            t_cfg = tuned.model_copy(update={"seed": seed, "name": f"{tuned.name}-seed{seed}"})
+            res = train_or_reuse(t_cfg, root / f"tuned-seed{seed}", False, console)
+            mine = main_metrics(main, res["test"])
+        per_seed["stl"].append(stl)
+        per_seed["ew"].append(ew)
+        per_seed["tuned"].append(mine)
+        dm["tuned"].append(delta_m(mine, stl))
+        dm["ew"].append(delta_m(ew, stl))
+    result: dict[str, Any] = {name: _mean_metrics(runs) for name, runs in per_seed.items()}
+    result.update(
+        {
+            "seeds": [config.seed + i for i in range(seeds)],
+            "split": "test",
+            "per_seed": per_seed,
+            "delta_m": {name: {**mean_interval(v), "values": v} for name, v in dm.items()},
+            "tuned_minus_ew": mean_interval(
+                [a - b for a, b in zip(dm["tuned"], dm["ew"], strict=True)]
+            ),
+            "decision": {name: decide(v) for name, v in dm.items()},
+            "interval": "t (95 % Student t over seeds, paired by seed)",
+            "advice": holdout_advice(
+                dm["tuned"], dm["ew"], tuned_is_ew=tuned_is_ew, cv_best=cv_best
+            ),
+        }
+    )
+    return result
+
+
+def _mean_metrics(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """task → metric → mean over seeds."""
+    first = runs[0]
+    return {
+        task: {m: sum(r[task][m] for r in runs) / len(runs) for m in metrics}
+        for task, metrics in first.items()
+    }
+
+
+def print_tune(result: dict[str, Any], console: Console) -> None:
+    """The tuned weights, the cross-validated comparison and the held-out check with its
+    advice."""
+    from rich.table import Table
+
+    if result["weights"]:
+        console.print(
+            "best weights: " + ", ".join(f"{t}={w:.3f}" for t, w in result["weights"].items())
+        )
+    if result["params"]:
+        console.print(
+            "best options: " + ", ".join(f"{k}={v:.4g}" for k, v in result["params"].items())
+        )
+    folds = result["folds"]
+    console.print(f"mean validation Δm over {folds} folds: {result['best_delta_m']:+.2f} %")
+    cv = result.get("cv_vs_equal")
+    if cv:
+        span = "" if cv["ci"] is None else f" (95 % CI {cv['ci'][0]:+.2f} … {cv['ci'][1]:+.2f})"
+        console.print(
+            f"best trial − first trial, per fold: {cv['mean']:+.2f} points{span}; optimistic, "
+            "the best trial was chosen on these folds"
+        )
+    hold = result.get("holdout")
+    if not hold:
+        return
+    table = Table(title=f"Held-out check on the test split (seeds {hold['seeds']})")
+    for column in ("model", "Δm vs single-task models", "decision"):
+        table.add_column(column)
+    labels = {"tuned": "tuned weights", "ew": "equal weights"}
+    for name, label in labels.items():
+        table.add_row(label, _describe(hold["delta_m"][name]["values"]), hold["decision"][name])
+    table.add_row("single-task models", "0 (reference)", "")
+    console.print(table)
+    console.print(f"[bold]Advice:[/bold] {hold['advice']}")
