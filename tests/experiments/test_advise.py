@@ -16,24 +16,27 @@ from mtlkit.cli import main
 from mtlkit.config import parse_config
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.advise import (
+    AFFINITY_EVERY,
+    AFFINITY_MIN_MEASURED,
     AFFINITY_MIN_STEPS,
     AFFINITY_STEPS,
     MENU,
     SAFETY,
     Cost,
     Plan,
-    default_patience,
     plan_budget,
     recommend,
     run_advise,
 )
+from mtlkit.experiments.compare.runs import DEFAULT_PATIENCE
 
 # ---------------------------------------------------------------------------- the budget rule
 
 
 def unit_cost(**change: Any) -> Cost:
-    """T = 2; every model's epoch is 10 s (10 steps of 1 s, no validation time), so one
-    epoch of one seed (2 STL models + 3 methods) is U = 50 s; an affinity step is 1 s."""
+    """T = 2; every model's epoch is 10 s (10 steps of 1 s, no overhead), so one epoch of
+    one seed (2 STL models + 3 methods) is U = 50 s; a measured affinity step is 1 s of
+    measurement and its 10 training steps, 11 s."""
     values: dict[str, Any] = {
         "n_tasks": 2,
         "steps_per_epoch": 10,
@@ -41,7 +44,7 @@ def unit_cost(**change: Any) -> Cost:
         "method_step": {m: 1.0 for m in MENU},
         "epoch_overhead": 0.0,
         "run_seconds": 0.0,
-        "affinity_step": 1.0,
+        "affinity_measure": 1.0,
         "pilot_seconds": 0.0,
     }
     values.update(change)
@@ -55,14 +58,15 @@ def test_cost_of_one_seed_is_every_model_once() -> None:
     # STL: 2 × (10 + 2); EW, UW: 10 + 2 each; UPGrad: 30 + 2
     assert cost.seed_epoch_seconds(MENU) == pytest.approx(24 + 12 + 12 + 32)
     assert cost.seed_run_seconds(MENU) == pytest.approx(5 * 7.0)
+    assert cost.affinity_seconds() == pytest.approx(1.0 + AFFINITY_EVERY * 1.0)
     assert Cost.from_json(json.loads(json.dumps(cost.to_json()))) == cost
 
 
 def test_without_a_budget_the_plan_is_uncut() -> None:
     plan = plan_budget(unit_cost(pilot_seconds=5.0), max_epochs=10)
     assert (plan.seeds, plan.epochs, plan.affinity_steps, plan.cuts) == (3, 10, AFFINITY_STEPS, [])
-    assert plan.patience == default_patience(10) == 3
-    assert plan.estimated_seconds == pytest.approx(5 + AFFINITY_STEPS + 3 * 10 * 50)
+    assert plan.patience == DEFAULT_PATIENCE
+    assert plan.estimated_seconds == pytest.approx(5 + AFFINITY_STEPS * 11 + 3 * 10 * 50)
     assert plan.full_seconds == plan.estimated_seconds
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
 
@@ -70,19 +74,22 @@ def test_without_a_budget_the_plan_is_uncut() -> None:
 @pytest.mark.parametrize(
     ("usable", "seeds", "epochs", "steps"),
     [
-        # affinity ⌊0.15·1010⌋ = 151 → 100 steps; R = 910: 3 seeds × 5 epochs × 50 = 750 ≤ R;
-        # epochs ⌊910 / 150⌋ = 6
-        (1010.0, 3, 6, 100),
-        # affinity ⌊91.5⌋ = 91; R = 519: 3 × 5 × 50 = 750 > R, 2 × 5 × 50 = 500 ≤ R; ⌊519/100⌋
-        (610.0, 2, 5, 91),
-        # affinity ⌊31.5⌋ = 31; R = 179: two seeds need 500; one seed, ⌊179 / 50⌋ = 3 epochs
-        (210.0, 1, 3, 31),
+        # affinity ⌊0.15 · 2000 / 11⌋ = 27 steps (297 s); R = 1703 ≥ 3 seeds × 5 epochs × 50;
+        # epochs ⌊1703 / 150⌋ = 11 → the maximum, 10
+        (2000.0, 3, 10, 27),
+        # ⌊150 / 11⌋ = 13 steps; R = 857 ≥ 750; epochs ⌊857 / 150⌋ = 5
+        (1000.0, 3, 5, 13),
+        # ⌊105 / 11⌋ = 9 → the minimum, 10 steps; R = 590: 3 seeds need 750, 2 need 500;
+        # epochs ⌊590 / 100⌋ = 5
+        (700.0, 2, 5, 10),
+        # 10 steps; R = 190: two seeds need 500; one seed, ⌊190 / 50⌋ = 3 epochs
+        (300.0, 1, 3, 10),
     ],
 )
 def test_budget_rule_by_hand(usable: float, seeds: int, epochs: int, steps: int) -> None:
     plan = plan_budget(unit_cost(), max_epochs=10, budget_seconds=usable / SAFETY)
     assert (plan.seeds, plan.epochs, plan.affinity_steps) == (seeds, epochs, steps)
-    assert plan.estimated_seconds == pytest.approx(steps + seeds * epochs * 50)
+    assert plan.estimated_seconds == pytest.approx(11 * steps + seeds * epochs * 50)
     assert plan.estimated_seconds <= usable
     cuts = " | ".join(plan.cuts)
     assert ("seed(s) instead of 3" in cuts) == (seeds < 3)
@@ -92,12 +99,12 @@ def test_budget_rule_by_hand(usable: float, seeds: int, epochs: int, steps: int)
 
 
 def test_fixed_run_costs_count_once_per_run() -> None:
-    # F = 5 runs × 10 s per seed, 10 s for the affinity run. Usable 1020: affinity
-    # ⌊0.15·1020 − 10⌋ = 143 → 100 steps; R = 1020 − 10 − 100 = 910 ≥ 3 · (5 · 50 + 50);
-    # epochs ⌊(910 / 3 − 50) / 50⌋ = 5
-    plan = plan_budget(unit_cost(run_seconds=10.0), 10, budget_seconds=1020 / SAFETY)
-    assert (plan.seeds, plan.epochs, plan.affinity_steps) == (3, 5, 100)
-    assert plan.estimated_seconds == pytest.approx(10 + 100 + 3 * (5 * 50 + 50))
+    # F = 5 runs × 10 s per seed, 10 s for the affinity run. Usable 2000: affinity
+    # ⌊(300 − 10) / 11⌋ = 26 steps; R = 2000 − 10 − 286 = 1704 ≥ 3 · (6 · 50 + 50);
+    # epochs ⌊(1704 / 3 − 50) / 50⌋ = 10 of 12
+    plan = plan_budget(unit_cost(run_seconds=10.0), 12, budget_seconds=2000 / SAFETY)
+    assert (plan.seeds, plan.epochs, plan.affinity_steps) == (3, 10, 26)
+    assert plan.estimated_seconds == pytest.approx(10 + 286 + 3 * (10 * 50 + 50))
 
 
 def test_a_budget_below_the_smallest_plan_says_so() -> None:
@@ -107,9 +114,10 @@ def test_a_budget_below_the_smallest_plan_says_so() -> None:
 
 
 def test_the_pilot_counts_against_the_budget() -> None:
-    free = plan_budget(unit_cost(), 10, budget_seconds=1010 / SAFETY)
-    paid = plan_budget(unit_cost(pilot_seconds=400.0), 10, budget_seconds=1010 / SAFETY)
-    assert (paid.seeds, paid.epochs) < (free.seeds, free.epochs)
+    free = plan_budget(unit_cost(), 10, budget_seconds=1020 / SAFETY)
+    paid = plan_budget(unit_cost(pilot_seconds=400.0), 10, budget_seconds=1020 / SAFETY)
+    assert (free.seeds, free.epochs) == (3, 5)
+    assert (paid.seeds, paid.epochs) == (2, 5)
 
 
 def test_more_budget_never_plans_less() -> None:
@@ -122,7 +130,7 @@ def test_more_budget_never_plans_less() -> None:
             method_step={m: float(rng.uniform(0.001, 0.5)) for m in MENU},
             epoch_overhead=float(rng.uniform(0, 5)),
             run_seconds=float(rng.uniform(0, 10)),
-            affinity_step=float(rng.uniform(0.001, 1.0)),
+            affinity_measure=float(rng.uniform(0.001, 1.0)),
             pilot_seconds=float(rng.uniform(0, 20)),
         )
         max_epochs = int(rng.integers(1, 30))
@@ -130,7 +138,6 @@ def test_more_budget_never_plans_less() -> None:
         for minutes in np.geomspace(0.1, 600, 25):
             plan = plan_budget(cost, max_epochs, budget_seconds=60 * minutes)
             assert 1 <= plan.seeds <= 3 and 1 <= plan.epochs <= max_epochs
-            assert 1 <= plan.patience <= plan.epochs
             fits = plan.estimated_seconds <= SAFETY * 60 * minutes + 1e-6
             assert fits or "more than the budget" in plan.cuts[-1]
             if previous is not None:
@@ -144,10 +151,9 @@ def test_more_budget_never_plans_less() -> None:
             assert previous.cuts  # a cut plan always says what was cut
 
 
-def test_patience_comes_from_the_config_and_fits_the_epochs() -> None:
+def test_patience_is_the_protocols() -> None:
     assert plan_budget(unit_cost(), 10, patience=4).patience == 4
-    assert plan_budget(unit_cost(), 10, budget_seconds=210 / SAFETY, patience=5).patience == 3
-    assert [default_patience(e) for e in (1, 4, 8, 9, 20)] == [2, 2, 2, 3, 5]
+    assert plan_budget(unit_cost(), 10, budget_seconds=300 / SAFETY).patience == DEFAULT_PATIENCE
 
 
 def test_bad_plan_inputs_are_config_errors() -> None:
@@ -277,14 +283,15 @@ def test_one_seed_cannot_decide() -> None:
     assert "one seed" in rec["headline"] and "uw@hps" in rec["headline"]
 
 
-def test_unconverged_runs_are_caveats_and_lower_the_confidence_of_their_method() -> None:
-    others = variant("better", 1.0, (0.2, 1.8), not_converged=["uw-hps-seed0"])
-    mine = variant("better", 2.0, (0.5, 3.5), not_converged=["ew-hps-seed1"])
+def test_unconverged_runs_are_caveats_and_make_their_verdict_provisional() -> None:
+    text = "{} seed 0 (best epoch 3 of 3 run, budget 3)"
+    others = variant("better", 1.0, (0.2, 1.8), not_converged=[text.format("uw@hps")])
+    mine = variant("better", 2.0, (0.5, 3.5), not_converged=[text.format("ew@hps")])
     rec = recommend(summary({"ew@hps": variant("better", 2.0, (0.5, 3.5)), "uw@hps": others}))
-    assert rec["confidence"] == "decided"
-    assert any("not converged: 1 run(s)" in c for c in rec["caveats"])
+    assert (rec["method"], rec["confidence"]) == ("ew", "decided")
+    assert any("not converged: 1 run(s)" in c and "uw@hps seed 0" in c for c in rec["caveats"])
     rec = recommend(summary({"ew@hps": mine, "uw@hps": others}))
-    assert (rec["method"], rec["confidence"]) == ("ew", "cost only")
+    assert (rec["method"], rec["confidence"]) == ("ew", "provisional")
     assert any("not converged: 2 run(s)" in c for c in rec["caveats"])
 
 
@@ -357,7 +364,10 @@ def test_advise_end_to_end_and_resumed(tmp_path: Path, capsys: pytest.CaptureFix
     assert plan == plan_budget(cost, 2, budget_seconds=15.0).to_json()
     assert advice["summary"]["seeds"] == list(range(plan["seeds"]))
     measured = json.loads((out / "affinity" / "affinity.json").read_text())
-    assert measured["steps"] == plan["affinity_steps"]
+    # at most the planned steps; fewer only when the precision rule stopped it
+    assert min(AFFINITY_MIN_MEASURED, plan["affinity_steps"]) <= measured["steps"]
+    assert measured["steps"] <= plan["affinity_steps"]
+    assert measured["steps"] == plan["affinity_steps"] or measured["stop"] == "precise"
     assert advice["grouping"]["k"] == 2
     assert sorted(t for g in advice["grouping"]["groups"] for t in g) == ["d", "s", "up"]
     rec = advice["recommendation"]
@@ -375,7 +385,7 @@ def test_advise_end_to_end_and_resumed(tmp_path: Path, capsys: pytest.CaptureFix
     code = main(["advise", str(tmp_path / "c.yaml"), "--budget", "0.25", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "resuming the plan" in printed and "measuring" not in printed
+    assert "resuming the plan" in printed and "measuring the task affinity" not in printed
     assert {p: p.stat().st_mtime_ns for p in (out / "compare").rglob("results.json")} == finished
     assert "Recommendation" in printed and "Verdict against the 3 single-task models" in printed
     second = json.loads((out / "advise.json").read_text())

@@ -42,12 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from mtlkit.config import RunConfig
 from mtlkit.errors import ConfigError, MissingExtraError
+from mtlkit.experiments.compare.runs import DEFAULT_PATIENCE
 from mtlkit.files import atomic_write_text
 
 __all__ = [
@@ -79,9 +81,13 @@ MENU_ROLES: dict[str, str] = {
 SAFETY = 0.85
 #: share of the usable budget that affinity may take
 AFFINITY_SHARE = 0.15
-#: measured affinity steps wanted, and the fewest worth a standard error
+#: measured affinity steps wanted (at most; the measurement stops earlier once precise), the
+#: fewest worth a standard error, and the training steps between two measurements
 AFFINITY_STEPS = 100
 AFFINITY_MIN_STEPS = 10
+AFFINITY_EVERY = 10
+#: the fewest measured affinity steps before the precision rule may stop the measurement
+AFFINITY_MIN_MEASURED = 30
 #: seeds wanted: 3 is the fewest whose 95 % t interval is not dominated by t(0.975, n − 1)
 TARGET_SEEDS = 3
 
@@ -98,8 +104,8 @@ class Cost:
     ``stl_step``: one training step of a single-task model; ``method_step[m]``: one step of
     the multi-task model with method ``m``; ``epoch_overhead``: what an epoch costs besides
     its training steps (validation, checkpoint, logging); ``run_seconds``: what a run costs
-    besides its epochs (loading the data, building the model); ``affinity_step``: one
-    training step with an affinity measurement.
+    besides its epochs (loading the data, building the model); ``affinity_measure``: one
+    affinity measurement (a batched backward and T + 1 forward passes), besides its step.
     """
 
     n_tasks: int
@@ -108,7 +114,7 @@ class Cost:
     method_step: dict[str, float]
     epoch_overhead: float
     run_seconds: float
-    affinity_step: float
+    affinity_measure: float
     pilot_seconds: float = 0.0
 
     def epoch_seconds(self, model: str) -> float:
@@ -119,6 +125,10 @@ class Cost:
     def seed_epoch_seconds(self, menu: Sequence[str]) -> float:
         """One epoch of every model of one seed: the T single-task models and each method."""
         return self.n_tasks * self.epoch_seconds("stl") + sum(self.epoch_seconds(m) for m in menu)
+
+    def affinity_seconds(self, every: int = AFFINITY_EVERY) -> float:
+        """One measured affinity step and the ``every`` training steps it comes with."""
+        return self.affinity_measure + every * self.method_step.get("ew", self.stl_step)
 
     def seed_run_seconds(self, menu: Sequence[str]) -> float:
         """The fixed cost of every run of one seed (T single-task models and each method)."""
@@ -154,11 +164,6 @@ class Plan:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def default_patience(epochs: int) -> int:
-    """Early-stopping patience for a maximum of ``epochs``: a quarter of them, at least 2."""
-    return max(2, math.ceil(epochs / 4))
-
-
 def plan_budget(
     cost: Cost,
     max_epochs: int,
@@ -166,7 +171,7 @@ def plan_budget(
     *,
     menu: Sequence[str] = MENU,
     seeds: int = TARGET_SEEDS,
-    patience: int | None = None,
+    patience: int = DEFAULT_PATIENCE,
 ) -> Plan:
     """The seeds, maximum epochs and affinity steps that fit ``budget_seconds``.
 
@@ -175,16 +180,17 @@ def plan_budget(
     fixed cost of those T + |menu| runs (data, model):
 
     1. usable = ``SAFETY`` × budget − the pilot's seconds already spent;
-    2. affinity: ``AFFINITY_STEPS`` measured steps, cut to what fits in ``AFFINITY_SHARE`` of
-       the usable seconds (after the fixed cost of its run), never below
-       ``AFFINITY_MIN_STEPS``;
+    2. affinity: at most ``AFFINITY_STEPS`` measured steps (one every ``AFFINITY_EVERY``
+       training steps), cut to what fits in ``AFFINITY_SHARE`` of the usable seconds (after
+       the fixed cost of its run), never below ``AFFINITY_MIN_STEPS``;
     3. comparison, with what remains (R): the most seeds s ≤ ``seeds`` (down to 2) whose runs
        fit at least half of ``max_epochs``, s · (⌈max_epochs / 2⌉ · U + F) ≤ R; then the most
        epochs E ≤ ``max_epochs`` with s · (E · U + F) ≤ R. Seeds go before epochs below half
        the maximum because fewer epochs leave runs unconverged (flagged), while fewer than
        two seeds leave no interval at all. When even two seeds do not fit: one seed (the
        verdict is then "undecided"), as many epochs as fit, at least one;
-    4. patience: the config's, else :func:`default_patience` of E (never more than E).
+    4. patience: ``patience`` (the comparison protocol's: the config's, else
+       :data:`~mtlkit.experiments.compare.runs.DEFAULT_PATIENCE`).
 
     Without a budget: ``seeds`` seeds, ``max_epochs`` epochs, ``AFFINITY_STEPS`` steps.
     ``estimated_seconds`` is the plan's cost (pilot included), an upper bound when runs stop
@@ -198,7 +204,7 @@ def plan_budget(
     fixed = cost.seed_run_seconds(menu)
 
     def cost_of(n_seeds: int, epochs: int, steps: int) -> float:
-        affinity = cost.run_seconds + steps * cost.affinity_step
+        affinity = cost.run_seconds + steps * cost.affinity_seconds()
         return cost.pilot_seconds + affinity + n_seeds * (epochs * unit + fixed)
 
     full = cost_of(seeds, max_epochs, AFFINITY_STEPS)
@@ -210,7 +216,7 @@ def plan_budget(
             raise ConfigError(f"advise: option 'budget' must be > 0 minutes, got {budget_seconds}")
         usable = SAFETY * budget_seconds - cost.pilot_seconds
         share = AFFINITY_SHARE * usable - cost.run_seconds
-        step = cost.affinity_step
+        step = cost.affinity_seconds()
         fits = math.floor(max(share, 0.0) / step) if step > 0 else AFFINITY_STEPS
         steps = max(AFFINITY_MIN_STEPS, min(AFFINITY_STEPS, fits))
         if steps < AFFINITY_STEPS:
@@ -236,7 +242,7 @@ def plan_budget(
     return Plan(
         seeds=s,
         epochs=epochs,
-        patience=min(epochs, patience if patience is not None else default_patience(epochs)),
+        patience=patience,
         affinity_steps=steps,
         estimated_seconds=estimated,
         full_seconds=full,
@@ -328,9 +334,11 @@ def measure_cost(
         optimizer=base.trainer(progress=False).optimizer,
         steps=2,
         every=1,
+        min_measured=2,
+        max_measured=2,
         device=resolve_device(config.train.device),
     )
-    affinity_step = (measured.seconds["measure"] + measured.seconds["train"]) / measured.steps
+    affinity_measure = measured.seconds["measure"] / measured.steps
     ew = variant_config(config, Variant("ew", config.model.architecture), config.seed)
     one = ew.model_copy(
         update={
@@ -351,7 +359,7 @@ def measure_cost(
         method_step=method_step,
         epoch_overhead=overhead,
         run_seconds=run_seconds,
-        affinity_step=affinity_step,
+        affinity_measure=affinity_measure,
         pilot_seconds=time.perf_counter() - started,
     )
 
@@ -425,8 +433,9 @@ def recommend(
     Returns ``{"choice", "method", "models", "confidence", "headline", "reasons", "caveats",
     "cost"}`` where ``choice`` is ``"mtl"`` (one multi-task model with ``method``), ``"stl"``
     (one model per task) or ``"undecided"`` (one seed), and ``confidence`` is ``"decided"``
-    (the interval excludes 0), ``"cost only"`` (no detectable difference: decided on cost) or
-    ``"none"``. The rules:
+    (the interval excludes 0), ``"provisional"`` (decided, but on runs that had not
+    converged), ``"cost only"`` (no detectable difference: decided on cost) or ``"none"``.
+    The rules:
 
     - some method is **better** (its whole interval of Δm above 0): the one with the highest
       lower bound (ties: the cheaper to train); tasks on which it is decided worse are named;
@@ -435,8 +444,9 @@ def recommend(
       parameters (one MTL model against T single-task models), with its cost; a better
       verdict needs a larger budget;
     - only **undecided** (one seed): no recommendation; the provisional best by mean Δm;
-    - runs whose best epoch was their last are caveats (raise the budget), and lower a
-      "decided" confidence to "cost only" when the chosen method's runs are among them;
+    - runs whose best epoch was their last are caveats (raise the budget), and make a
+      "decided" choice "provisional" when the chosen method's verdict uses them (its own
+      runs, or the single-task baselines);
     - a grouping into two or more models that is robust (≥ 80 % of resamples) and differs
       from the all-in-one model is suggested for verification (it is not trained here).
     """
@@ -543,13 +553,11 @@ def recommend(
     if unconverged:
         caveats.append(
             f"not converged: {len(unconverged)} run(s) selected their last epoch "
-            f"({', '.join(unconverged[:4])}{', …' if len(unconverged) > 4 else ''}); "
+            f"({'; '.join(unconverged[:3])}{'; …' if len(unconverged) > 3 else ''}); "
             "raise the budget (epochs)"
         )
-        if method is not None and confidence == "decided":
-            names = (method, _label_method(method))
-            if any(n in run for run in unconverged for n in names):
-                confidence = "cost only"
+        if method is not None and confidence == "decided" and variants[method].get("not_converged"):
+            confidence = "provisional"
     if grouping and len(grouping.get("groups", [])) > 1 and len(tasks) > 2:
         freq = grouping.get("frequency")
         groups = grouping["groups"]
@@ -622,7 +630,7 @@ def _load_or_plan(
         config.train.epochs,
         None if budget_minutes is None else 60.0 * budget_minutes,
         seeds=seeds or TARGET_SEEDS,
-        patience=config.train.patience,
+        patience=config.train.patience or DEFAULT_PATIENCE,
     )
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -649,70 +657,52 @@ def _affinity_section(
         return None, None
     folder = out / "affinity"
     file = folder / "affinity.json"
-    affinity = Affinity.load(file) if file.is_file() else None
-    if affinity is None or affinity.steps != plan.affinity_steps:
-        console.print(f"advise: measuring the task affinity ({plan.affinity_steps} steps)")
-        epochs = math.ceil(plan.affinity_steps / max(1, cost.steps_per_epoch))
+    if file.is_file():  # this folder's plan measured it already
+        affinity = Affinity.load(file)
+    else:
+        steps = plan.affinity_steps
+        console.print(f"advise: measuring the task affinity (at most {steps} measured steps)")
         ew = variant_config(config, Variant("ew", config.model.architecture), config.seed)
-        affinity = run_affinity(ew, folder, epochs=epochs, steps=plan.affinity_steps, every=1)
+        affinity = run_affinity(
+            ew,
+            folder,
+            steps=steps * AFFINITY_EVERY,
+            every=AFFINITY_EVERY,
+            min_measured=min(AFFINITY_MIN_MEASURED, steps),
+            max_measured=steps,
+        )
     data = affinity.to_json()
-    try:
-        data["stderr"] = {m: affinity.stderr(m).tolist() for m in ("cosine", "tag")}
-    except AttributeError:  # before the affinity uncertainty lands
-        data["stderr"] = None
+    data["stderr"] = {
+        m: [[float(v) if np.isfinite(v) else None for v in row] for row in affinity.stderr(m)]
+        for m in ("cosine", "tag")
+    }
     if len(names) < 3:
         return data, None
-    return data, _grouping(config, out, affinity, names, console)
+    return data, _grouping(config, out, names, console)
 
 
-def _grouping(
-    config: RunConfig, out: Path, affinity: Any, names: list[str], console: Console
-) -> dict[str, Any]:
-    import numpy as np
-
-    from mtlkit.analysis.grouping import best_grouping
+def _grouping(config: RunConfig, out: Path, names: list[str], console: Console) -> dict[str, Any]:
+    """The best grouping into two models by the lookahead, its bootstrap robustness and
+    whether the gradient cosine agrees (:func:`~mtlkit.experiments.group.run_group`)."""
     from mtlkit.experiments.group import run_group
 
     k = 2
     result = run_group(
         config, out / "group", k, out / "affinity" / "affinity.json", "tag", console=console
     )
-    grouping = dict(result["grouping"])
-    index = [affinity.tasks.index(n) for n in names]
-    cosine = best_grouping(affinity.matrix("cosine")[np.ix_(index, index)], k, names)
-    same = sorted(map(sorted, cosine.groups)) == sorted(map(sorted, grouping["groups"]))
-    robustness = result.get("robustness")
-    if robustness is None:
-        robustness = _robustness(affinity, names, k)
+    robustness = result.get("robustness") or {}
+    other = result.get("other_measure") or {}
     return {
         "k": k,
-        "measure": "tag",
-        "groups": grouping["groups"],
-        "serves": grouping.get("serves"),
-        "scores": grouping.get("scores"),
-        "frequency": None if robustness is None else robustness.get("frequency"),
-        "pair_together": None if robustness is None else robustness.get("pair_together"),
-        "agrees": same,
-        "cosine_groups": cosine.groups,
-    }
-
-
-def _robustness(affinity: Any, names: list[str], k: int) -> dict[str, Any] | None:
-    import numpy as np
-
-    try:
-        from mtlkit.analysis.grouping import grouping_robustness  # type: ignore[attr-defined]
-    except ImportError:  # before the grouping robustness lands
-        return None
-    samples = np.asarray([h["tag"] for h in affinity.history], dtype=float)
-    if samples.ndim != 3 or len(samples) < 2:
-        return None
-    index = [affinity.tasks.index(n) for n in names]
-    samples = samples[:, index][:, :, index]
-    rob = grouping_robustness(samples, k, names)
-    return {
-        "frequency": float(rob.frequency),
-        "pair_together": np.asarray(rob.pair_together).tolist(),
+        "measure": result.get("measure", "tag"),
+        "groups": result["grouping"]["groups"],
+        "serves": result["grouping"].get("serves"),
+        "scores": result["grouping"].get("scores"),
+        "frequency": robustness.get("frequency"),
+        "pair_together": robustness.get("pair_together"),
+        "robustness_note": result.get("robustness_note"),
+        "agrees": other.get("agrees"),
+        "cosine_groups": (other.get("grouping") or {}).get("groups", []),
     }
 
 
@@ -740,10 +730,14 @@ def run_advise(
     affinity, grouping = _affinity_section(config, out, plan, cost, console)
     seconds["affinity"] = time.perf_counter() - began
     began = time.perf_counter()
-    train = config.train.model_copy(update={"epochs": plan.epochs, "patience": plan.patience})
-    planned = config.model_copy(deep=True, update={"train": train})
     summary = run_compare(
-        planned, out / "compare", methods=list(MENU), seeds=plan.seeds, console=console
+        config,
+        out / "compare",
+        methods=list(MENU),
+        seeds=plan.seeds,
+        console=console,
+        patience=plan.patience,
+        max_epochs=plan.epochs,
     )
     seconds["compare"] = time.perf_counter() - began
     seconds["total"] = time.perf_counter() - started
