@@ -295,6 +295,13 @@ def test_unconverged_runs_are_caveats_and_make_their_verdict_provisional() -> No
     assert any("not converged: 2 run(s)" in c for c in rec["caveats"])
 
 
+def test_single_task_advice_on_unconverged_baselines_is_provisional() -> None:
+    flag = ["STL a seed 0 (best epoch 15 of 15 run, budget 15)"]
+    rec = recommend(summary({"ew@hps": variant("worse", -3.0, (-5.0, -1.0), not_converged=flag)}))
+    assert (rec["choice"], rec["confidence"]) == ("stl", "provisional")
+    assert any("STL a seed 0" in c for c in rec["caveats"])
+
+
 def test_grouping_is_suggested_only_when_robust() -> None:
     base = summary({"ew@hps": variant("no detectable difference", 0.1, (-1.0, 1.2))})
     robust = {"groups": [["a", "b"], ["c"]], "frequency": 0.9, "agrees": True}
@@ -305,6 +312,9 @@ def test_grouping_is_suggested_only_when_robust() -> None:
     rec = recommend(base, shaky)
     assert any("is not robust (55 % of resamples)" in r for r in rec["reasons"])
     assert any("cosine and lookahead measures give different" in c for c in rec["caveats"])
+    overlapping = {**robust, "groups": [["a", "b", "c"], ["b", "c"]], "serves": [["a"], ["b", "c"]]}
+    rec = recommend(base, overlapping)
+    assert any("(a, b, c (serving a) | b, c)" in r for r in rec["reasons"])
     unknown = {**robust, "frequency": None}
     assert any("unknown of resamples" in r for r in recommend(base, unknown)["reasons"])
 
@@ -372,7 +382,7 @@ def test_advise_end_to_end_and_resumed(tmp_path: Path, capsys: pytest.CaptureFix
     assert sorted(t for g in advice["grouping"]["groups"] for t in g) == ["d", "s", "up"]
     rec = advice["recommendation"]
     assert rec["choice"] in ("mtl", "stl", "undecided")
-    assert rec["confidence"] in ("decided", "cost only", "none")
+    assert rec["confidence"] in ("decided", "provisional", "cost only", "none")
     page = (out / "advise.html").read_text()
     for section in ("recommendation", "plan", "affinity", "verdict", "comparison"):
         assert f'<section id="{section}">' in page

@@ -281,9 +281,10 @@ def measure_cost(
     temporary folder), of ``steps`` training steps of a single-task model and of the
     multi-task model with each method of ``menu``, and of two affinity measurements.
 
-    The epoch overhead (validation, checkpoint, logging) is the one-epoch run's seconds less
-    its build and training steps, and at least one timed validation pass. The step models
-    share the data loaded once."""
+    The fixed cost of a run is the build of the single-task model (after the first build, so
+    with the caches a comparison's runs find); the epoch overhead (validation, checkpoint,
+    logging) is the one-epoch run's seconds less its build and training steps, and at least
+    one timed validation pass. The multi-task step models share the data loaded once."""
     from mtlkit.analysis.affinity import measure_affinity
     from mtlkit.experiments.compare import Variant, stl_config, variant_config
     from mtlkit.experiments.run import (
@@ -299,7 +300,6 @@ def measure_cost(
 
     started = time.perf_counter()
     base = build_run(config)
-    run_seconds = time.perf_counter() - started
     main = [t for t in base.tasks if not t.auxiliary]
     if not main:
         raise ConfigError("advise: every task is auxiliary; there is nothing to advise on")
@@ -324,7 +324,9 @@ def measure_cost(
     began = time.perf_counter()
     trainer.evaluate(run.loader("val"))
     eval_seconds = time.perf_counter() - began
-    stl = run_of(stl_config(config, main[0], config.seed))
+    began = time.perf_counter()  # a run's build as the comparison's runs see it (warm caches)
+    stl = build_run(stl_config(config, main[0], config.seed))
+    run_seconds = time.perf_counter() - began
     stl_step = _timed_steps(stl.trainer(progress=False), stl.loader("train", train=True), steps)
     measured = measure_affinity(
         base.model,
@@ -445,8 +447,9 @@ def recommend(
       verdict needs a larger budget;
     - only **undecided** (one seed): no recommendation; the provisional best by mean Δm;
     - runs whose best epoch was their last are caveats (raise the budget), and make a
-      "decided" choice "provisional" when the chosen method's verdict uses them (its own
-      runs, or the single-task baselines);
+      "decided" choice "provisional" when a deciding verdict uses them (the chosen method's,
+      or the worse methods' when the choice is the single-task models; a verdict uses its
+      own runs and the single-task baselines);
     - a grouping into two or more models that is robust (≥ 80 % of resamples) and differs
       from the all-in-one model is suggested for verification (it is not trained here).
     """
@@ -496,18 +499,12 @@ def recommend(
                 f"task(s) {', '.join(worse_tasks)} are worse in this model than alone: if they "
                 "matter most, serve them with their own model(s)"
             )
-    elif by_decision["worse"] and not (by_decision["no detectable difference"]):
-        if by_decision["undecided"]:
-            choice, confidence = "stl", "decided"
-            headline = (
-                "Train one model per task: every method that could be decided is worse than "
-                "the single-task models."
-            )
-        else:
-            choice, confidence = "stl", "decided"
-            headline = (
-                "Train one model per task: every method is worse than the single-task models."
-            )
+    elif by_decision["worse"] and not by_decision["no detectable difference"]:
+        choice, confidence = "stl", "decided"
+        some = " that could be decided" if by_decision["undecided"] else ""
+        headline = (
+            f"Train one model per task: every method{some} is worse than the single-task models."
+        )
         models = [[t] for t in tasks]
         for label in by_decision["worse"]:
             reasons.append(f"{label}: Δm {_ci_text(variants[label].get('delta_m'))}")
@@ -556,12 +553,12 @@ def recommend(
             f"({'; '.join(unconverged[:3])}{'; …' if len(unconverged) > 3 else ''}); "
             "raise the budget (epochs)"
         )
-        if method is not None and confidence == "decided" and variants[method].get("not_converged"):
+        deciding = [method] if method is not None else by_decision["worse"]
+        if confidence == "decided" and any(variants[v].get("not_converged") for v in deciding):
             confidence = "provisional"
     if grouping and len(grouping.get("groups", [])) > 1 and len(tasks) > 2:
         freq = grouping.get("frequency")
-        groups = grouping["groups"]
-        text = " | ".join(", ".join(g) for g in groups)
+        text = _groups_text(grouping)
         if isinstance(freq, int | float) and freq >= 0.8:
             reasons.append(
                 f"affinity suggests two models ({text}), robust in {100 * freq:.0f} % of "
@@ -811,6 +808,18 @@ def verdict_rows(advice: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _groups_text(grouping: Mapping[str, Any]) -> str:
+    """``a, b | c``; a group that serves fewer tasks than it trains on says which."""
+    serves = grouping.get("serves") or grouping["groups"]
+    parts = []
+    for group, served in zip(grouping["groups"], serves, strict=True):
+        text = ", ".join(group)
+        if sorted(served) != sorted(group):
+            text += f" (serving {', '.join(served)})"
+        parts.append(text)
+    return " | ".join(parts)
+
+
 def print_advice(advice: Mapping[str, Any], console: Console) -> None:
     """The page on the terminal: plan, affinity and grouping, verdicts, recommendation."""
     plan, rec = advice["plan"], advice["recommendation"]
@@ -828,7 +837,10 @@ def print_advice(advice: Mapping[str, Any], console: Console) -> None:
         console.print(f"  [yellow]cut:[/] {cut}")
     affinity = advice.get("affinity")
     if affinity:
-        table = Table(title=f"TAG affinity Z(i→j) over {affinity['steps']} steps (± std. error)")
+        table = Table(
+            title=f"Lookahead affinity Z(i→j), % change of j's loss after a step on i "
+            f"(± standard error; {affinity['steps']} measured steps)"
+        )
         table.add_column("i → j")
         for t in affinity["tasks"]:
             table.add_column(t, justify="right")
@@ -838,7 +850,7 @@ def print_advice(advice: Mapping[str, Any], console: Console) -> None:
             for j, v in enumerate(row):
                 if i == j:
                     cells.append("—")
-                elif stderr:
+                elif stderr and stderr[i][j] is not None:
                     cells.append(f"{v:+.3g} ± {stderr[i][j]:.2g}")
                 else:
                     cells.append(f"{v:+.3g}")
@@ -849,14 +861,16 @@ def print_advice(advice: Mapping[str, Any], console: Console) -> None:
         freq = grouping.get("frequency")
         console.print(
             "Best grouping into 2 models (lookahead): "
-            + " | ".join(", ".join(g) for g in grouping["groups"])
+            + _groups_text(grouping)
             + (
                 f"; robust in {100 * freq:.0f} % of bootstrap resamples"
                 if freq is not None
                 else "; robustness unknown"
             )
-            + ("" if grouping.get("agrees") else "; the cosine measure disagrees")
+            + ("; the cosine measure disagrees" if grouping.get("agrees") is False else "")
         )
+        if grouping.get("robustness_note"):
+            console.print(f"  robustness: {grouping['robustness_note']}")
     summary = advice["summary"]
     interval = summary.get("interval", "t")
     table = Table(
@@ -934,7 +948,7 @@ def render_html(advice: Mapping[str, Any]) -> str:
         freq = grouping.get("frequency")
         body += (
             "<p>Best grouping into 2 models (lookahead): "
-            + esc(" | ".join(", ".join(g) for g in grouping["groups"]))
+            + esc(_groups_text(grouping))
             + (
                 f"; robust in {100 * freq:.0f} % of bootstrap resamples"
                 if freq is not None
@@ -942,7 +956,7 @@ def render_html(advice: Mapping[str, Any]) -> str:
             )
             + (
                 ""
-                if grouping.get("agrees")
+                if grouping.get("agrees") is not False
                 else "; the cosine measure picks "
                 + esc(" | ".join(", ".join(g) for g in grouping.get("cosine_groups", [])))
             )
