@@ -265,9 +265,16 @@ def test_no_detectable_difference_is_decided_on_cost() -> None:
     }
     rec = recommend(summary(variants, {"uw@hps": {"params": 1100, "train_seconds": 20.0}}))
     assert (rec["choice"], rec["method"], rec["confidence"]) == ("mtl", "uw", "cost only")
+    assert not rec["caveats"]
     assert "No detectable difference" in rec["headline"]
     assert "37 % of the parameters" in rec["headline"]  # 1100 / 3000
     assert any("upgrad@hps is worse" in r for r in rec["reasons"])
+    variants["uw@hps"]["task_decisions"]["b"] = "worse"
+    rec = recommend(summary(variants, {"uw@hps": {"params": 1100, "train_seconds": 20.0}}))
+    assert rec["caveats"] == [
+        "task(s) b are worse in this model than alone: if they matter most, serve them with "
+        "their own model(s)"
+    ]
     # one multi-task model that is not smaller than the T single-task models: keep those
     rec = recommend(summary(variants, {v: {"params": 5000} for v in variants}))
     assert (rec["choice"], rec["confidence"]) == ("stl", "cost only")

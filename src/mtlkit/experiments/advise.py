@@ -440,12 +440,14 @@ def recommend(
     The rules:
 
     - some method is **better** (its whole interval of Δm above 0): the one with the highest
-      lower bound (ties: the cheaper to train); tasks on which it is decided worse are named;
+      lower bound (ties: the cheaper to train);
     - every method **worse**: the single-task models;
     - otherwise, with **no detectable difference** for some method: the cheapest of those in
       parameters (one MTL model against T single-task models), with its cost; a better
       verdict needs a larger budget;
     - only **undecided** (one seed): no recommendation; the provisional best by mean Δm;
+    - with one multi-task model chosen, the tasks on which its method is decided worse than
+      alone are named;
     - runs whose best epoch was their last are caveats (raise the budget), and make a
       "decided" choice "provisional" when a deciding verdict uses them (the chosen method's,
       or the worse methods' when the choice is the single-task models; a verdict uses its
@@ -490,14 +492,6 @@ def recommend(
         if others:
             reasons.append(
                 f"also better than STL: {', '.join(others)}; {best} has the highest lower bound"
-            )
-        worse_tasks = [
-            t for t, d in (variants[best].get("task_decisions") or {}).items() if d == "worse"
-        ]
-        if worse_tasks:
-            caveats.append(
-                f"task(s) {', '.join(worse_tasks)} are worse in this model than alone: if they "
-                "matter most, serve them with their own model(s)"
             )
     elif by_decision["worse"] and not by_decision["no detectable difference"]:
         choice, confidence = "stl", "decided"
@@ -546,6 +540,15 @@ def recommend(
             f"Cannot decide {why}: raise the budget to get at least two seeds "
             f"(provisionally best: {best}, mean Δm {mean(best):+.2f} %)."
         )
+    if choice == "mtl" and method is not None:
+        worse_tasks = [
+            t for t, d in (variants[method].get("task_decisions") or {}).items() if d == "worse"
+        ]
+        if worse_tasks:
+            caveats.append(
+                f"task(s) {', '.join(worse_tasks)} are worse in this model than alone: if they "
+                "matter most, serve them with their own model(s)"
+            )
     unconverged = _not_converged(summary)
     if unconverged:
         caveats.append(
@@ -739,6 +742,13 @@ def run_advise(
     seconds["compare"] = time.perf_counter() - began
     seconds["total"] = time.perf_counter() - started
     seconds["cpu"] = time.process_time() - cpu
+    previous = out / "advise.json"
+    before = (
+        json.loads(previous.read_text(encoding="utf-8")).get("seconds", {}).get("all_calls", 0.0)
+        if resumed and previous.is_file()
+        else 0.0
+    )
+    seconds["all_calls"] = before + seconds["total"]
     advice = {
         "name": config.name,
         "menu": {m: MENU_ROLES[m] for m in MENU},
@@ -808,6 +818,15 @@ def verdict_rows(advice: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _took(seconds: Mapping[str, Any]) -> str:
+    """How long advise took: this call, and all calls on the folder when it resumed."""
+    total, every = seconds.get("total", 0.0), seconds.get("all_calls")
+    text = f"Took {total / 60:.1f} min"
+    if isinstance(every, int | float) and every > total + 1:
+        text += f" (all calls on this folder: {every / 60:.1f} min; finished work was reused)"
+    return text
+
+
 def _groups_text(grouping: Mapping[str, Any]) -> str:
     """``a, b | c``; a group that serves fewer tasks than it trains on says which."""
     serves = grouping.get("serves") or grouping["groups"]
@@ -830,8 +849,7 @@ def print_advice(advice: Mapping[str, Any], console: Console) -> None:
         f"{plan['patience']}), {plan['affinity_steps']} affinity steps; estimated "
         f"{plan['estimated_seconds'] / 60:.1f} min"
         + (f" of a {budget / 60:.1f} min budget" if budget else "")
-        + f" (uncut: {plan['full_seconds'] / 60:.1f} min). Took "
-        f"{advice['seconds']['total'] / 60:.1f} min."
+        + f" (uncut: {plan['full_seconds'] / 60:.1f} min). {_took(advice['seconds'])}."
     )
     for cut in plan.get("cuts", []):
         console.print(f"  [yellow]cut:[/] {cut}")
@@ -932,8 +950,7 @@ def render_html(advice: Mapping[str, Any]) -> str:
         f"{plan['patience']} without improvement), {plan['affinity_steps']} affinity steps; "
         f"estimated {plan['estimated_seconds'] / 60:.1f} min"
         + (f" of a {budget / 60:.1f} min budget" if budget else "")
-        + f", uncut {plan['full_seconds'] / 60:.1f} min; took "
-        f"{advice['seconds']['total'] / 60:.1f} min.</p>"
+        + f", uncut {plan['full_seconds'] / 60:.1f} min. {_took(advice['seconds'])}.</p>"
         + "".join(f'<p class="missing">cut: {esc(c)}</p>' for c in plan.get("cuts", []))
         + f"<p>Methods compared with the single-task models:</p><ul>{menu}</ul></section>"
     )
