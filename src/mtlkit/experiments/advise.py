@@ -914,6 +914,34 @@ def print_advice(advice: Mapping[str, Any], console: Console) -> None:
         console.print(f"  - {reason}")
     for caveat in rec["caveats"]:
         console.print(f"  [yellow]![/] {caveat}")
+    for row in _cost_rows(advice):
+        console.print(
+            f"  cost, {row['']}: {row['model']}: {row['models']} model(s), {row['parameters']} "
+            f"parameters, {row['training s (per seed)']} s training per seed, "
+            f"{row['latency ms (one batch)']} ms per batch"
+        )
+
+
+def _cost_rows(advice: Mapping[str, Any]) -> list[dict[str, str]]:
+    """What the recommended model(s) cost, beside the single-task models."""
+    eff = advice["summary"].get("efficiency", {}) or {}
+    chosen = advice["recommendation"].get("variant")
+    rows = []
+    for key in [k for k in (chosen, "stl") if k]:
+        e = eff.get(key, {}) or {}
+        rows.append(
+            {
+                "": "recommended" if key == chosen or not chosen else "single-task models",
+                "model": "STL" if key == "stl" else key,
+                "models": str(e.get("models", 1)),
+                "parameters": _fmt(e.get("params"), ",.0f"),
+                "training s (per seed)": _fmt(e.get("train_seconds"), ".1f"),
+                "latency ms (one batch)": _fmt(e.get("latency_ms"), ".2f"),
+                "examples/s": _fmt(e.get("throughput"), ",.0f"),
+                "peak MB": _fmt(e.get("peak_memory_mb"), ".0f"),
+            }
+        )
+    return rows
 
 
 def _table_html(rows: Sequence[Mapping[str, str]]) -> str:
@@ -939,7 +967,7 @@ def render_html(advice: Mapping[str, Any]) -> str:
         f"<p><b>{esc(rec['headline'])}</b> (confidence: {esc(rec['confidence'])})</p>"
         + "".join(f"<p>{esc(r)}</p>" for r in rec["reasons"])
         + "".join(f'<p class="missing">! {esc(c)}</p>' for c in rec["caveats"])
-        + _table_html([{k: str(v) for k, v in rec["cost"].items()}])
+        + _table_html(_cost_rows(advice))
         + "</section>"
     ]
     budget = plan.get("budget_seconds")
