@@ -412,3 +412,12 @@ def test_advise_end_to_end_and_resumed(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(ConfigError, match="was planned with"):
         run_advise(config, out, budget_minutes=5, console=console)
     assert main(["advise", str(tmp_path / "none.yaml"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "match"), [({"budget_minutes": 0}, "'budget' must be > 0"), ({"seeds": 0}, "≥ 1")]
+)
+def test_bad_options_fail_before_any_work(tmp_path: Path, option: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        run_advise(parse_config(tiny_table(tmp_path)), tmp_path / "o", console=Console(), **option)
+    assert not (tmp_path / "o").exists()

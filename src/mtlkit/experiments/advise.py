@@ -720,6 +720,10 @@ def run_advise(
     from mtlkit.experiments.compare import run_compare
 
     console = console or Console()
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise ConfigError(f"advise: option 'budget' must be > 0 minutes, got {budget_minutes}")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"advise: option 'seeds' must be ≥ 1, got {seeds}")
     out = Path(out_dir)
     started, cpu = time.perf_counter(), time.process_time()
     plan, cost, resumed = _load_or_plan(config, out, budget_minutes, seeds, console)
