@@ -407,6 +407,30 @@ def compare(
 
 
 @app.command()
+def advise(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Minutes in all; seeds, epochs and affinity steps are cut to fit."),
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds wanted (default 3).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder (re-use it to resume).")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Which tasks together, MTL or one model per task, which method: one page of advice
+    (affinity and grouping, STL vs EW, UW and UPGrad over seeds, verdicts, costs)."""
+    from mtlkit.config import load_config
+    from mtlkit.experiments.advise import print_advice, run_advise
+    from mtlkit.experiments.run import new_run_dir
+
+    cfg = load_config(config, _overrides(set_))
+    out_dir = out or new_run_dir("runs", f"{cfg.name}-advise")
+    advice = run_advise(cfg, out_dir, budget_minutes=budget, seeds=seeds, console=console)
+    print_advice(advice, console)
+    console.print(f"Written to {out_dir} (advise.html, advise.json)")
+
+
+@app.command()
 def tune(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     trials: Annotated[int, typer.Option(help="Optuna trials in all (resumed ones count).")] = 20,
