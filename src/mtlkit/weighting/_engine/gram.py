@@ -22,13 +22,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.weighting._engine.backward import per_task_gradients, task_jacobian
 from mtlkit.weighting._engine.hooks import recorder_for
+from mtlkit.weighting._engine.layers import (
+    ROUTED,
+    embedding_rows,
+    embedding_task_grads,
+    kind_of,
+    norm_task_grads,
+    requesting,
+)
 
 #: column block of :func:`row_gram`'s batched product on CPU
 ROW_GRAM_BLOCK = 1024
@@ -87,43 +95,25 @@ def layer_gramian(inputs: Tensor, output_grads: Tensor, *, bias: bool = False) -
     return gram
 
 
-def _linear_rows(module: nn.Linear, x: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
-    """(A, Δ) of a Linear call: every leading dimension is a use of the layer."""
-    return x.reshape(-1, module.in_features), dy.reshape(dy.shape[0], -1, module.out_features)
-
-
-def _conv_rows(module: nn.Conv2d, x: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
-    """(A, Δ) of a Conv2d call: the unfolded patches, one row per (image, output position)."""
-    if x.dim() == 3:
-        x, dy = x.unsqueeze(0), dy.unsqueeze(1)
-    patches = F.unfold(
-        x,
-        module.kernel_size,
-        dilation=module.dilation,
-        padding=module.padding,  # type: ignore[arg-type]  # not a str: see supported()
-        stride=module.stride,
-    )  # B × (C·k·k) × L
-    a = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    t, b, o = dy.shape[:3]
-    d = dy.reshape(t, b, o, -1).transpose(2, 3).reshape(t, -1, o)
-    return a, d
-
-
 @dataclass
 class Gramian:
     """G = J Jᵀ of the task losses over the shared parameters, with what it was built from.
 
     ``matrix`` is G (T × T). :meth:`combine` turns task weights w into the update Jᵀw, per
-    shared parameter, from the same per-layer inputs and per-task output gradients that gave G
-    (one product per layer), so applying the weights needs no further backward pass.
+    shared parameter, from what gave G: a Linear layer's inputs A and per-task output
+    gradients Δ (one product per layer), the per-task gradients of the other recorded
+    layers' parameters (small: a convolution's or a norm's parameters) and of the rest, so
+    applying the weights needs no further backward pass.
     """
 
     matrix: Tensor
     shared: Sequence[Tensor]
-    #: per recorded module: (module, its inputs A and per-task output gradients Δ, per call)
+    #: per recorded Linear module: (module, its inputs A and per-task output gradients Δ, per call)
     layers: list[tuple[nn.Module, list[Tensor], list[Tensor]]] = field(default_factory=list)
-    #: per-task gradients (T × shape) of the shared parameters outside recorded modules
+    #: per-task gradients (T × shape) of the other shared parameters, by id
     rest: dict[int, Tensor] = field(default_factory=dict)
+    #: per embedding weight, by id: (its distinct rows, T × rows × D per-task gradients)
+    sparse: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     #: the explicit T × P Jacobian, when G was computed from it
     jacobian: Tensor | None = None
 
@@ -139,15 +129,23 @@ class Gramian:
             weight_grad = bias_grad = None
             for a, d in zip(inputs, grads, strict=True):
                 mixed = torch.tensordot(w, d, dims=1)  # N × o: Σ_i w_i Δ_i
-                gw, gb = mixed.T @ a, mixed.sum(dim=0)
+                gw = mixed.T @ a
                 weight_grad = gw if weight_grad is None else weight_grad + gw
-                bias_grad = gb if bias_grad is None else bias_grad + gb
-            assert weight_grad is not None and bias_grad is not None
+                if m.bias is not None:
+                    gb = mixed.sum(dim=0)
+                    bias_grad = gb if bias_grad is None else bias_grad + gb
+            assert weight_grad is not None
             out[id(m.weight)] = weight_grad.view_as(m.weight)
-            if m.bias is not None:
+            if bias_grad is not None:
                 out[id(m.bias)] = bias_grad
         for key, g in self.rest.items():
             out[key] = torch.tensordot(weights.to(g), g, dims=1)
+        params = {id(p): p for p in self.shared}
+        for key, (rows, g) in self.sparse.items():
+            p = params[key]
+            dense = torch.zeros(p.shape, dtype=g.dtype, device=g.device)
+            dense.index_add_(0, rows, torch.tensordot(weights.to(g), g, dims=1))
+            out[key] = dense
         return [out.get(id(p)) for p in self.shared]
 
 
@@ -207,34 +205,62 @@ def gramian(
     if not existed or overflow:
         return explicit()
     # modules whose records are usable; the others fall back to exact per-parameter gradients
-    entries: list[tuple[nn.Module, Tensor, Tensor]] = []
+    entries: list[tuple[nn.Module, Tensor, Tensor, object]] = []
     covered: set[int] = set()
     for m in rec.modules:
+        if isinstance(m, ROUTED):
+            # convolutions and batch norms: their parameters' per-task gradients come from
+            # the batched backward itself (folded over tasks, exact, in-place safe)
+            continue
         records = calls.get(id(m), [])
-        if any(x._version != vx or y._version != vy for x, y, vx, vy in records):
+        if any(x._version != vx or y._version != vy for x, y, vx, vy, _ in records):
             continue
         covered.update(id(p) for p in m.parameters(recurse=False))
-        entries.extend((m, x, y) for x, y, _, _ in records)
+        entries.extend((m, x, y, aux) for x, y, _, _, aux in records)
     rest = [p for p in shared if id(p) not in covered]
-    grads = per_task_gradients(
-        losses, [y for _, _, y in entries] + rest, representation, head_rows, chunk_size
-    )
-    by_module: dict[int, tuple[nn.Module, list[Tensor], list[Tensor]]] = {}
-    for (m, x, _), dy in zip(entries, grads[: len(entries)], strict=True):
+    with requesting(rest):
+        grads = per_task_gradients(
+            losses, [y for _, _, y, _ in entries] + rest, representation, head_rows, chunk_size
+        )
+    t = losses.shape[0]
+    gram = torch.zeros(t, t, dtype=losses.dtype, device=losses.device)
+    linear: dict[int, tuple[nn.Module, list[Tensor], list[Tensor]]] = {}
+    dense: dict[int, Tensor] = {}  # per-task gradients of conv/norm parameters, by id
+    embedded: dict[int, tuple[nn.Module, list[Tensor], list[Tensor]]] = {}
+    used: set[int] = set()
+    for (m, x, _, aux), dy in zip(entries, grads[: len(entries)], strict=True):
         if dy is None:  # a recorded call that these losses do not depend on
             continue
-        rows = _linear_rows if isinstance(m, nn.Linear) else _conv_rows
+        used.add(id(m))
+        kind = kind_of(m)
         # under autocast the recorded inputs and output gradients can be bf16/fp16 and differ
         # in dtype: the products are taken in float32 at least
         dtype = torch.promote_types(torch.promote_types(x.dtype, dy.dtype), torch.float32)
-        a, d = rows(m, x.detach().to(dtype), dy.to(dtype))  # type: ignore[arg-type]
-        slot = by_module.setdefault(id(m), (m, [], []))
-        slot[1].append(a)
-        slot[2].append(d)
+        if kind == "embedding":
+            idx, rows = embedding_rows(m, x, dy.to(dtype))
+            slot = embedded.setdefault(id(m), (m, [], []))
+            slot[1].append(idx)
+            slot[2].append(rows)
+            continue
+        if kind == "linear":
+            lin: Any = m
+            a = x.detach().to(dtype).reshape(-1, lin.in_features)
+            d = dy.to(dtype).reshape(t, -1, lin.out_features)
+            slot = linear.setdefault(id(m), (m, [], []))
+            slot[1].append(a)
+            slot[2].append(d)
+            continue
+        norm: Any = m
+        gg, gbeta = norm_task_grads(norm, x.detach(), dy, aux)
+        pairs = [(norm.weight, gg), (norm.bias, gbeta)]
+        for p, g in pairs:
+            if p is not None and g is not None:
+                key = id(p)
+                dense[key] = g if key not in dense else dense[key] + g
     unused_hooked = [
         p
         for m in rec.modules
-        if id(m) not in by_module
+        if id(m) not in used
         for p in m.parameters(recurse=False)
         if id(p) in covered
     ]
@@ -242,18 +268,24 @@ def gramian(
         # a hooked layer took part without being recorded (called via .forward, or the hooks
         # were added after the forward pass): recompute exactly
         return explicit()
-    t = losses.shape[0]
-    gram = torch.zeros(t, t, dtype=losses.dtype, device=losses.device)
-    for m, a_list, d_list in by_module.values():
+    for m, a_list, d_list in linear.values():
         a = a_list[0] if len(a_list) == 1 else torch.cat(a_list)
         d = d_list[0] if len(d_list) == 1 else torch.cat(d_list, dim=1)
-        gram += layer_gramian(a, d, bias=m.bias is not None).to(gram.dtype)
+        gram += layer_gramian(a, d, bias=getattr(m, "bias", None) is not None).to(gram.dtype)
+    sparse: dict[int, tuple[Tensor, Tensor]] = {}
+    for m, idx_list, rows_list in embedded.values():
+        unique, g = embedding_task_grads(torch.cat(idx_list), torch.cat(rows_list, dim=1))
+        gram += row_gram(g.reshape(t, -1)).to(gram.dtype)
+        sparse[id(m.weight)] = (unique, g)
     per_param: dict[int, Tensor] = {}
+    for key, g in dense.items():
+        gram += row_gram(g.reshape(t, -1)).to(gram.dtype)
+        per_param[key] = g
     for p, g in zip(rest, grads[len(entries) :], strict=True):
         if g is not None:
             gram += row_gram(g.reshape(t, -1)).to(gram.dtype)
             per_param[id(p)] = g
-    return Gramian(gram, shared, layers=list(by_module.values()), rest=per_param)
+    return Gramian(gram, shared, layers=list(linear.values()), rest=per_param, sparse=sparse)
 
 
 def _reaches(losses: Tensor, params: Sequence[Tensor]) -> bool:

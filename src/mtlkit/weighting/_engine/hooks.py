@@ -1,10 +1,15 @@
 """Forward hooks that record the inputs and outputs of the shared layers.
 
-For each shared ``nn.Linear`` / ``nn.Conv2d`` (all of its own parameters shared), a forward
-hook records the input A and the output y of every call made with gradients enabled, with
-their autograd versions, so that :func:`mtlkit.weighting._engine.gram.gramian` can tell a
-record changed in place afterwards (``ReLU(inplace=True)``) and fall back to the exact path.
-Hooks are installed lazily, on the first Gramian computation for a model.
+For each shared module that has a layer-wise Gram block (all of its own parameters shared;
+:func:`mtlkit.weighting._engine.layers.kind_of`: Linear, Conv1d/2d, Embedding, affine
+BatchNorm/LayerNorm/GroupNorm), a forward hook records the input x and the output y of every
+call made with gradients enabled, with their autograd versions, so that
+:func:`mtlkit.weighting._engine.gram.gramian` can tell a record changed in place afterwards
+(``ReLU(inplace=True)``) and fall back to the exact path for that module. The output of a
+convolution or batch norm is replaced by the same values routed through an autograd function
+whose batched backward folds the tasks into the batch dimension
+(:mod:`~mtlkit.weighting._engine.layers`). Hooks are installed lazily, on the first Gramian
+computation for a model.
 """
 
 from __future__ import annotations
@@ -16,46 +21,57 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mtlkit.weighting._engine.layers import (
+    BATCH_NORMS,
+    CONVS,
+    batch_norm_output,
+    conv_output,
+    kind_of,
+)
+
 #: records kept per module between two Gramian computations before the engine gives up on
 #: the fast path for one step (a forward pass with gradients whose losses never reach a method)
 MAX_RECORDS = 64
 
 
 def supported(module: nn.Module) -> bool:
-    if type(module) is nn.Linear:
-        return True
-    return (
-        type(module) is nn.Conv2d
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
+    """Whether ``module`` has a layer-wise Gram block (see :func:`.layers.kind_of`)."""
+    return kind_of(module) is not None
 
 
 @dataclass
 class Recorder:
-    """Forward hooks on the shared Linear/Conv2d modules, recording (input, output) per call."""
+    """Forward hooks on the shared modules with a Gram block, recording per call
+    (input, output, their versions, and the statistics a batch norm used)."""
 
     shared_ids: frozenset[int]
     modules: list[nn.Module]
-    calls: dict[int, list[tuple[Tensor, Tensor, int, int]]] = field(default_factory=dict)
+    calls: dict[int, list[tuple[Tensor, Tensor, int, int, object]]] = field(default_factory=dict)
     handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
     overflow: bool = False
 
-    def hook(self, module: nn.Module, args: tuple[object, ...], output: object) -> None:
+    def hook(self, module: nn.Module, args: tuple[object, ...], output: object) -> Tensor | None:
         if not torch.is_grad_enabled():
-            return
+            return None
         if not isinstance(output, Tensor) or not output.requires_grad:
-            return
+            return None
         if not args or not isinstance(args[0], Tensor):
             self.overflow = True  # input passed by keyword: cannot record it
-            return
+            return None
         x = args[0]
+        aux: object = None
+        replaced = None
+        if isinstance(module, CONVS):
+            replaced = conv_output(module, x, output)
+        elif isinstance(module, BATCH_NORMS):
+            replaced, aux = batch_norm_output(module, x, output)
+        y = output if replaced is None else replaced
         records = self.calls.setdefault(id(module), [])
         if len(records) >= MAX_RECORDS:
             records.pop(0)
             self.overflow = True
-        records.append((x, output, x._version, output._version))
+        records.append((x, y, x._version, y._version, aux))
+        return replaced
 
     def clear(self) -> None:
         self.calls.clear()
