@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.weighting._engine import gramian, release_hooks
+from mtlkit.weighting._engine import gram as gram_mod
 from mtlkit.weighting._engine import layers as layers_mod
 from tests.weighting._models import TinyHPS
 
@@ -183,10 +184,18 @@ def _explicit_jacobian(losses: Tensor, shared: list[nn.Parameter]) -> Tensor:
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["kept-rows", "lean"])
 @pytest.mark.parametrize("through_rep", [False, True], ids=["losses", "representation"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_layer_gramian_and_update_equal_the_explicit_jacobian(case: str, through_rep: bool) -> None:
+def test_layer_gramian_and_update_equal_the_explicit_jacobian(
+    case: str, through_rep: bool, lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """G and Jᵀw, with the Linear layers' output gradients kept for the update or (lean,
+    as at many tasks) their blocks taken in passing and the update replayed."""
+    if lean:
+        monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", 0)
     model, x = _model(case)
+    has_linear = any(type(m) is nn.Linear for m in model.encoder.modules())
     shared = model.shared_parameters()
     losses = _losses(model, x)
     jac = _explicit_jacobian(losses, shared)  # before any hook exists
@@ -198,6 +207,7 @@ def test_layer_gramian_and_update_equal_the_explicit_jacobian(case: str, through
         )
         result = gramian(losses, model, shared, representation=rep if through_rep else None)
         assert result.jacobian is None, "the layer-wise path was not taken"
+        assert bool(result.replayed) == (lean and has_linear)
         scale = jac.abs().max().item()
         assert scale > 0
         torch.testing.assert_close(result.matrix, jac @ jac.T, rtol=1e-9, atol=1e-9 * scale**2)

@@ -20,79 +20,31 @@ to the exact path for that step, so the result is always exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting._engine.backward import per_task_gradients, task_jacobian
+from mtlkit.weighting._engine.backward import head_gradients, per_task_gradients, task_jacobian
 from mtlkit.weighting._engine.hooks import recorder_for
 from mtlkit.weighting._engine.layers import (
-    ROUTED,
+    FOLDED,
     embedding_rows,
     embedding_task_grads,
     kind_of,
+    layer_gramian,
     norm_task_grads,
     requesting,
+    row_gram,
+    sinking,
 )
 
-#: column block of :func:`row_gram`'s batched product on CPU
-ROW_GRAM_BLOCK = 1024
-
-
-def row_gram(rows: Tensor, other: Tensor | None = None) -> Tensor:
-    """The T × T matrix of inner products ``rows @ other.T`` of two T × K matrices (K ≫ T).
-
-    On CPU a matrix product this skinny is several times slower than the same sums taken
-    as a batched product over blocks of ``ROW_GRAM_BLOCK`` columns, then added up; that is
-    what is done there (the same inner products, summed in a different order).
-    """
-    other = rows if other is None else other
-    t, k = rows.shape
-    blocks = k // ROW_GRAM_BLOCK
-    if rows.device.type != "cpu" or blocks < 2:
-        return rows @ other.T
-    split = blocks * ROW_GRAM_BLOCK
-    a = rows[:, :split].reshape(t, blocks, ROW_GRAM_BLOCK).transpose(0, 1)
-    b = other[:, :split].reshape(other.shape[0], blocks, ROW_GRAM_BLOCK).permute(1, 2, 0)
-    out = torch.bmm(a, b).sum(dim=0)
-    if split < k:
-        out += rows[:, split:] @ other[:, split:].T
-    return out
-
-
-def layer_gramian(inputs: Tensor, output_grads: Tensor, *, bias: bool = False) -> Tensor:
-    """The T × T Gram block of a linear map y = W a (+ b) from its inputs and output gradients.
-
-    ``inputs`` A is N × d (one row a_n per use of the layer), ``output_grads`` Δ is T × N × o
-    (row δ_in = ∂L_i/∂y_n); ``bias`` adds the bias b, i.e. an implicit trailing column of ones
-    in A (never materialised). Task i's weight gradient is Δ_iᵀ A, so
-
-        G_st = ⟨Δ_sᵀ A, Δ_tᵀ A⟩ = Σ_{n,m} (a_n·a_m)(δ_sn·δ_tm) = ⟨Δ_s, (A Aᵀ) Δ_t⟩.
-
-    The cheaper of the two exact forms is used: the kernel form (N × N matrix A Aᵀ, good when
-    N < d) or the per-task weight gradients (T × o × d, good for convolutions where N is
-    batch × positions).
-    """
-    t, n, o = output_grads.shape
-    d = inputs.shape[1] + int(bias)
-    kernel_cost = n * n * d + t * n * n * o + t * t * n * o
-    explicit_cost = t * n * d * o + t * t * d * o
-    flat = output_grads.reshape(t, -1)
-    if kernel_cost < explicit_cost:
-        kernel = inputs @ inputs.T
-        if bias:
-            kernel += 1.0  # the ones column adds 1 to every a_n·a_m
-        kd = torch.matmul(kernel, output_grads)  # T × N × o
-        return row_gram(flat, kd.reshape(t, -1))
-    per_task = torch.matmul(output_grads.transpose(1, 2), inputs).reshape(t, -1)  # T × (o·d)
-    gram = row_gram(per_task)
-    if bias:
-        bias_grads = output_grads.sum(dim=1)  # T × o
-        gram += bias_grads @ bias_grads.T
-    return gram
+#: above this many bytes of the Linear layers' per-task output gradients (T × their outputs),
+#: G's blocks are taken as the gradients pass and the update costs one more backward pass
+#: instead of holding them all (memory at many tasks)
+KEEP_ROWS_BYTES = 48 * 2**20
 
 
 @dataclass
@@ -116,6 +68,10 @@ class Gramian:
     sparse: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     #: the explicit T × P Jacobian, when G was computed from it
     jacobian: Tensor | None = None
+    #: shared parameters whose update is one more backward pass (``replay``): the Linear
+    #: layers whose Gram blocks were taken without keeping their per-task output gradients
+    replayed: list[Tensor] = field(default_factory=list)
+    replay: Callable[[Tensor], Sequence[Tensor | None]] | None = None
 
     def combine(self, weights: Tensor) -> list[Tensor | None]:
         """Σ_i w_i ∇_θ L_i for each shared parameter θ, in order; None where no loss reaches θ."""
@@ -140,6 +96,10 @@ class Gramian:
                 out[id(m.bias)] = bias_grad
         for key, g in self.rest.items():
             out[key] = torch.tensordot(weights.to(g), g, dims=1)
+        if self.replay is not None:
+            for p, g in zip(self.replayed, self.replay(weights), strict=True):
+                if g is not None:
+                    out[id(p)] = g
         params = {id(p): p for p in self.shared}
         for key, (rows, g) in self.sparse.items():
             p = params[key]
@@ -204,13 +164,28 @@ def gramian(
     rec.clear()
     if not existed or overflow:
         return explicit()
+    t = losses.shape[0]
+    # lean: when the Linear layers' per-task output gradients would take more than
+    # KEEP_ROWS_BYTES, each layer's block is taken as they pass by and the update is one more
+    # backward pass (see Gramian.combine)
+    kept = sum(
+        t * y.numel() * max(y.element_size(), 4)
+        for m in rec.modules
+        if type(m) is nn.Linear
+        for _, y, _, _, _ in calls.get(id(m), [])
+    )
+    lean = kept > KEEP_ROWS_BYTES
     # modules whose records are usable; the others fall back to exact per-parameter gradients
     entries: list[tuple[nn.Module, Tensor, Tensor, object]] = []
     covered: set[int] = set()
+    sunk: list[Tensor] = []  # lean: the Linear weights whose blocks the backward takes
     for m in rec.modules:
-        if isinstance(m, ROUTED):
+        if isinstance(m, FOLDED):
             # convolutions and batch norms: their parameters' per-task gradients come from
             # the batched backward itself (folded over tasks, exact, in-place safe)
+            continue
+        if lean and type(m) is nn.Linear:
+            sunk.append(m.weight)
             continue
         records = calls.get(id(m), [])
         if any(x._version != vx or y._version != vy for x, y, vx, vy, _ in records):
@@ -218,12 +193,15 @@ def gramian(
         covered.update(id(p) for p in m.parameters(recurse=False))
         entries.extend((m, x, y, aux) for x, y, _, _, aux in records)
     rest = [p for p in shared if id(p) not in covered]
-    with requesting(rest):
+    if lean and representation is not None and head_rows is None:
+        head_rows = head_gradients(losses, representation)  # reused by the update's pass
+    with requesting(rest), sinking(sunk) as blocks:
         grads = per_task_gradients(
             losses, [y for _, _, y, _ in entries] + rest, representation, head_rows, chunk_size
         )
-    t = losses.shape[0]
     gram = torch.zeros(t, t, dtype=losses.dtype, device=losses.device)
+    for block in blocks.values():
+        gram += block.to(gram.dtype)
     linear: dict[int, tuple[nn.Module, list[Tensor], list[Tensor]]] = {}
     dense: dict[int, Tensor] = {}  # per-task gradients of conv/norm parameters, by id
     embedded: dict[int, tuple[nn.Module, list[Tensor], list[Tensor]]] = {}
@@ -278,14 +256,56 @@ def gramian(
         gram += row_gram(g.reshape(t, -1)).to(gram.dtype)
         sparse[id(m.weight)] = (unique, g)
     per_param: dict[int, Tensor] = {}
+    replayed: list[Tensor] = []
     for key, g in dense.items():
         gram += row_gram(g.reshape(t, -1)).to(gram.dtype)
         per_param[key] = g
+    sunk_ids = {id(w) for w in sunk}
+    sunk_params = {
+        id(p)
+        for m in rec.modules
+        if type(m) is nn.Linear and id(m.weight) in sunk_ids
+        for p in m.parameters(recurse=False)
+    }
     for p, g in zip(rest, grads[len(entries) :], strict=True):
         if g is not None:
             gram += row_gram(g.reshape(t, -1)).to(gram.dtype)
             per_param[id(p)] = g
-    return Gramian(gram, shared, layers=list(linear.values()), rest=per_param, sparse=sparse)
+        elif id(p) in sunk_params:  # its block was taken in passing: its update is replayed
+            replayed.append(p)
+    return Gramian(
+        gram,
+        shared,
+        layers=list(linear.values()),
+        rest=per_param,
+        sparse=sparse,
+        replayed=replayed,
+        replay=_replay(losses, replayed, representation, head_rows) if replayed else None,
+    )
+
+
+def _replay(
+    losses: Tensor,
+    params: list[Tensor],
+    representation: Tensor | None,
+    head_rows: Tensor | None,
+) -> Callable[[Tensor], Sequence[Tensor | None]]:
+    """Σ_i w_i ∇L_i for ``params`` by one backward pass of the weighted losses (through the
+    representation with the heads' rows when given), for the layers whose per-task output
+    gradients were not kept."""
+
+    def run(weights: Tensor) -> Sequence[Tensor | None]:
+        with requesting(params):
+            if representation is not None and head_rows is not None:
+                mixed = torch.tensordot(weights.to(head_rows), head_rows, dims=1)
+                return torch.autograd.grad(
+                    representation, params, mixed, retain_graph=True, allow_unused=True
+                )
+            return torch.autograd.grad(
+                losses, params, weights.to(losses), retain_graph=True, allow_unused=True
+            )
+
+    return run
 
 
 def _reaches(losses: Tensor, params: Sequence[Tensor]) -> bool:

@@ -27,6 +27,7 @@ from mtlkit.weighting._engine.layers import (
     batch_norm_output,
     conv_output,
     kind_of,
+    linear_output,
 )
 
 #: records kept per module between two Gramian computations before the engine gives up on
@@ -61,7 +62,9 @@ class Recorder:
         x = args[0]
         aux: object = None
         replaced = None
-        if isinstance(module, CONVS):
+        if type(module) is nn.Linear:
+            replaced = linear_output(module, x, output)
+        elif isinstance(module, CONVS):
             replaced = conv_output(module, x, output)
         elif isinstance(module, BATCH_NORMS):
             replaced, aux = batch_norm_output(module, x, output)

@@ -39,13 +39,32 @@ from torch import Tensor, nn
 CONVS = (nn.Conv1d, nn.Conv2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
-#: modules whose recorded output is routed through a fast batched backward (their
-#: parameters' per-task gradients come from that backward directly)
-ROUTED = (*CONVS, *BATCH_NORMS)
+#: modules whose parameters' per-task gradients come from their routed output's batched
+#: backward (folded over tasks) rather than from recorded output gradients
+FOLDED = (*CONVS, *BATCH_NORMS)
 
 #: ids of the parameters whose gradients the engine's current batched pass asks for; None
 #: outside such a pass (then every parameter that requires a gradient gets one)
 _REQUESTED: set[int] | None = None
+
+
+#: in a lean Gramian pass: ids of the Linear weights whose Gram block is taken as their
+#: per-task output gradients pass by (then dropped), and the blocks, by weight id
+_SINK: tuple[set[int], dict[int, Tensor]] | None = None
+
+
+@contextmanager
+def sinking(weights: Sequence[Tensor]) -> Iterator[dict[int, Tensor]]:
+    """Within the block, the batched backward of the routed Linear layers with these weights
+    adds each layer's T × T Gram block to the returned dict (by weight id) and gives no
+    gradient for the weight: the per-task output gradients are never all held at once."""
+    global _SINK
+    blocks: dict[int, Tensor] = {}
+    previous, _SINK = _SINK, ({id(w) for w in weights}, blocks)
+    try:
+        yield blocks
+    finally:
+        _SINK = previous
 
 
 @contextmanager
@@ -75,6 +94,65 @@ def kind_of(module: nn.Module) -> str | None:
         emb: Any = module
         return "embedding" if emb.max_norm is None and not emb.sparse else None
     return None
+
+
+# ------------------------------------------------------------------- Gram products
+
+#: column block of :func:`row_gram`'s batched product on CPU
+ROW_GRAM_BLOCK = 1024
+
+
+def row_gram(rows: Tensor, other: Tensor | None = None) -> Tensor:
+    """The T × T matrix of inner products ``rows @ other.T`` of two T × K matrices (K ≫ T).
+
+    On CPU a matrix product this skinny is several times slower than the same sums taken
+    as a batched product over blocks of ``ROW_GRAM_BLOCK`` columns, then added up; that is
+    what is done there (the same inner products, summed in a different order).
+    """
+    other = rows if other is None else other
+    t, k = rows.shape
+    blocks = k // ROW_GRAM_BLOCK
+    if rows.device.type != "cpu" or blocks < 2:
+        return rows @ other.T
+    split = blocks * ROW_GRAM_BLOCK
+    a = rows[:, :split].reshape(t, blocks, ROW_GRAM_BLOCK).transpose(0, 1)
+    b = other[:, :split].reshape(other.shape[0], blocks, ROW_GRAM_BLOCK).permute(1, 2, 0)
+    out = torch.bmm(a, b).sum(dim=0)
+    if split < k:
+        out += rows[:, split:] @ other[:, split:].T
+    return out
+
+
+def layer_gramian(inputs: Tensor, output_grads: Tensor, *, bias: bool = False) -> Tensor:
+    """The T × T Gram block of a linear map y = W a (+ b) from its inputs and output gradients.
+
+    ``inputs`` A is N × d (one row a_n per use of the layer), ``output_grads`` Δ is T × N × o
+    (row δ_in = ∂L_i/∂y_n); ``bias`` adds the bias b, i.e. an implicit trailing column of ones
+    in A (never materialised). Task i's weight gradient is Δ_iᵀ A, so
+
+        G_st = ⟨Δ_sᵀ A, Δ_tᵀ A⟩ = Σ_{n,m} (a_n·a_m)(δ_sn·δ_tm) = ⟨Δ_s, (A Aᵀ) Δ_t⟩.
+
+    The cheaper of the two exact forms is used: the kernel form (N × N matrix A Aᵀ, good when
+    N < d) or the per-task weight gradients (T × o × d, good for convolutions where N is
+    batch × positions).
+    """
+    t, n, o = output_grads.shape
+    d = inputs.shape[1] + int(bias)
+    kernel_cost = n * n * d + t * n * n * o + t * t * n * o
+    explicit_cost = t * n * d * o + t * t * d * o
+    flat = output_grads.reshape(t, -1)
+    if kernel_cost < explicit_cost:
+        kernel = inputs @ inputs.T
+        if bias:
+            kernel += 1.0  # the ones column adds 1 to every a_n·a_m
+        kd = torch.matmul(kernel, output_grads)  # T × N × o
+        return row_gram(flat, kd.reshape(t, -1))
+    per_task = torch.matmul(output_grads.transpose(1, 2), inputs).reshape(t, -1)  # T × (o·d)
+    gram = row_gram(per_task)
+    if bias:
+        bias_grads = output_grads.sum(dim=1)  # T × o
+        gram += bias_grads @ bias_grads.T
+    return gram
 
 
 # ---------------------------------------------------------------- legacy-vmap batched rows
@@ -254,6 +332,62 @@ def conv_output(module: Any, x: Tensor, out: Tensor) -> Tensor:
     return y
 
 
+# ---------------------------------------------------------------------------------- linear
+
+
+class LinearOutput(torch.autograd.Function):
+    """The output of a recorded Linear layer, with a backward that can take the layer's Gram
+    block on the fly (see :func:`sinking`) instead of a per-task weight gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.ids = (id(weight), id(bias) if bias is not None else None)
+        ctx.has_bias = bias is not None
+        return _alias(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        req, sink = _REQUESTED, _SINK
+        need_x = bool(ctx.needs_input_grad[0])
+        need_w = ctx.needs_input_grad[1] and (req is None or ctx.ids[0] in req)
+        need_b = ctx.has_bias and ctx.needs_input_grad[2] and (req is None or ctx.ids[1] in req)
+        level = _batch_level(grad)
+        g = grad if level is None else _unbatch(grad, level)
+        dtype = g.dtype
+        dx = dw = db = None
+        if need_x:
+            dx = torch.matmul(g, weight.to(dtype)).to(x.dtype)
+        if level is not None and sink is not None and ctx.ids[0] in sink[0]:
+            t = g.shape[0]
+            wide = torch.promote_types(torch.promote_types(x.dtype, dtype), torch.float32)
+            a = x.detach().to(wide).reshape(-1, x.shape[-1])
+            d = g.to(wide).reshape(t, -1, g.shape[-1])
+            block = layer_gramian(a, d, bias=ctx.has_bias)
+            blocks = sink[1]
+            key = ctx.ids[0]
+            blocks[key] = block if key not in blocks else blocks[key] + block
+            need_w = need_b = False
+        if need_w or need_b:
+            lead = g.dim() - x.dim()
+            rows = g.reshape(*g.shape[:lead], -1, g.shape[-1])  # [T ×] N × o
+            a = x.reshape(-1, x.shape[-1]).to(dtype)
+            if need_w:
+                dw = (rows.transpose(-1, -2) @ a).to(weight.dtype)
+            if need_b:
+                db = rows.sum(dim=-2).to(weight.dtype)
+        if level is not None:
+            dx, dw, db = _rebatch(dx, level), _rebatch(dw, level), _rebatch(db, level)
+        return dx, dw, db, None
+
+
+def linear_output(module: Any, x: Tensor, out: Tensor) -> Tensor:
+    """``out`` routed through :class:`LinearOutput` (same value)."""
+    y: Tensor = LinearOutput.apply(x, module.weight, module.bias, out.detach())  # type: ignore[no-untyped-call]
+    return y
+
+
 # ------------------------------------------------------------------------------ batch norm
 
 
@@ -261,9 +395,15 @@ def _bn_uses_batch_stats(m: Any) -> bool:
     return bool(m.training or (m.running_mean is None and m.running_var is None))
 
 
-def norm_stats(module: Any, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean, 1/std) per channel that a batch norm normalised ``x`` with (float32 or wider)."""
+def norm_stats(module: Any, x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(mean, 1/std) per channel that a batch norm normalised ``x`` with (float32 or wider);
+    read from the native kernel's saved results when ``out`` has them."""
     dtype = torch.promote_types(x.dtype, torch.float32)
+    node = None if out is None else out.grad_fn
+    if _bn_uses_batch_stats(module) and type(node).__name__ == "NativeBatchNormBackward0":
+        mean, invstd = node._saved_result1, node._saved_result2  # type: ignore[union-attr]
+        if isinstance(mean, Tensor) and isinstance(invstd, Tensor) and mean.numel() == x.shape[1]:
+            return mean.detach().to(dtype), invstd.detach().to(dtype)
     with torch.no_grad():
         if _bn_uses_batch_stats(module):
             dims = [0, *range(2, x.dim())]
@@ -280,17 +420,15 @@ def _channel_view(v: Tensor, ndim: int) -> Tensor:
 def _channel_sums(g: Tensor, xhat: Tensor, lead: int) -> tuple[Tensor, Tensor]:
     """Σ g and Σ g·x̂ per (task,) channel over batch and positions, keeping dims for
     broadcasting. With task rows, one batched product reads the T rows once: per (image,
-    channel), the T × S rows times the S × 2 matrix [1, x̂]."""
-    n = xhat.dim()
-    if not lead or g.dim() < 4 or not g.is_contiguous():
-        dims = [lead, *range(lead + 2, g.dim())]
-        return g.sum(dim=dims, keepdim=True), (g * xhat).sum(dim=dims, keepdim=True)
+    channel), the T × S rows times x̂'s S positions, without a T-sized temporary."""
+    dims = [lead, *range(lead + 2, g.dim())]
+    g_sum = g.sum(dim=dims, keepdim=True)
+    if not lead or g.dim() < 3 or not g.is_contiguous() or not xhat.is_contiguous():
+        return g_sum, (g * xhat).sum(dim=dims, keepdim=True)
     t, b, c = g.shape[:3]
     rows = g.reshape(t, b * c, -1).transpose(0, 1)  # (B·C) × T × S, a view
-    basis = torch.stack([torch.ones_like(xhat), xhat], dim=-1).reshape(b * c, -1, 2)
-    sums = torch.bmm(rows, basis).reshape(b, c, t, 2).sum(dim=0)  # C × T × 2
-    shape = (t, 1, c, *([1] * (n - 2)))
-    return sums[..., 0].T.reshape(shape), sums[..., 1].T.reshape(shape)
+    gx = torch.bmm(rows, xhat.reshape(b * c, -1, 1)).reshape(b, c, t).sum(dim=0)  # C × T
+    return g_sum, gx.T.reshape(g_sum.shape)
 
 
 class BatchNormOutput(torch.autograd.Function):
@@ -354,7 +492,7 @@ class BatchNormOutput(torch.autograd.Function):
 
 def batch_norm_output(module: Any, x: Tensor, out: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``out`` routed through :class:`BatchNormOutput`, and the statistics it used."""
-    stats = norm_stats(module, x)
+    stats = norm_stats(module, x, out)
     y: Tensor = BatchNormOutput.apply(  # type: ignore[no-untyped-call]
         x, module.weight, module.bias, out.detach(), stats, _bn_uses_batch_stats(module)
     )
