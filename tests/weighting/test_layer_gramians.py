@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting._engine import gramian, release_hooks
 from mtlkit.weighting._engine import gram as gram_mod
+from mtlkit.weighting._engine import gramian, release_hooks
 from mtlkit.weighting._engine import layers as layers_mod
 from tests.weighting._models import TinyHPS
 

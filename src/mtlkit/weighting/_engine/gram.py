@@ -97,9 +97,9 @@ class Gramian:
         for key, g in self.rest.items():
             out[key] = torch.tensordot(weights.to(g), g, dims=1)
         if self.replay is not None:
-            for p, g in zip(self.replayed, self.replay(weights), strict=True):
-                if g is not None:
-                    out[id(p)] = g
+            for p, u in zip(self.replayed, self.replay(weights), strict=True):
+                if u is not None:
+                    out[id(p)] = u
         params = {id(p): p for p in self.shared}
         for key, (rows, g) in self.sparse.items():
             p = params[key]
