@@ -1,21 +1,34 @@
 """The Gram matrix G = J Jᵀ of the task gradients, built layer by layer without forming J.
 
-Forward hooks (:mod:`mtlkit.weighting._engine.hooks`) record, for each shared ``nn.Linear`` /
-``nn.Conv2d``, its input A and its output; one batched backward gives the per-task gradients
-Δ_i of each such output, and the layer's block of G follows from A and Δ alone
-(:func:`layer_gramian`, the cheaper of its two exact forms per layer). Shared parameters of
-other modules (norms, embeddings, ...) get exact per-parameter gradients from the same batched
-backward. This is the autogram idea of TorchJD (Quinton & Rey, 2024, "Jacobian Descent for
+Forward hooks (:mod:`mtlkit.weighting._engine.hooks`) record, for each shared module with a
+layer rule (:mod:`mtlkit.weighting._engine.layers`), its input and output; one batched
+backward gives the per-task gradients Δ_i of each recorded output, and the layer's block of G
+follows from its input and Δ alone:
+
+- ``nn.Linear``: :func:`layer_gramian`, the cheaper of its two exact forms;
+- ``nn.Embedding``: the per-task gradients of the looked-up rows only (T × distinct rows × D);
+- affine ``nn.LayerNorm`` / ``nn.GroupNorm``: Σ Δ_i ⊙ x̂ and Σ Δ_i;
+- ``nn.Conv1d`` / ``nn.Conv2d`` and affine batch norms: their outputs are routed through an
+  autograd function whose batched backward folds the T tasks into the batch dimension and
+  returns the per-task parameter gradients directly (one convolution for all T tasks);
+- any other shared parameter (``nn.MultiheadAttention``'s projections, which it applies
+  functionally, custom modules): exact per-parameter gradients from the same batched backward.
+
+This is the autogram idea of TorchJD (Quinton & Rey, 2024, "Jacobian Descent for
 Multi-Objective Optimization", arXiv:2406.16232), written for mtlkit's model contract. The
-same A and Δ then give the update Jᵀw for any task weights w (:meth:`Gramian.combine`: the
+same records give the update Jᵀw for any task weights w (:meth:`Gramian.combine`: a Linear
 layer's weight gradient is (Σ_i w_i Δ_i)ᵀA), so a method's weights are applied without another
-backward pass through the encoder.
+backward pass through the encoder. At many tasks, when the Linear layers' Δ would exceed
+:data:`KEEP_ROWS_BYTES`, each Linear block is taken while its Δ passes through the batched
+backward and then dropped (memory: T × T plus one layer's Δ), and those layers' update is one
+more backward pass of Σ_i w_i L_i.
 
 Hooks are installed on the first call for a model, so that first step uses the explicit
-Jacobian (exact, slower); from the next forward pass on, the Gramian path is used. A module
-whose recorded output was changed in place afterwards (``ReLU(inplace=True)``), that was called
-through ``module.forward`` (no hook), or whose records overflowed, makes the engine fall back
-to the exact path for that step, so the result is always exact.
+Jacobian (exact, slower); from the next forward pass on, the Gramian path is used. A recorded
+output changed in place afterwards (``ReLU(inplace=True)``), a hooked module called through
+``module.forward`` (no hook), or records that overflowed make the engine fall back to exact
+per-parameter gradients for that module or to the explicit path for that step, so the result
+is always exact.
 """
 
 from __future__ import annotations
