@@ -277,3 +277,21 @@ def test_batchnorm_in_eval_mode_uses_the_running_statistics() -> None:
         torch.testing.assert_close(result.matrix, jac @ jac.T, rtol=1e-9, atol=1e-9 * scale**2)
     finally:
         release_hooks(model)
+
+
+def test_lean_path_with_task_chunks_keeps_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of tasks cannot give a block in passing (it needs every pair of tasks): the
+    output gradients are kept and G is still exact."""
+    monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", 0)
+    model, x = _model("batchnorm1d-train")
+    shared = model.shared_parameters()
+    losses = _losses(model, x)
+    jac = _explicit_jacobian(losses, shared)
+    gramian(losses, model, shared)
+    try:
+        result = gramian(_losses(model, x), model, shared, chunk_size=3)
+        assert result.jacobian is None and not result.replayed
+        scale = jac.abs().max().item()
+        torch.testing.assert_close(result.matrix, jac @ jac.T, rtol=1e-9, atol=1e-9 * scale**2)
+    finally:
+        release_hooks(model)

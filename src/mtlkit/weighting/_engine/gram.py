@@ -187,7 +187,8 @@ def gramian(
         if type(m) is nn.Linear
         for _, y, _, _, _ in calls.get(id(m), [])
     )
-    lean = kept > KEEP_ROWS_BYTES
+    # (a chunked pass sees a few tasks at a time: the blocks need all T rows at once)
+    lean = kept > KEEP_ROWS_BYTES and (chunk_size is None or chunk_size >= t)
     # modules whose records are usable; the others fall back to exact per-parameter gradients
     entries: list[tuple[nn.Module, Tensor, Tensor, object]] = []
     covered: set[int] = set()
