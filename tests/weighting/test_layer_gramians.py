@@ -184,16 +184,21 @@ def _explicit_jacobian(losses: Tensor, shared: list[nn.Parameter]) -> Tensor:
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("lean", [False, True], ids=["kept-rows", "lean"])
+@pytest.mark.parametrize("linear", ["kernel", "per-task", "lean"])
 @pytest.mark.parametrize("through_rep", [False, True], ids=["losses", "representation"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_layer_gramian_and_update_equal_the_explicit_jacobian(
-    case: str, through_rep: bool, lean: bool, monkeypatch: pytest.MonkeyPatch
+    case: str, through_rep: bool, linear: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """G and Jᵀw, with the Linear layers' output gradients kept for the update or (lean,
-    as at many tasks) their blocks taken in passing and the update replayed."""
+    """G and Jᵀw, with the Linear layers' inputs and output gradients kept for the update
+    (kernel form), their per-task weight gradients kept, or (lean, as at many tasks) their
+    blocks taken in passing and the update replayed."""
+    lean = linear == "lean"
     if lean:
         monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", 0)
+    else:
+        per_task = linear == "per-task"
+        monkeypatch.setattr(gram_mod, "_per_task_cheaper", lambda *_: per_task)
     model, x = _model(case)
     has_linear = any(type(m) is nn.Linear for m in model.encoder.modules())
     shared = model.shared_parameters()

@@ -260,10 +260,19 @@ def gramian(
         # a hooked layer took part without being recorded (called via .forward, or the hooks
         # were added after the forward pass): recompute exactly
         return explicit()
+    kept_linear: list[tuple[nn.Module, list[Tensor], list[Tensor]]] = []
     for m, a_list, d_list in linear.values():
         a = a_list[0] if len(a_list) == 1 else torch.cat(a_list)
         d = d_list[0] if len(d_list) == 1 else torch.cat(d_list, dim=1)
+        lin = m
+        if _per_task_cheaper(t, a.shape[0], a.shape[1], d.shape[2]):
+            gw = torch.matmul(d.transpose(1, 2), a)  # T × o × i
+            dense[id(lin.weight)] = gw
+            if lin.bias is not None:
+                dense[id(lin.bias)] = d.sum(dim=1)
+            continue
         gram += layer_gramian(a, d, bias=getattr(m, "bias", None) is not None).to(gram.dtype)
+        kept_linear.append((m, a_list, d_list))
     sparse: dict[int, tuple[Tensor, Tensor]] = {}
     for m, idx_list, rows_list in embedded.values():
         unique, g = embedding_task_grads(torch.cat(idx_list), torch.cat(rows_list, dim=1))
@@ -290,12 +299,20 @@ def gramian(
     return Gramian(
         gram,
         shared,
-        layers=list(linear.values()),
+        layers=kept_linear,
         rest=per_param,
         sparse=sparse,
         replayed=replayed,
         replay=_replay(losses, replayed, representation, head_rows) if replayed else None,
     )
+
+
+def _per_task_cheaper(t: int, n: int, i: int, o: int) -> bool:
+    """Whether a Linear layer (N uses, i inputs, o outputs) is cheaper through its T per-task
+    weight gradients (Gram block and update from them) than through the kernel form plus one
+    more N·o·i product for the update from A and Δ (true at few tasks)."""
+    kernel = n * n * i + t * n * n * o + t * t * n * o + n * o * i
+    return t * n * i * o + t * t * i * o < kernel
 
 
 def _replay(
