@@ -35,9 +35,9 @@ class Pooled(nn.Module):
 class Attention(nn.Module):
     """Token embeddings, self-attention (MultiheadAttention), LayerNorm, mean pooling."""
 
-    def __init__(self, batch_first: bool) -> None:
+    def __init__(self, batch_first: bool, memory: str = "self") -> None:
         super().__init__()
-        self.batch_first = batch_first
+        self.batch_first, self.memory = batch_first, memory
         self.embedding = nn.Embedding(13, 8)
         self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
         self.norm = nn.LayerNorm(8)
@@ -47,7 +47,13 @@ class Attention(nn.Module):
         h = self.embedding(tokens)  # B × L × 8
         if not self.batch_first:
             h = h.transpose(0, 1)
-        a, _ = self.attn(h, h, h, need_weights=False)
+        if self.memory == "self":  # one packed projection
+            a, _ = self.attn(h, h, h, need_weights=False)
+        elif self.memory == "key-value":  # query rows, then key and value rows together
+            kv = torch.tanh(h)
+            a, _ = self.attn(h, kv, kv)
+        else:  # three row blocks of the packed weight
+            a, _ = self.attn(h, torch.tanh(h), h * 0.5)
         if not self.batch_first:
             a = a.transpose(0, 1)
         return torch.tanh(self.out(self.norm(a + self.embedding(tokens)).mean(dim=1)))
@@ -152,6 +158,14 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     ),
     "attention-batch-first": lambda: (Attention(True), torch.randint(0, 13, (3, 5))),
     "attention-sequence-first": lambda: (Attention(False), torch.randint(0, 13, (3, 5))),
+    "attention-cross-key-value": lambda: (
+        Attention(True, "key-value"),
+        torch.randint(0, 13, (3, 5)),
+    ),
+    "attention-separate-qkv": lambda: (
+        Attention(False, "separate"),
+        torch.randint(0, 13, (3, 5)),
+    ),
 }
 
 
@@ -213,6 +227,10 @@ def test_layer_gramian_and_update_equal_the_explicit_jacobian(
         result = gramian(losses, model, shared, representation=rep if through_rep else None)
         assert result.jacobian is None, "the layer-wise path was not taken"
         assert bool(result.replayed) == (lean and has_linear)
+        if case.startswith("attention"):  # its projections' blocks, not per-parameter rows
+            assert result.sliced and not set(map(id, model.encoder.attn.parameters())) & set(
+                result.rest
+            )
         scale = jac.abs().max().item()
         assert scale > 0
         torch.testing.assert_close(result.matrix, jac @ jac.T, rtol=1e-9, atol=1e-9 * scale**2)
@@ -300,3 +318,22 @@ def test_lean_path_with_task_chunks_keeps_the_rows(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(result.matrix, jac @ jac.T, rtol=1e-9, atol=1e-9 * scale**2)
     finally:
         release_hooks(model)
+
+
+def test_attention_restores_the_functional_linear_after_its_forward_pass() -> None:
+    """The attention projections are recorded by pointing ``F.linear`` at a recorder for the
+    duration of the module's forward pass only, also when that pass raises."""
+    linear = torch.nn.functional.linear
+    model, x = _model("attention-batch-first")
+    shared = model.shared_parameters()
+    gramian(_losses(model, x), model, shared)  # installs the hooks
+    try:
+        _losses(model, x)
+        assert torch.nn.functional.linear is linear
+        bad = torch.randn(2, 3, 5, dtype=torch.float64)  # embedding dimension 5, not 8
+        with pytest.raises(AssertionError, match="embedding dimension"):
+            model.encoder.attn(bad, bad, bad)
+        assert torch.nn.functional.linear is linear
+    finally:
+        release_hooks(model)
+    assert torch.nn.functional.linear is linear

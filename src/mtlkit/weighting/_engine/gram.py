@@ -11,8 +11,12 @@ follows from its input and Δ alone:
 - ``nn.Conv1d`` / ``nn.Conv2d`` and affine batch norms: their outputs are routed through an
   autograd function whose batched backward folds the T tasks into the batch dimension and
   returns the per-task parameter gradients directly (one convolution for all T tasks);
-- any other shared parameter (``nn.MultiheadAttention``'s projections, which it applies
-  functionally, custom modules): exact per-parameter gradients from the same batched backward.
+- ``nn.MultiheadAttention`` (packed q/k/v weight, no ``bias_k``/``add_zero_attn``): it applies
+  its projections functionally, so its forward hooks record the ``F.linear`` calls on the
+  packed input projection (whole, or its q / kv / q,k,v row blocks) and on the output
+  projection; each row block is a Linear block (:func:`layer_gramian`);
+- any other shared parameter (custom modules, other attention layouts): exact per-parameter
+  gradients from the same batched backward.
 
 This is the autogram idea of TorchJD (Quinton & Rey, 2024, "Jacobian Descent for
 Multi-Objective Optimization", arXiv:2406.16232), written for mtlkit's model contract. The
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -85,6 +90,11 @@ class Gramian:
     #: layers whose Gram blocks were taken without keeping their per-task output gradients
     replayed: list[Tensor] = field(default_factory=list)
     replay: Callable[[Tensor], Sequence[Tensor | None]] | None = None
+    #: row blocks of an attention projection: (weight, bias or None, first row, last row,
+    #: inputs A, per-task output gradients Δ)
+    sliced: list[tuple[Tensor, Tensor | None, int, int, Tensor, Tensor]] = field(
+        default_factory=list
+    )
 
     def combine(self, weights: Tensor) -> list[Tensor | None]:
         """Σ_i w_i ∇_θ L_i for each shared parameter θ, in order; None where no loss reaches θ."""
@@ -113,6 +123,15 @@ class Gramian:
             for p, u in zip(self.replayed, self.replay(weights), strict=True):
                 if u is not None:
                     out[id(p)] = u
+        for param, bias, start, stop, a, d in self.sliced:
+            mixed = torch.tensordot(weights.to(d), d, dims=1)  # N × rows
+            if id(param) not in out:
+                out[id(param)] = torch.zeros(param.shape, dtype=d.dtype, device=d.device)
+            out[id(param)][start:stop] += mixed.T @ a
+            if bias is not None:
+                if id(bias) not in out:
+                    out[id(bias)] = torch.zeros(bias.shape, dtype=d.dtype, device=d.device)
+                out[id(bias)][start:stop] += mixed.sum(dim=0)
         params = {id(p): p for p in self.shared}
         for key, (rows, g) in self.sparse.items():
             p = params[key]
@@ -204,7 +223,7 @@ def gramian(
         records = calls.get(id(m), [])
         if any(x._version != vx or y._version != vy for x, y, vx, vy, _ in records):
             continue
-        covered.update(id(p) for p in m.parameters(recurse=False))
+        covered.update(id(p) for p in _own(m))
         entries.extend((m, x, y, aux) for x, y, _, _, aux in records)
     rest = [p for p in shared if id(p) not in covered]
     if lean and representation is not None and head_rows is None:
@@ -220,6 +239,8 @@ def gramian(
     dense: dict[int, Tensor] = {}  # per-task gradients of conv/norm parameters, by id
     embedded: dict[int, tuple[nn.Module, list[Tensor], list[Tensor]]] = {}
     used: set[int] = set()
+    # MultiheadAttention: (weight id, rows, bias?) → (module, weight, rows, bias?, A, Δ)
+    attention: dict[tuple[int, int, int, bool], Any] = {}
     for (m, x, _, aux), dy in zip(entries, grads[: len(entries)], strict=True):
         if dy is None:  # a recorded call that these losses do not depend on
             continue
@@ -228,6 +249,15 @@ def gramian(
         # under autocast the recorded inputs and output gradients can be bf16/fp16 and differ
         # in dtype: the products are taken in float32 at least
         dtype = torch.promote_types(torch.promote_types(x.dtype, dy.dtype), torch.float32)
+        if type(m) is nn.MultiheadAttention:  # one of its functional projections
+            proj: tuple[Tensor, int, int, bool] = aux  # type: ignore[assignment]
+            param, start, stop, has_bias = proj
+            slot_a = attention.setdefault(
+                (id(param), start, stop, has_bias), (m, param, start, stop, has_bias, [], [])
+            )
+            slot_a[5].append(x.detach().to(dtype).reshape(-1, param.shape[1]))
+            slot_a[6].append(dy.to(dtype).reshape(t, -1, stop - start))
+            continue
         if kind == "embedding":
             idx, rows = embedding_rows(m, x, dy.to(dtype))
             slot = embedded.setdefault(id(m), (m, [], []))
@@ -250,11 +280,7 @@ def gramian(
                 key = id(p)
                 dense[key] = g if key not in dense else dense[key] + g
     unused_hooked = [
-        p
-        for m in rec.modules
-        if id(m) not in used
-        for p in m.parameters(recurse=False)
-        if id(p) in covered
+        p for m in rec.modules if id(m) not in used for p in _own(m) if id(p) in covered
     ]
     if unused_hooked and _reaches(losses, unused_hooked):
         # a hooked layer took part without being recorded (called via .forward, or the hooks
@@ -273,6 +299,18 @@ def gramian(
             continue
         gram += layer_gramian(a, d, bias=getattr(m, "bias", None) is not None).to(gram.dtype)
         kept_linear.append((m, a_list, d_list))
+    sliced: list[tuple[Tensor, Tensor | None, int, int, Tensor, Tensor]] = []
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for m, param, start, stop, has_bias, a_list, d_list in attention.values():
+        spans.setdefault(id(param), []).append((start, stop))
+        a, d = torch.cat(a_list), torch.cat(d_list, dim=1)
+        gram += layer_gramian(a, d, bias=has_bias).to(gram.dtype)
+        bias = m.in_proj_bias if param is m.in_proj_weight else m.out_proj.bias
+        sliced.append((param, bias if has_bias else None, start, stop, a, d))
+    for span in spans.values():  # blocks of one weight must be disjoint row ranges
+        span.sort()
+        if any(nxt[0] < prev[1] for prev, nxt in pairwise(span)):
+            return explicit()
     sparse: dict[int, tuple[Tensor, Tensor]] = {}
     for m, idx_list, rows_list in embedded.values():
         unique, g = embedding_task_grads(torch.cat(idx_list), torch.cat(rows_list, dim=1))
@@ -303,6 +341,7 @@ def gramian(
         rest=per_param,
         sparse=sparse,
         replayed=replayed,
+        sliced=sliced,
         replay=_replay(losses, replayed, representation, head_rows) if replayed else None,
     )
 
@@ -337,6 +376,12 @@ def _replay(
             )
 
     return run
+
+
+def _own(m: nn.Module) -> list[nn.Parameter]:
+    """The parameters a recorded module covers (an attention module's include its output
+    projection's)."""
+    return list(m.parameters(recurse=type(m) is nn.MultiheadAttention))
 
 
 def _reaches(losses: Tensor, params: Sequence[Tensor]) -> bool:

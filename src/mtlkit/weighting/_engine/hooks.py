@@ -17,8 +17,10 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.weighting._engine.layers import (
@@ -90,6 +92,64 @@ class Recorder:
 _RECORDERS: weakref.WeakKeyDictionary[nn.Module, Recorder] = weakref.WeakKeyDictionary()
 
 
+def _attention_supported(m: nn.Module, ids: frozenset[int]) -> bool:
+    """A MultiheadAttention whose projections have a Gram block: packed q/k/v weights, no
+    extra key/value biases, every parameter shared."""
+    return (
+        type(m) is nn.MultiheadAttention
+        and bool(m._qkv_same_embed_dim)
+        and m.bias_k is None
+        and not m.add_zero_attn
+        and all(id(p) in ids for p in m.parameters())
+    )
+
+
+class _AttentionLinears:
+    """While a MultiheadAttention runs: records the functional ``F.linear`` calls on its input
+    projection (the packed weight or row blocks of it) and its output projection, as
+    (input, output, versions, (weight, first row, last row, bias given)).
+
+    ``F.multi_head_attention_forward`` calls the module-level ``linear`` of
+    ``torch.nn.functional``; for the duration of the module's forward pass that name points
+    to :meth:`linear`, which computes the same thing and records it (calls on any other
+    weight pass straight through)."""
+
+    def __init__(self, rec: Recorder, module: nn.MultiheadAttention) -> None:
+        self.rec, self.module = rec, module
+        self.original: Any = None
+
+    def _rows(self, w: Tensor) -> tuple[Tensor, int, int] | None:
+        m = self.module
+        for param in (m.in_proj_weight, m.out_proj.weight):
+            if w is param:
+                return param, 0, param.shape[0]
+            if w._base is param and w.stride() == param.stride() and w.shape[1:] == param.shape[1:]:
+                start = (w.storage_offset() - param.storage_offset()) // param.stride(0)
+                return param, start, start + w.shape[0]
+        return None
+
+    def linear(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+        out: Tensor = self.original(x, w, b)
+        if not torch.is_grad_enabled() or not out.requires_grad:
+            return out
+        rows = self._rows(w)
+        if rows is None:
+            return out
+        records = self.rec.calls.setdefault(id(self.module), [])
+        if len(records) >= MAX_RECORDS:
+            records.pop(0)
+            self.rec.overflow = True
+        records.append((x, out, x._version, out._version, (*rows, b is not None)))
+        return out
+
+    def __enter__(self) -> None:
+        self.original = F.linear
+        F.linear = self.linear  # type: ignore[assignment]
+
+    def __exit__(self, *exc: object) -> None:
+        F.linear = self.original
+
+
 def recorder_for(model: nn.Module, shared: Sequence[Tensor]) -> tuple[Recorder, bool]:
     """The model's recorder, installed if needed; the flag says whether it existed before."""
     ids = frozenset(id(p) for p in shared)
@@ -99,14 +159,39 @@ def recorder_for(model: nn.Module, shared: Sequence[Tensor]) -> tuple[Recorder, 
     if rec is not None:
         rec.remove()
     modules = []
+    attention = []
     for m in model.modules():
         own = list(m.parameters(recurse=False))
         if own and supported(m) and all(id(p) in ids for p in own):
             modules.append(m)
-    rec = Recorder(shared_ids=ids, modules=modules)
+        elif _attention_supported(m, ids):
+            attention.append(m)
+    rec = Recorder(shared_ids=ids, modules=modules + attention)
     rec.handles = [m.register_forward_hook(rec.hook) for m in modules]
+    for m in attention:
+        rec.handles += _attention_hooks(rec, m)
     _RECORDERS[model] = rec
     return rec, False
+
+
+def _attention_hooks(rec: Recorder, m: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """A pre-hook that enters :class:`_AttentionLinears` and a hook that leaves it (also when
+    the forward pass raises)."""
+    modes: list[_AttentionLinears] = []
+
+    def enter(module: nn.Module, args: object) -> None:
+        mode = _AttentionLinears(rec, module)  # type: ignore[arg-type]
+        mode.__enter__()
+        modes.append(mode)
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        if modes:
+            modes.pop().__exit__(None, None, None)
+
+    return [
+        m.register_forward_pre_hook(enter),
+        m.register_forward_hook(leave, always_call=True),
+    ]
 
 
 def release_hooks(model: nn.Module) -> None:
