@@ -208,6 +208,8 @@ def conv_task_grads(
     t, b, c_out = deltas.shape[:3]
     spatial = deltas.shape[3:]
     g = spec["groups"]
+    if g == 1 and len(spatial) in (1, 2):
+        return _unfolded_task_grads(x, deltas, weight_shape, spec, bias)
     folded = (
         deltas.reshape(t, b, g, c_out // g, *spatial)
         .transpose(0, 1)
@@ -232,6 +234,29 @@ def conv_task_grads(
     weight = weight.reshape(t, *weight_shape)
     bias_grads = deltas.sum(dim=(1, *range(3, deltas.dim()))) if bias else None
     return weight, bias_grads
+
+
+def _unfolded_task_grads(
+    x: Tensor, deltas: Tensor, weight_shape: Sequence[int], spec: dict[str, Any], bias: bool
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`conv_task_grads` for an ungrouped convolution from the unfolded input patches
+    P (B × L × C·k, once) and, per task, the batched product Δ_i[b] (o × L) · P[b] summed over
+    the batch: no copy of the T output gradients (they are read in place)."""
+    t, b, c_out = deltas.shape[:3]
+    two_d = len(spec["stride"]) == 2
+    k = list(weight_shape[2:]) if two_d else [1, weight_shape[2]]
+    pad = spec["padding"] if two_d else [0, spec["padding"][0]]
+    stride = spec["stride"] if two_d else [1, spec["stride"][0]]
+    dil = spec["dilation"] if two_d else [1, spec["dilation"][0]]
+    images = x if two_d else x.unsqueeze(2)
+    patches = F.unfold(images, k, dilation=dil, padding=pad, stride=stride)  # B × C·k × L
+    patches = patches.transpose(1, 2).contiguous()  # B × L × C·k
+    rows = deltas.reshape(t, b, c_out, -1)
+    out = deltas.new_empty(t, c_out, patches.shape[2])
+    for i in range(t):
+        torch.sum(torch.bmm(rows[i], patches), dim=0, out=out[i])
+    bias_grads = rows.sum(dim=(1, 3)) if bias else None
+    return out.reshape(t, *weight_shape), bias_grads
 
 
 def _conv_input_grads(deltas: Tensor, x: Tensor, weight: Tensor, spec: dict[str, Any]) -> Tensor:
