@@ -249,7 +249,9 @@ def _unfolded_task_grads(
     stride = spec["stride"] if two_d else [1, spec["stride"][0]]
     dil = spec["dilation"] if two_d else [1, spec["dilation"][0]]
     images = x if two_d else x.unsqueeze(2)
-    patches = F.unfold(images, k, dilation=dil, padding=pad, stride=stride)  # B × C·k × L
+    patches = F.unfold(
+        images, tuple(k), dilation=tuple(dil), padding=tuple(pad), stride=tuple(stride)
+    )  # B × C·k × L
     patches = patches.transpose(1, 2).contiguous()  # B × L × C·k
     rows = deltas.reshape(t, b, c_out, -1)
     out = deltas.new_empty(t, c_out, patches.shape[2])
