@@ -243,7 +243,7 @@ def test_layer_gramian_and_update_equal_the_explicit_jacobian(
         )
         result = gramian(losses, model, shared, representation=rep if through_rep else None)
         assert result.jacobian is None, "the layer-wise path was not taken"
-        assert bool(result.replayed) == (lean and has_linear)
+        assert bool(result.replayed) == (lean and has_linear and through_rep)
         if hasattr(model.encoder, "attn"):  # its projections' blocks, not per-parameter rows
             assert result.sliced and not set(map(id, model.encoder.attn.parameters())) & set(
                 result.rest
@@ -354,3 +354,29 @@ def test_attention_restores_the_functional_linear_after_its_forward_pass() -> No
     finally:
         release_hooks(model)
     assert torch.nn.functional.linear is linear
+
+
+@pytest.mark.parametrize("through_rep", [False, True], ids=["losses", "representation"])
+def test_lean_steps_of_a_method_equal_the_kept_ones(
+    through_rep: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Gramian method's steps (heads' backward first, then the update) give the same
+    gradients whether the Linear rows are kept or the update is replayed."""
+    from mtlkit.weighting import UPGrad
+
+    grads = {}
+    for keep in (2**62, 0):
+        monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", keep)
+        model, x = _model("layernorm")
+        method = UPGrad()
+        for _ in range(3):
+            model.zero_grad()
+            outs, rep = model.forward_with_representation(x)
+            losses = {
+                k: (i + 1) * o.pow(2).mean() + o.mean() for i, (k, o) in enumerate(outs.items())
+            }
+            method.backward(losses, model, representation=rep if through_rep else None)
+        grads[keep] = [p.grad.clone() for p in model.parameters()]
+        release_hooks(model)
+    for a, b in zip(grads[0], grads[2**62], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

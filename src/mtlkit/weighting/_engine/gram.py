@@ -206,8 +206,14 @@ def gramian(
         if type(m) is nn.Linear
         for _, y, _, _, _ in calls.get(id(m), [])
     )
-    # (a chunked pass sees a few tasks at a time: the blocks need all T rows at once)
-    lean = kept > KEEP_ROWS_BYTES and (chunk_size is None or chunk_size >= t)
+    # (a chunked pass sees a few tasks at a time: the blocks need all T rows at once; the
+    # update's replay starts at the representation, below the heads, whose graph a method
+    # may already have consumed with the task-specific parameters' backward pass)
+    lean = (
+        kept > KEEP_ROWS_BYTES
+        and (chunk_size is None or chunk_size >= t)
+        and representation is not None
+    )
     # modules whose records are usable; the others fall back to exact per-parameter gradients
     entries: list[tuple[nn.Module, Tensor, Tensor, object]] = []
     covered: set[int] = set()
@@ -360,19 +366,16 @@ def _replay(
     representation: Tensor | None,
     head_rows: Tensor | None,
 ) -> Callable[[Tensor], Sequence[Tensor | None]]:
-    """Σ_i w_i ∇L_i for ``params`` by one backward pass of the weighted losses (through the
-    representation with the heads' rows when given), for the layers whose per-task output
-    gradients were not kept."""
+    """Σ_i w_i ∇L_i for ``params`` by one backward pass from the representation with the
+    weighted heads' rows, for the layers whose per-task output gradients were not kept."""
+
+    assert representation is not None and head_rows is not None
 
     def run(weights: Tensor) -> Sequence[Tensor | None]:
+        mixed = torch.tensordot(weights.to(head_rows), head_rows, dims=1)
         with requesting(params):
-            if representation is not None and head_rows is not None:
-                mixed = torch.tensordot(weights.to(head_rows), head_rows, dims=1)
-                return torch.autograd.grad(
-                    representation, params, mixed, retain_graph=True, allow_unused=True
-                )
             return torch.autograd.grad(
-                losses, params, weights.to(losses), retain_graph=True, allow_unused=True
+                representation, params, mixed, retain_graph=True, allow_unused=True
             )
 
     return run
