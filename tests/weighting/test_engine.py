@@ -46,6 +46,7 @@ def test_layerwise_gramian_equals_explicit(
 ) -> None:
     model, x = MODELS[kind]()
     calls = []
+    monkeypatch.setattr(gram_mod, "_per_task_cheaper", lambda *_: False)  # the kernel form
     original = gram_mod.layer_gramian
     monkeypatch.setattr(
         gram_mod, "layer_gramian", lambda a, d, **kw: calls.append(1) or original(a, d, **kw)

@@ -9,6 +9,8 @@ With T task losses L_i and the shared parameters θ (P values), the Jacobian J i
 - :mod:`~mtlkit.weighting._engine.gram`: G layer by layer from recorded layer inputs and
   per-task output gradients, and the update Jᵀw from the same records
   (:meth:`Gramian.combine`);
+- :mod:`~mtlkit.weighting._engine.layers`: the per-layer rules (Linear, Conv1d/2d, norms,
+  Embedding) and the routed outputs whose batched backward folds the tasks into the batch;
 - :mod:`~mtlkit.weighting._engine.hooks`: the forward hooks that record those inputs.
 """
 
@@ -21,18 +23,18 @@ from mtlkit.weighting._engine.backward import (
     task_jacobian,
 )
 from mtlkit.weighting._engine.gram import (
-    ROW_GRAM_BLOCK,
+    KEEP_ROWS_BYTES,
     Gramian,
     compute_gramian,
     effective_weights,
     gram_statistics,
     gramian,
-    layer_gramian,
-    row_gram,
 )
 from mtlkit.weighting._engine.hooks import MAX_RECORDS, release_hooks
+from mtlkit.weighting._engine.layers import ROW_GRAM_BLOCK, layer_gramian, row_gram
 
 __all__ = [
+    "KEEP_ROWS_BYTES",
     "MAX_RECORDS",
     "ROW_GRAM_BLOCK",
     "Gramian",
