@@ -57,6 +57,7 @@ from mtlkit.weighting._engine import (
     row_gram,
     task_jacobian,
 )
+from mtlkit.weighting._threads import solver_threads
 from mtlkit.weighting.base import StateField, StepContext, StepRecord, Weighting
 
 JACOBIAN_MODES = ("shared", "last_shared", "representation")
@@ -399,9 +400,16 @@ class GramianWeighting(GradientWeighting):
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         return self._aggregate_with_gram(jacobian)[0]
 
+    def solve(self, gram: Tensor, /) -> Tensor:
+        """:meth:`weights_from_gram`, with numpy's and scipy's BLAS on one thread while it runs
+        (:mod:`mtlkit.weighting._threads`: T × T problems gain nothing from more, and a busy
+        machine stalls them)."""
+        with solver_threads():
+            return self.weights_from_gram(gram)
+
     def _aggregate_with_gram(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
         gram = row_gram(jacobian)
-        alpha = self.weights_from_gram(gram)
+        alpha = self.solve(gram)
         self._last_weights = alpha.detach()
         return alpha.to(jacobian.dtype) @ jacobian, gram
 
@@ -418,7 +426,7 @@ class GramianWeighting(GradientWeighting):
         rows, own = self._head_rows(ctx, own)
         root = ctx.model if ctx.model is not None else ctx.shared_module
         result = gramian(stacked, root, shared, representation=ctx.representation, head_rows=rows)
-        alpha = self.weights_from_gram(result.matrix).detach()
+        alpha = self.solve(result.matrix).detach()
         self._last_weights = alpha
         if own:
             (stacked.sum() * loss_scale).backward(inputs=list(own))
