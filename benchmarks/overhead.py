@@ -10,8 +10,9 @@ counterpart (one repeat of each in turn), medians of wall and CPU (process) time
   (forward, Σ_i L_i, backward, optimiser step);
 - epoch: ``Trainer.fit`` for one epoch with validation, ``metrics.jsonl`` and checkpoints in a
   run folder, against a plain loop that does the same work: the training steps, a validation
-  pass computing each task's mean loss and accuracy, one JSON line, and the model and
-  optimiser saved as safetensors + JSON.
+  pass computing each task's mean loss and accuracy, one JSON line, the best weights, the
+  model and the optimiser saved as safetensors + JSON, each written durably (temporary file,
+  fsync, rename) as mtlkit writes its checkpoints.
 
 The model is a hard-sharing MLP (``--width``, 3 layers) with ``--tasks`` 10-class heads.
 """
@@ -108,7 +109,9 @@ def _plain_epoch(
     }
     with open(folder / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.st")
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _synced(folder / "best.st", lambda path: save_file(weights, path))  # the best epoch's weights
+    _synced(folder / "model.st", lambda path: save_file(weights, path))
     state = opt.state_dict()
     tensors = {
         f"{i}.{k}": v
@@ -116,8 +119,19 @@ def _plain_epoch(
         for k, v in s.items()
         if isinstance(v, Tensor)
     }
-    save_file(tensors, folder / "optimizer.st")
-    (folder / "optimizer.json").write_text(json.dumps(state["param_groups"]))
+    _synced(folder / "optimizer.st", lambda path: save_file(tensors, path))
+    text = json.dumps({"epoch": epoch, "param_groups": state["param_groups"]})
+    _synced(folder / "state.json", lambda path: path.write_text(text))
+
+
+def _synced(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through ``write`` to a temporary file, fsync it and rename it into place: the
+    durable write a resumable run needs (mtlkit's checkpoints are written this way)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _timed(
@@ -223,7 +237,8 @@ def main() -> None:
         )
     run = result["run"]
     print(
-        f"threads {run['threads']}, load average {', '.join(f'{v:.2f}' for v in run['load_average'])}"
+        f"threads {run['threads']}, load average "
+        f"{', '.join(f'{v:.2f}' for v in run['load_average'])}"
         f", wall {run['wall_s']:.1f} s, CPU {run['cpu_s']:.1f} s"
     )
     if args.json is not None:
