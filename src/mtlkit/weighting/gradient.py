@@ -52,6 +52,7 @@ from mtlkit.weighting._engine import (
     effective_weights,
     gram_statistics,
     gramian,
+    head_factors,
     head_passes,
     last_shared_parameters,
     row_gram,
@@ -412,6 +413,28 @@ class GramianWeighting(GradientWeighting):
         alpha = self.solve(gram)
         self._last_weights = alpha.detach()
         return alpha.to(jacobian.dtype) @ jacobian, gram
+
+    def _partial_step(
+        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Mode 'representation' with heads that read r through linear maps: the rows are
+        taken in factored form (:func:`~mtlkit.weighting._engine.backward.head_factors`), so
+        the step is one pass through the heads, G from the factors, and one pass through the
+        encoder seeded with Σ_i α_i ∂L_i/∂r; otherwise as every gradient method."""
+        representation = ctx.representation
+        if self.jacobian != "representation" or representation is None:
+            return super()._partial_step(ctx, own, shared)
+        found = head_factors(self._per_task, representation, own, scale=ctx.loss_scale)
+        if found is None:
+            return super()._partial_step(ctx, own, shared)
+        factors, grads = found
+        _accumulate_each(own, grads, 1.0)
+        gram = factors.gram()
+        alpha = self.solve(gram).detach()
+        self._last_weights = alpha
+        seed = factors.combine(alpha) * ctx.loss_scale
+        representation.backward(seed.to(representation.dtype), inputs=list(shared))
+        return alpha, gram
 
     def _shared_step(
         self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
