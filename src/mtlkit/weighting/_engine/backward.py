@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -187,7 +188,9 @@ class HeadFactors:
     owners: list[int]  # the task of each reader
     tasks: int
 
+    @cached_property
     def _stacked(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Δ (N × O), M (O × d), and the task of each of the O columns (computed once)."""
         dtype = torch.promote_types(self.deltas[0].dtype, torch.float32)
         delta = torch.cat([d.to(dtype) for d in self.deltas], dim=1)  # N × O
         maps = torch.cat([m.to(dtype) for m in self.maps], dim=0)  # O × d
@@ -197,7 +200,7 @@ class HeadFactors:
 
     def gram(self) -> Tensor:
         """G = R Rᵀ of the rows R (T × T), from the factors."""
-        delta, maps, owner = self._stacked()
+        delta, maps, owner = self._stacked
         n, d, o = delta.shape[0], maps.shape[1], delta.shape[1]
         if o * o * (n + d) > self.tasks * self.tasks * n * d:  # wide maps: the rows are cheaper
             from mtlkit.weighting._engine.gram import row_gram  # gram imports this module
@@ -210,7 +213,7 @@ class HeadFactors:
 
     def rows(self) -> Tensor:
         """The rows themselves, T × (N·d)."""
-        delta, maps, _ = self._stacked()
+        delta, maps, _ = self._stacked
         out = delta.new_zeros(self.tasks, delta.shape[0], maps.shape[1])
         start = 0
         for k, task in enumerate(self.owners):
@@ -221,7 +224,7 @@ class HeadFactors:
 
     def combine(self, weights: Tensor) -> Tensor:
         """Σ_i w_i row_i (N × d): the seed of one backward pass through the encoder."""
-        delta, maps, owner = self._stacked()
+        delta, maps, owner = self._stacked
         return (delta * weights.to(delta.dtype)[owner]) @ maps
 
 
