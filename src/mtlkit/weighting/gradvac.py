@@ -101,12 +101,13 @@ class GradVac(GramianWeighting):
         rows = np.arange(t)
         for k in range(t - 1):  # step k of every task's loop at once: the rows are independent
             j = order[:, k]
-            sq_norm_i = np.einsum("it,tu,iu->i", coef, gm, coef)
+            dots = coef @ gm  # row i: g_i' · g_u for every u
+            sq_norm_i = np.einsum("iu,iu->i", dots, coef)
             norm_i = np.sqrt(np.clip(sq_norm_i, 0.0, None))
             norm_j = norms[j]
             live = (norm_i > 0.0) & (norm_j > 0.0)
             r, c = rows[live], j[live]
-            phi = np.einsum("it,ti->i", coef[r], gm[:, c]) / (norm_i[live] * norm_j[live])
+            phi = dots[r, c] / (norm_i[live] * norm_j[live])
             phi = np.clip(phi, -1.0, 1.0)
             goal = goals[r, c]
             low = phi < goal
