@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -199,7 +200,12 @@ def measure(
         )
         t.fit(train, val)
 
-    epochs = _timed({"plain": plain_epoch, "mtlkit": mtlkit_epoch}, max(3, repeats // 5), warmup=1)
+    try:
+        epochs = _timed(
+            {"plain": plain_epoch, "mtlkit": mtlkit_epoch}, max(3, repeats // 5), warmup=1
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     result: dict[str, Any] = {"step": steps, "epoch": epochs}
     for part in ("step", "epoch"):
         figures = result[part]
