@@ -75,6 +75,8 @@ def test_other_readers_fall_back_to_the_rows() -> None:
     shared = r @ torch.ones(D, 1, dtype=r.dtype)  # one node read by two tasks
     assert head_factors([shared.sum(), shared.pow(2).sum()], r, params) is None
     assert head_factors(losses, r, []) is None  # no inputs for the pass
+    frozen = [p for p in params if all(p is not q for q in heads.first[1].parameters())]
+    assert head_factors(losses, r, frozen) is None  # the pass never reaches task 1's first map
     r3 = r.unsqueeze(0)
     assert head_factors([nn.functional.linear(r3, heads.first[0].weight).sum()], r3, params) is None
 

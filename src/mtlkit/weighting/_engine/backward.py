@@ -275,16 +275,12 @@ def head_factors(
     finally:
         for h in handles:
             h.remove()
-    kept = [
-        (d if scale == 1.0 else d / scale, m, task)
-        for d, m, (_, _, task) in zip(deltas, maps, readers, strict=True)
-        if d is not None
-    ]
-    if not kept:
+    if any(d is None for d in deltas):
+        # a map the pass did not reach (a head frozen up to it: no input of the pass lies
+        # behind it): its task's row is unknown here, so the rows are taken explicitly
         return None
-    factors = HeadFactors(
-        [d for d, _, _ in kept], [m for _, m, _ in kept], [t for _, _, t in kept], len(losses)
-    )
+    kept = [d if scale == 1.0 else d / scale for d in deltas if d is not None]
+    factors = HeadFactors(kept, maps, [task for _, _, task in readers], len(losses))
     return factors, grads
 
 
