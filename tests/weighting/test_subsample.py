@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,48 @@ def test_config_field_wraps_the_method_and_errors_name_it() -> None:
     tasks = [Task("a", "regression"), Task("b", "regression")]
     with pytest.raises(ConfigError, match=r"field 'train.tasks_per_step': 9 tasks per step"):
         build_weighting(config, tasks)
+
+
+def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    """Through the Trainer: the draws' generator is saved with the checkpoint."""
+    from mtlkit.train import Trainer
+    from tests.conftest import tiny_model, tiny_tasks
+    from tests.train._trainer import data
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(trainer: Trainer, record: dict) -> None:
+        if record["epoch"] == 2:
+            raise Interrupt
+
+    def trainer(folder: Path, **options: object) -> Trainer:
+        method = subsample(PCGrad(seed=1), 1, seed=5)
+        return Trainer(
+            tiny_model(),
+            tiny_tasks(),
+            method,
+            epochs=4,
+            run_dir=folder,
+            progress=False,
+            device="cpu",
+            optimizer_params={"lr": 0.01},
+            **options,  # type: ignore[arg-type]
+        )
+
+    straight = trainer(tmp_path / "a")
+    straight.fit(*data())
+    broken = trainer(tmp_path / "b", callbacks=[stop_after_two])
+    with pytest.raises(Interrupt):
+        broken.fit(*data())
+    resumed = trainer(tmp_path / "b")
+    resumed.fit(*data(), resume=tmp_path / "b")
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    other = trainer(tmp_path / "c")
+    other.weighting._generator.manual_seed(0)  # type: ignore[attr-defined]
+    other.fit(*data())  # a different stream of draws gives a different run
+    assert any(
+        not torch.equal(v, other.model.state_dict()[k])
+        for k, v in straight.model.state_dict().items()
+    )
