@@ -10,10 +10,10 @@ and no gradient in that step.
 
 What is unbiased, precisely (expectations over the draw, for one batch):
 
-- the objective and its gradient, for a method whose update is a fixed linear combination of
-  the losses (EW; static weights α; a gradient method that reduces to it, such as MGDA with
-  one task): E[Σ_{i∈S} (n/k) α_i L_i] = Σ_i α_i L_i, since each task is in S with probability
-  k/n; so is every parameter's gradient, shared or task-specific;
+- the objective and its gradient, for a method whose objective is a fixed linear combination
+  of the losses (EW; static weights α): E[Σ_{i∈S} (n/k) α_i L_i] = Σ_i α_i L_i, since each
+  task is in S with probability k/n; so is every parameter's gradient, shared or
+  task-specific;
 - each task-specific (head) parameter's gradient, for every method: task i's head receives
   (n/k)·∇L_i with probability k/n and nothing otherwise, whose mean is ∇L_i;
 - not, in general, the update of an adaptive method: a loss weighting whose weights depend on
