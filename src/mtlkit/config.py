@@ -129,6 +129,9 @@ class TrainConfig(Strict):
     step_mode: Literal["single", "mixed"] | None = None
     sampler: Component | None = None
     steps_per_epoch: int | None = Field(None, ge=1)
+    #: many tasks: the method runs on this many tasks drawn at random each step, their losses
+    #: scaled by T/k (mtlkit.weighting.subsample: what is unbiased); None: every task
+    tasks_per_step: int | None = Field(None, ge=1)
     #: under torchrun: "ddp" replicates the model on every rank; "fsdp" shards the shared
     #: encoder (FSDP2), heads replicated; "fsdp_sharded_heads" shards the heads too
     #: (docs/distributed.md). One process ignores it.

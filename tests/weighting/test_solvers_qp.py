@@ -436,3 +436,32 @@ def test_accurate_residual_recovers_cancelled_digits() -> None:
     ]
     np.testing.assert_allclose(accurate_residual(m, x, rhs), exact, rtol=1e-14)
     assert np.max(np.abs(m @ x - rhs - exact) / np.abs(exact)) > 1e-10
+
+
+def test_batched_verification_checks_each_column_and_re_solves_only_failures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((7, 7)), rng.standard_normal((7, 5))
+    exact = np.stack([active_set_nnls(a, b[:, k]) for k in range(5)], axis=1)
+    assert np.all(_nnls.nnls_violations(a, b, exact) <= _nnls.KKT_RTOL)
+    off = exact.copy()
+    off[:, 1] += 1e-3  # one column off its optimum: only it fails
+    assert list(_nnls.nnls_violations(a, b, off) > 1e6) == [False, True, False, False, False]
+    calls = []
+    original = _nnls._scipy_nnls
+
+    def wrong_on_third(a_: np.ndarray, b_: np.ndarray) -> np.ndarray | None:
+        calls.append(1)
+        if np.array_equal(b_, b[:, 2]):
+            return np.ones(a_.shape[1])  # fails the KKT check
+        return original(a_, b_)
+
+    monkeypatch.setattr(_nnls, "_scipy_nnls", wrong_on_third)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SolverWarning)
+        x = _nnls.verified_nnls_many(a, b)
+    assert len(calls) == 6  # five solves, and the third once more in the fallback
+    for k in range(5):
+        assert nnls_violation(a, b[:, k], x[:, k]) <= _nnls.KKT_RTOL
+        np.testing.assert_allclose(a @ x[:, k], a @ exact[:, k], atol=1e-10)

@@ -15,6 +15,7 @@ MGDA, Mean) when ``torchjd`` is installed (``pip install 'mtlkit[bench]'``).
 from __future__ import annotations
 
 import inspect
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -181,8 +182,10 @@ def run_bench(
     settings timed for gradient methods; ``torchjd``: also time TorchJD where it has the same
     aggregator: ``None`` when it is installed (the 'bench' extra; a note says so when it is
     not), ``True`` always (a MissingExtraError without it), ``False`` never. Returns one dict
-    per (model, T, method, mode) with ``ms`` (median milliseconds), ``ratio`` (to EW in the
-    same cell) and ``peak_mib`` (when ``memory``); prints them as a table.
+    per (model, T, method, mode) with ``ms`` (median wall milliseconds), ``ratio`` (to EW in
+    the same cell), ``cpu_ms`` and ``cpu_ratio`` (the same in process CPU time, steadier on a
+    loaded machine), ``load_average`` (1, 5, 15 minutes, when the cell ended) and ``peak_mib``
+    (when ``memory``); prints them as a table.
     """
     import mtlkit.weighting as weighting
     from mtlkit.weighting import WEIGHTINGS
@@ -243,16 +246,21 @@ def _bench_cell(
         make = _torchjd_step if mode == "torchjd" else _mtlkit_step
         steps.append((name, mode, make(method, model, x, y)))
     times: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _ in steps}
+    cpu: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _ in steps}
     for r in range(warmup + repeats):
         for name, mode, run in steps:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             if r >= warmup:
                 times[(name, mode)].append(time.perf_counter() - start)
+                cpu[(name, mode)].append(time.process_time() - start_cpu)
     base = statistics.median(times[("ew", "loss")])
+    base_cpu = statistics.median(cpu[("ew", "loss")])
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     rows = []
     for name, mode, run in steps:
         ms = statistics.median(times[(name, mode)])
+        cpu_ms = statistics.median(cpu[(name, mode)])
         row: dict[str, Any] = {
             "model": kind,
             "T": t,
@@ -260,6 +268,9 @@ def _bench_cell(
             "mode": mode,
             "ms": 1e3 * ms,
             "ratio": ms / base,
+            "cpu_ms": 1e3 * cpu_ms,
+            "cpu_ratio": cpu_ms / base_cpu if base_cpu > 0 else float("nan"),
+            "load_average": load,
         }
         if memory:
             row["peak_mib"] = _peak_memory(run)
@@ -273,13 +284,17 @@ def print_rows(rows: Sequence[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="step time (forward + method.backward), median; ratio to EW")
-    columns = ["model", "T", "method", "mode", "ms", "ratio"]
+    columns = ["model", "T", "method", "mode", "ms", "ratio", "cpu_ratio"]
     if rows and "peak_mib" in rows[0]:
         columns.append("peak_mib")
     for c in columns:
-        table.add_column(c, justify="right" if c in ("T", "ms", "ratio", "peak_mib") else "left")
+        numeric = ("T", "ms", "ratio", "cpu_ratio", "peak_mib")
+        table.add_column(c, justify="right" if c in numeric else "left")
     for row in rows:
         table.add_row(
-            *[f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+            *[
+                f"{row[c]:.2f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                for c in columns
+            ]
         )
     Console().print(table)

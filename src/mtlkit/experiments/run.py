@@ -39,7 +39,7 @@ from mtlkit.train.checkpoint import load_model_weights
 from mtlkit.train.distributed import current
 from mtlkit.train.fsdp import make_strategy
 from mtlkit.train.runfiles import check_resumable
-from mtlkit.weighting import WEIGHTINGS, Weighting, available, build
+from mtlkit.weighting import WEIGHTINGS, Weighting, available, build, subsample
 
 
 @dataclass
@@ -164,10 +164,19 @@ def build_weighting(config: RunConfig, tasks: list[Task]) -> Weighting:
             f"'{config.weighting.name}' sets its own weights"
         )
     aggregator = config.aggregator
-    return build(
+    method = build(
         {**params, "name": config.weighting.name},
         None if aggregator is None else {**aggregator.params, "name": aggregator.name},
     )
+    k = config.train.tasks_per_step
+    if k is None:
+        return method
+    if k > len(tasks):
+        raise ConfigError(
+            f"field 'train.tasks_per_step': {k} tasks per step, but the run has "
+            f"{len(tasks)} task(s); give at most {len(tasks)} (or leave it out)"
+        )
+    return subsample(method, k, seed=config.seed)
 
 
 def build_run(config: RunConfig | dict[str, Any]) -> Run:

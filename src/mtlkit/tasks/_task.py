@@ -172,8 +172,10 @@ class Task:
                 f"{tuple(output.shape)} (expected output {expected})"
             )
         if self.spec.integer_targets and target.numel():
-            valid = target[self.label_mask(target)]
-            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_outputs):
+            # one reduction and one read-back per batch; the details only on an error
+            outside = ((target < 0) | (target >= self.num_outputs)) & self.label_mask(target)
+            if bool(outside.any()):
+                valid = target[self.label_mask(target)]
                 bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
                 raise TaskDataError(
                     f"{where}: class label {bad} is out of range [0, {self.num_outputs}) "
@@ -194,8 +196,10 @@ class Task:
         tensor([ True, False])
         """
         if self.spec.integer_targets:
-            ignored = torch.tensor(self.spec.ignore_labels, device=target.device)
-            return ~torch.isin(target, ignored)
+            ignore = self.spec.ignore_labels
+            if len(ignore) == 1:  # the usual case: one comparison, no tensor of labels
+                return target != ignore[0]
+            return ~torch.isin(target, torch.tensor(ignore, device=target.device))
         return ~torch.isnan(target.float())
 
     def compute_loss(self, output: Tensor, target: Tensor, check: bool = True) -> Tensor:

@@ -204,7 +204,10 @@ def labelled_losses(
     """Every task's loss, None for a task absent from the batch or whose target has no label
     (:meth:`~mtlkit.tasks.Task.label_mask`); and the number of labels of each task's target,
     which its (masked mean) loss averages over."""
-    counts = {t: int(tasks[t].label_mask(targets[t]).sum()) for t in losses}
+    names = list(losses)
+    sums = [tasks[t].label_mask(targets[t]).sum() for t in names]
+    # one read-back for every task (a device sync each otherwise)
+    counts = dict(zip(names, torch.stack(sums).tolist() if sums else [], strict=True))
     present = {t: loss for t, loss in losses.items() if counts[t] > 0}
     if len(present) == len(tasks):
         return dict(present), counts

@@ -58,7 +58,8 @@ class Evaluator:
         """Each task's mean loss and metrics over ``data``, batch by batch."""
         self.model.eval()
         accumulators = {name: task.accumulators() for name, task in self.tasks.items()}
-        loss_sums = dict.fromkeys(self.tasks, 0.0)
+        # loss sums stay on the device (one read-back at the end, not one per task and batch)
+        loss_sums: dict[str, Tensor | float] = dict.fromkeys(self.tasks, 0.0)
         count = 0
         task_counts = dict.fromkeys(self.tasks, 0)  # multi-input data: examples per task
         batches = 0
@@ -76,7 +77,7 @@ class Evaluator:
                         out_t = self.model(to_device(x, self.device))[name]
                     tgt_t = to_device(y[name], self.device)
                     loss = self.tasks[name].compute_loss(out_t, tgt_t, self.check)
-                    loss_sums[name] += float(loss) * tgt_t.shape[0]
+                    loss_sums[name] = loss_sums[name] + loss.detach().double() * tgt_t.shape[0]
                     task_counts[name] += out_t.shape[0]
                     update(name, out_t, tgt_t)
                 continue
@@ -87,15 +88,16 @@ class Evaluator:
             losses = task_losses(self.tasks, out, tgt, self.check)
             size = next(iter(tgt.values())).shape[0]
             for name, loss in losses.items():
-                loss_sums[name] += float(loss) * size
+                loss_sums[name] = loss_sums[name] + loss.detach().double() * size
             count += size
             for name in self.tasks:
                 update(name, out[name], tgt[name])
             del out, tgt, losses
-        totals = torch.tensor(
-            [batches, count, *loss_sums.values(), *task_counts.values()],
-            dtype=torch.float64,
-            device=self.device,
+        totals = torch.stack(
+            [
+                torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
+                for v in [batches, count, *loss_sums.values(), *task_counts.values()]
+            ]
         )
         batches, count, *rest = self.strategy.all_reduce(totals).tolist()
         if not batches:
@@ -125,7 +127,8 @@ class Evaluator:
         self.model.eval()
         outputs: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         targets: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
-        loss_sums = dict.fromkeys(self.tasks, 0.0)
+        # loss sums stay on the device (one read-back at the end, not one per task and batch)
+        loss_sums: dict[str, Tensor | float] = dict.fromkeys(self.tasks, 0.0)
         count = 0
         task_counts = dict.fromkeys(self.tasks, 0)  # multi-input data: examples per task
         for batch in data:
@@ -137,7 +140,7 @@ class Evaluator:
                     if with_targets:
                         tgt_t = to_device(y[name], self.device)
                         loss = self.tasks[name].compute_loss(out_t, tgt_t, self.check)
-                        loss_sums[name] += float(loss) * tgt_t.shape[0]
+                        loss_sums[name] = loss_sums[name] + loss.detach().double() * tgt_t.shape[0]
                         targets[name].append(tgt_t.cpu())
                     task_counts[name] += out_t.shape[0]
                 continue

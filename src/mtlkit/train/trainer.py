@@ -200,7 +200,8 @@ class Trainer:
     def train_step(self, batch: Batch | TaskBatches) -> dict[str, float]:
         """One optimisation step on a joint batch or a multi-input :class:`TaskBatches`;
         returns the loss of each task present (tasks without labels are absent)."""
-        self.model.train()
+        if not self.model.training:  # evaluation left it in eval mode (a walk of every module)
+            self.model.train()
         outputs, targets, representation = self._forward(batch)
         losses = self._losses(outputs, targets, every_task=not isinstance(batch, TaskBatches))
         present = {t: loss for t, loss in losses.items() if loss is not None}

@@ -37,6 +37,7 @@ from mtlkit.weighting.uw import UW
 # ---- gradient-based base and engine
 from mtlkit.weighting.gradient import GradientWeighting, GramianWeighting, JacobianAggregator
 from mtlkit.weighting.compose import Composed, build, compose
+from mtlkit.weighting.subsample import TaskSubsample, subsample
 
 # ---- gradient methods defined by optimisation problems (solvers)
 from mtlkit.weighting.cagrad import CAGrad
@@ -85,6 +86,8 @@ __all__ = [
     "Composed",
     "build",
     "compose",
+    "TaskSubsample",
+    "subsample",
     "GradientWeighting",
     "GramianWeighting",
     "JacobianAggregator",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,22 +27,37 @@ def nnls_violation(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
     times ‖A‖_F(‖A‖_F‖x‖_∞ + ‖b‖_∞). An exact optimum gives about 1; :data:`KKT_RTOL` passes."""
     if x.size == 0:
         return 0.0
+    return float(nnls_violations(a, b[:, None], x[:, None])[0])
+
+
+def nnls_violations(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """:func:`nnls_violation` of every column: ``b`` is m × K, ``x`` n × K (K problems on one
+    A, checked with two matrix products)."""
     grad = a.T @ (a @ x - b)
-    residual = float(np.max(np.abs(np.minimum(x, grad))))
+    residual = np.max(np.abs(np.minimum(x, grad)), axis=0, initial=0.0)
     norm_a = float(np.linalg.norm(a))
-    size = norm_a * (norm_a * float(np.max(np.abs(x))) + float(np.max(np.abs(b), initial=0.0)))
-    unit = (sum(a.shape) + 1) * EPS64 * max(size, np.finfo(np.float64).tiny)
-    return residual / unit
+    size = norm_a * (
+        norm_a * np.max(np.abs(x), axis=0, initial=0.0) + np.max(np.abs(b), axis=0, initial=0.0)
+    )
+    unit = (sum(a.shape) + 1) * EPS64 * np.maximum(size, np.finfo(np.float64).tiny)
+    out: np.ndarray = residual / unit
+    return out
+
+
+_NNLS: list[Callable[..., Any]] = []  # scipy's nnls, imported on first use
 
 
 def _scipy_nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """scipy's Lawson–Hanson NNLS with a generous iteration cap; None if it gives up."""
-    from scipy.optimize import nnls  # imported here: scipy.optimize is slow to import
+    if not _NNLS:
+        from scipy.optimize import nnls  # imported here: scipy.optimize is slow to import
 
+        _NNLS.append(nnls)
     try:
-        return nnls(a, b, maxiter=50 * a.shape[1] + 100)[0]
+        x: np.ndarray = _NNLS[0](a, b, maxiter=50 * a.shape[1] + 100)[0]
     except RuntimeError:
         return None
+    return x
 
 
 def active_set_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
@@ -95,6 +112,25 @@ def active_set_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -
             x = x + float(np.min(ratios)) * (z - x)
             free &= x > EPS64 * max(float(np.max(np.abs(x))), 1.0)
             x[~free] = 0.0
+    return x
+
+
+def verified_nnls_many(a: np.ndarray, b: np.ndarray, what: str = "NNLS") -> np.ndarray:
+    """:func:`verified_nnls` for each column of ``b`` (m × K), one A for all: scipy solves
+    each, one batched KKT check verifies them all, and only a column that fails it goes
+    through :func:`verified_nnls`' fallback. Returns n × K."""
+    k = b.shape[1]
+    x = np.zeros((a.shape[1], k))
+    solved = np.zeros(k, dtype=bool)
+    for j in range(k):
+        column = _scipy_nnls(a, b[:, j])
+        if column is not None and np.all(np.isfinite(column)):
+            x[:, j] = np.clip(column, 0.0, None)
+            solved[j] = True
+    if k:
+        passed = solved & (nnls_violations(a, b, x) <= KKT_RTOL)
+        for failed in np.flatnonzero(~passed).tolist():
+            x[:, failed] = verified_nnls(a, b[:, failed], what)
     return x
 
 

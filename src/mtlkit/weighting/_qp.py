@@ -56,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtlkit.weighting._gram import Gram
-from mtlkit.weighting._nnls import verified_nnls
+from mtlkit.weighting._nnls import verified_nnls, verified_nnls_many
 
 
 def simplex_qp(gram: np.ndarray | Gram, shift: np.ndarray | None = None) -> np.ndarray:
@@ -108,7 +108,9 @@ def lower_bounded_qp(gram: np.ndarray | Gram, lower: np.ndarray) -> np.ndarray:
 def lower_bounded_qps(gram: np.ndarray | Gram, lowers: np.ndarray) -> np.ndarray:
     """:func:`lower_bounded_qp` for each row u_k of the K × T array ``lowers``, one G for all.
 
-    G is prepared and factorised once; each row is then one verified NNLS on the shared factor.
+    G is prepared and factorised once; each row is then one NNLS on the shared factor, and the
+    K answers are verified together (one batched KKT check; a row that fails it is solved again
+    by the fallback, :func:`~mtlkit.weighting._nnls.verified_nnls_many`).
     """
     p = gram if isinstance(gram, Gram) else Gram.of(gram)
     u = np.asarray(lowers, dtype=np.float64)
@@ -119,9 +121,8 @@ def lower_bounded_qps(gram: np.ndarray | Gram, lowers: np.ndarray) -> np.ndarray
         return v
     r, d = p.factor, p.d
     rhs = -(r @ (d[:, None] * u[:, p.live].T))  # column k: −R D u_k
-    for k in range(len(u)):
-        mu = verified_nnls(r, rhs[:, k], "dual-cone QP")
-        v[k, p.live] += mu / d
+    mu = verified_nnls_many(r, rhs, "dual-cone QP")  # n × K, each column verified
+    v[:, p.live] += (mu / d[:, None]).T
     return v
 
 

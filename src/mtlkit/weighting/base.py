@@ -396,6 +396,8 @@ class Weighting(ABC):
 
             optimizer = torch.optim.Adam([*model.parameters(), *uw.bind(names).parameters()])
         """
+        if self.tasks is not None and tasks == self.tasks:  # every step: the same list
+            return self
         tasks = list(tasks)
         if self.tasks is None:
             if not tasks:

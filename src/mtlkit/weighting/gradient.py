@@ -52,11 +52,13 @@ from mtlkit.weighting._engine import (
     effective_weights,
     gram_statistics,
     gramian,
+    head_factors,
     head_passes,
     last_shared_parameters,
     row_gram,
     task_jacobian,
 )
+from mtlkit.weighting._threads import solver_threads
 from mtlkit.weighting.base import StateField, StepContext, StepRecord, Weighting
 
 JACOBIAN_MODES = ("shared", "last_shared", "representation")
@@ -399,11 +401,40 @@ class GramianWeighting(GradientWeighting):
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         return self._aggregate_with_gram(jacobian)[0]
 
+    def solve(self, gram: Tensor, /) -> Tensor:
+        """:meth:`weights_from_gram`, with numpy's and scipy's BLAS on one thread while it runs
+        (:mod:`mtlkit.weighting._threads`: T × T problems gain nothing from more, and a busy
+        machine stalls them)."""
+        with solver_threads():
+            return self.weights_from_gram(gram)
+
     def _aggregate_with_gram(self, jacobian: Tensor) -> tuple[Tensor, Tensor]:
         gram = row_gram(jacobian)
-        alpha = self.weights_from_gram(gram)
+        alpha = self.solve(gram)
         self._last_weights = alpha.detach()
         return alpha.to(jacobian.dtype) @ jacobian, gram
+
+    def _partial_step(
+        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Mode 'representation' with heads that read r through linear maps: the rows are
+        taken in factored form (:func:`~mtlkit.weighting._engine.backward.head_factors`), so
+        the step is one pass through the heads, G from the factors, and one pass through the
+        encoder seeded with Σ_i α_i ∂L_i/∂r; otherwise as every gradient method."""
+        representation = ctx.representation
+        if self.jacobian != "representation" or representation is None:
+            return super()._partial_step(ctx, own, shared)
+        found = head_factors(self._per_task, representation, own, scale=ctx.loss_scale)
+        if found is None:
+            return super()._partial_step(ctx, own, shared)
+        factors, grads = found
+        _accumulate_each(own, grads, 1.0)
+        gram = factors.gram()
+        alpha = self.solve(gram).detach()
+        self._last_weights = alpha
+        seed = factors.combine(alpha) * ctx.loss_scale
+        representation.backward(seed.to(representation.dtype), inputs=list(shared))
+        return alpha, gram
 
     def _shared_step(
         self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
@@ -418,7 +449,7 @@ class GramianWeighting(GradientWeighting):
         rows, own = self._head_rows(ctx, own)
         root = ctx.model if ctx.model is not None else ctx.shared_module
         result = gramian(stacked, root, shared, representation=ctx.representation, head_rows=rows)
-        alpha = self.weights_from_gram(result.matrix).detach()
+        alpha = self.solve(result.matrix).detach()
         self._last_weights = alpha
         if own:
             (stacked.sum() * loss_scale).backward(inputs=list(own))

@@ -6,10 +6,10 @@ Optimization in Massively Multilingual Models". ICLR 2021.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,7 +43,9 @@ class GradVac(GramianWeighting):
     target that reached 1 cannot divide by zero.
 
     Every g_i' is a combination of the rows of J, so the method runs on G = J Jᵀ (as
-    :class:`~mtlkit.weighting.pcgrad.PCGrad` does): the same algorithm, at O(T³) cost.
+    :class:`~mtlkit.weighting.pcgrad.PCGrad` does): the same algorithm, at O(T³) cost. The T
+    loops over j are independent of each other, so their k-th steps run together (T − 1
+    vector steps, no Python loop over pairs).
 
     Scale: a sum over tasks, like EW (T identical gradients g give T·g); when every pair meets
     its target the update is Σ_i g_i.
@@ -88,27 +90,33 @@ class GradVac(GramianWeighting):
             raise TaskDataError(
                 f"GradVac: its targets are for {self._targets.shape[0]} tasks, got {t} gradients"
             )
-        goals = self._targets
-        norms = g.diagonal().clamp_min(0.0).sqrt()
-        coef = torch.eye(t, dtype=torch.float64)  # row i: g_i' = coef[i] @ J
-        for i in range(t):
-            others = [j for j in range(t) if j != i]
-            for k in torch.randperm(len(others), generator=self._generator).tolist():
-                j = others[k]
-                sq_norm_i = float(coef[i] @ g @ coef[i])
-                norm_i = math.sqrt(sq_norm_i) if sq_norm_i > 0 else 0.0
-                norm_j = float(norms[j])
-                if norm_i == 0.0 or norm_j == 0.0:
-                    continue
-                phi = min(max(float(coef[i] @ g[:, j]) / (norm_i * norm_j), -1.0), 1.0)
-                goal = float(goals[i, j])
-                if phi < goal:
-                    root_goal = max(math.sqrt(max(1.0 - goal * goal, 0.0)), 1e-12)
-                    root_phi = math.sqrt(max(1.0 - phi * phi, 0.0))
-                    step = norm_i * (goal * root_phi - phi * root_goal) / (norm_j * root_goal)
-                    coef[i, j] += step
-                goals[i, j] = (1.0 - self.beta) * goal + self.beta * phi
-        return coef.sum(dim=0).to(gram.device)
+        goals = self._targets.numpy()  # updated in place (the state tensor's storage)
+        gm = g.numpy()
+        norms = np.sqrt(np.clip(np.diag(gm), 0.0, None))
+        order = np.empty((t, max(t - 1, 0)), dtype=np.int64)
+        for i in range(t):  # one draw per task, as in the algorithm box
+            perm = torch.randperm(t - 1, generator=self._generator).numpy()
+            order[i] = perm + (perm >= i)  # position k of [0..t) without i
+        coef = np.eye(t)  # row i: g_i' = coef[i] @ J
+        rows = np.arange(t)
+        for k in range(t - 1):  # step k of every task's loop at once: the rows are independent
+            j = order[:, k]
+            dots = coef @ gm  # row i: g_i' · g_u for every u
+            sq_norm_i = np.einsum("iu,iu->i", dots, coef)
+            norm_i = np.sqrt(np.clip(sq_norm_i, 0.0, None))
+            norm_j = norms[j]
+            live = (norm_i > 0.0) & (norm_j > 0.0)
+            r, c = rows[live], j[live]
+            phi = dots[r, c] / (norm_i[live] * norm_j[live])
+            phi = np.clip(phi, -1.0, 1.0)
+            goal = goals[r, c]
+            low = phi < goal
+            root_goal = np.maximum(np.sqrt(np.clip(1.0 - goal * goal, 0.0, None)), 1e-12)
+            root_phi = np.sqrt(np.clip(1.0 - phi * phi, 0.0, None))
+            step = norm_i[live] * (goal * root_phi - phi * root_goal) / (norm_j[live] * root_goal)
+            coef[r[low], c[low]] += step[low]
+            goals[r, c] = (1.0 - self.beta) * goal + self.beta * phi
+        return torch.from_numpy(coef.sum(axis=0)).to(gram.device)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"beta": self.beta, "seed": self.seed, **super().hyperparameters()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,7 +34,9 @@ class PCGrad(GramianWeighting):
     combination of the rows of J, so the method runs on the Gram matrix G = J Jᵀ: with
     g_i^PC = c_i J, g_i^PC · g_j = (c_i G)_j, and the update is (Σ_i c_i) J. This is the
     paper's algorithm, exactly, at O(T³) instead of O(T² P) cost, and it gives the task weights
-    Σ_i c_i for the log.
+    Σ_i c_i for the log. The T loops over j are independent of each other (each reads the
+    original g_j), so their k-th steps run together: T − 1 vector steps, no Python loop over
+    pairs.
 
     Scale: a sum over tasks, like EW (T identical gradients g give T·g); without conflicts
     the update is Σ_i g_i. A zero gradient g_j is skipped as a projection target.
@@ -55,18 +58,23 @@ class PCGrad(GramianWeighting):
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def weights_from_gram(self, gram: Tensor, /) -> Tensor:
-        g = gram.detach().to("cpu", torch.float64)
+        g = gram.detach().to("cpu", torch.float64).numpy()
         t = g.shape[0]
-        sq_norms = g.diagonal()
-        coef = torch.eye(t, dtype=torch.float64)  # row i: g_i^PC = coef[i] @ J
+        sq_norms = np.diag(g)
+        # order[i]: the j ≠ i in task i's random order (one draw per task, as in the loop
+        # of the algorithm box, so the draws and their use do not depend on the speed-up)
+        order = np.empty((t, max(t - 1, 0)), dtype=np.int64)
         for i in range(t):
-            others = [j for j in range(t) if j != i]
-            for k in torch.randperm(len(others), generator=self._generator).tolist():
-                j = others[k]
-                dot = coef[i] @ g[:, j]
-                if dot < 0 and sq_norms[j] > 0:
-                    coef[i, j] -= dot / sq_norms[j]
-        return coef.sum(dim=0).to(gram.device)
+            perm = torch.randperm(t - 1, generator=self._generator).numpy()
+            order[i] = perm + (perm >= i)  # position k of [0..t) without i
+        coef = np.eye(t)  # row i: g_i^PC = coef[i] @ J
+        rows = np.arange(t)
+        for k in range(t - 1):  # step k of every task's loop at once: the rows are independent
+            j = order[:, k]
+            dot = np.einsum("it,ti->i", coef, g[:, j])  # g_i^PC · g_j
+            hit = (dot < 0) & (sq_norms[j] > 0)
+            coef[rows[hit], j[hit]] -= dot[hit] / sq_norms[j[hit]]
+        return torch.from_numpy(coef.sum(axis=0)).to(gram.device)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"seed": self.seed, **super().hyperparameters()}

@@ -62,9 +62,10 @@ def reference(jac: torch.Tensor, seed: int) -> torch.Tensor:
 
 def test_many_tasks_follow_the_algorithm_box() -> None:
     """The Gram-matrix form equals projecting the vectors, in the same random order."""
-    jac = strongly_conflicting(6, 12, seed=4)
-    for seed in (2, 9):
-        torch.testing.assert_close(PCGrad(seed=seed).aggregate(jac), reference(jac, seed))
+    for t, p in ((6, 12), (30, 40)):  # T = 30: every task's loop runs as one vector step
+        jac = strongly_conflicting(t, p, seed=4)
+        for seed in (2, 9):
+            torch.testing.assert_close(PCGrad(seed=seed).aggregate(jac), reference(jac, seed))
 
 
 def test_seed_fixes_the_random_order() -> None:

@@ -15,7 +15,9 @@ With T task losses L_i and the shared parameters θ (P values), the Jacobian J i
 """
 
 from mtlkit.weighting._engine.backward import (
+    HeadFactors,
     batched_grad,
+    head_factors,
     head_gradients,
     head_passes,
     last_shared_parameters,
@@ -38,11 +40,13 @@ __all__ = [
     "MAX_RECORDS",
     "ROW_GRAM_BLOCK",
     "Gramian",
+    "HeadFactors",
     "batched_grad",
     "compute_gramian",
     "effective_weights",
     "gram_statistics",
     "gramian",
+    "head_factors",
     "head_gradients",
     "head_passes",
     "last_shared_parameters",

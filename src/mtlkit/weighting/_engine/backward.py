@@ -7,13 +7,18 @@ With T task losses L_i and inputs θ (P values), the Jacobian J is T × P (row i
   back-propagated through its own head only, ∂L_i/∂r, and the T rows are then pushed through
   the shared encoder together: the encoder is traversed once, batched over tasks.
 - :func:`head_passes`: the rows ∂L_i/∂r of every head and the task-specific (head)
-  parameters' gradient of Σ_i L_i, in one backward pass through the heads.
+  parameters' gradient of Σ_i L_i, in one backward pass through the heads;
+- :func:`head_factors`: the same rows in factored form (:class:`HeadFactors`, δ_k M_k per
+  linear map that reads r), never formed, for heads that read r through linear maps: their
+  Gram matrix and Σ_i w_i row_i cost less than the rows themselves.
 - :func:`last_shared_parameters`: the parameters of the model's last shared layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -156,6 +161,127 @@ def head_passes(
     if scale != 1.0:
         out /= scale
     return out, list(passed)
+
+
+#: autograd nodes of a linear map y = r M (+ b) that reads r, and the input slot where it does
+_LINEAR_READERS = {"AddmmBackward0": 1, "MmBackward0": 0}
+
+
+@dataclass
+class HeadFactors:
+    """The heads' rows ∂L_i/∂r in factored form, for heads that read r through linear maps.
+
+    Each reader k (a head's linear map y_k = r M_kᵀ + b_k on a 2-D r, N × d) contributes
+    δ_k M_k to its task's row, with δ_k = ∂L/∂y_k (N × o_k) taken at the map's output and M_k
+    (o_k × d) its weight: row_i = Σ_{k of task i} δ_k M_k. The T × N × d rows are never
+    formed. With Δ = [δ_1 … δ_K] (N × O) and M = [M_1; …; M_K] (O × d),
+
+        G_ij = Σ_{k of i, l of j} ⟨δ_k M_k, δ_l M_l⟩ = Σ_{k, l} (ΔᵀΔ)_kl ⊙ (M Mᵀ)_kl,
+
+    summed over the blocks of tasks i and j: O²(N + d) products instead of T² N d (cheaper
+    whenever the heads' first maps are narrower than √(N d / (N + d)), about 13 for N = 256,
+    d = 512), and Σ_i w_i row_i = (Δ diag(w_task(k))) M.
+    """
+
+    deltas: list[Tensor]  # δ_k, N × o_k
+    maps: list[Tensor]  # M_k, o_k × d
+    owners: list[int]  # the task of each reader
+    tasks: int
+
+    @cached_property
+    def _stacked(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Δ (N × O), M (O × d), and the task of each of the O columns (computed once)."""
+        dtype = torch.promote_types(self.deltas[0].dtype, torch.float32)
+        delta = torch.cat([d.to(dtype) for d in self.deltas], dim=1)  # N × O
+        maps = torch.cat([m.to(dtype) for m in self.maps], dim=0)  # O × d
+        sizes = torch.tensor([d.shape[1] for d in self.deltas], device=delta.device)
+        owner = torch.repeat_interleave(torch.tensor(self.owners, device=delta.device), sizes)
+        return delta, maps, owner
+
+    def gram(self) -> Tensor:
+        """G = R Rᵀ of the rows R (T × T), from the factors."""
+        delta, maps, owner = self._stacked
+        n, d, o = delta.shape[0], maps.shape[1], delta.shape[1]
+        if o * o * (n + d) > self.tasks * self.tasks * n * d:  # wide maps: the rows are cheaper
+            from mtlkit.weighting._engine.gram import row_gram  # gram imports this module
+
+            return row_gram(self.rows())
+        products = (delta.T @ delta) * (maps @ maps.T)  # O × O
+        select = torch.zeros(self.tasks, o, dtype=delta.dtype, device=delta.device)
+        select[owner, torch.arange(o, device=delta.device)] = 1.0
+        return select @ products @ select.T
+
+    def rows(self) -> Tensor:
+        """The rows themselves, T × (N·d)."""
+        delta, maps, _ = self._stacked
+        out = delta.new_zeros(self.tasks, delta.shape[0], maps.shape[1])
+        start = 0
+        for k, task in enumerate(self.owners):
+            width = self.deltas[k].shape[1]
+            out[task] += delta[:, start : start + width] @ maps[start : start + width]
+            start += width
+        return out.reshape(self.tasks, -1)
+
+    def combine(self, weights: Tensor) -> Tensor:
+        """Σ_i w_i row_i (N × d): the seed of one backward pass through the encoder."""
+        delta, maps, owner = self._stacked
+        return (delta * weights.to(delta.dtype)[owner]) @ maps
+
+
+def head_factors(
+    losses: Sequence[Tensor],
+    representation: Tensor,
+    params: Sequence[Tensor],
+    *,
+    scale: float = 1.0,
+) -> tuple[HeadFactors, list[Tensor | None]] | None:
+    """The rows ∂L_i/∂r as :class:`HeadFactors`, and ``scale`` · ∇ Σ_i L_i for ``params``, in
+    one backward pass of the heads that never computes a gradient with respect to r.
+
+    Applies when r is 2-D, every autograd node that reads r is a linear map reading it as its
+    input (``F.linear`` on a matrix: ``addmm``/``mm`` with r first) and belongs to one task's
+    graph, and ``params`` is not empty (the pass needs inputs); None otherwise, and
+    :func:`head_passes` gives the rows. A pre-hook on each map's node keeps δ_k, the gradient at
+    its output; since r is not an input of the pass, autograd computes no gradient for it.
+    """
+    if representation.dim() != 2 or not params:
+        return None
+    readers = _readers_by_task(losses, representation)
+    if not readers:
+        return None
+    maps: list[Tensor] = []
+    for node, slots, _ in readers:
+        slot = _LINEAR_READERS.get(type(node).__name__)
+        if slot is None or slots != [slot] or getattr(node, "_saved_alpha", 1) != 1:
+            return None
+        mat2 = getattr(node, "_saved_mat2", None)
+        if not isinstance(mat2, Tensor) or mat2.dim() != 2:
+            return None
+        maps.append(mat2.T)  # o × d
+    deltas: list[Tensor | None] = [None] * len(readers)
+
+    def keep(k: int) -> Callable[[tuple[Tensor | None, ...]], None]:
+        def hook(grad_outputs: tuple[Tensor | None, ...]) -> None:
+            deltas[k] = grad_outputs[0]
+
+        return hook
+
+    handles = [node.register_prehook(keep(k)) for k, (node, _, _) in enumerate(readers)]
+    total = torch.stack(list(losses)).sum() * scale
+    try:
+        grads: list[Tensor | None] = list(
+            torch.autograd.grad(total, list(params), retain_graph=True, allow_unused=True)
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    if any(d is None for d in deltas):
+        # a map the pass did not reach (a head frozen up to it: no input of the pass lies
+        # behind it): its task's row is unknown here, so the rows are taken explicitly
+        return None
+    kept = [d if scale == 1.0 else d / scale for d in deltas if d is not None]
+    factors = HeadFactors(kept, maps, [task for _, _, task in readers], len(losses))
+    return factors, grads
 
 
 def _readers_by_task(

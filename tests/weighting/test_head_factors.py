@@ -1,0 +1,125 @@
+"""The heads' rows ∂L_i/∂r in factored form (linear maps reading r): the Gram matrix, the
+combination and the head gradients equal those of the explicit rows; the representation step
+of a Gramian method is the same with and without them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import mtlkit.weighting.gradient as gradient_module
+from mtlkit.weighting import MGDA, UPGrad, get
+from mtlkit.weighting._engine import head_factors, head_gradients
+
+N, D = 9, 5
+
+
+class _Heads(nn.Module):
+    """Heads of several shapes on one 2-D representation: with and without bias, a head that
+    reads r twice (two linear maps summed), wide and one-output maps."""
+
+    def __init__(self, widths: tuple[int, ...], double: bool = True) -> None:
+        super().__init__()
+        self.first = nn.ModuleList(nn.Linear(D, w, bias=i % 2 == 0) for i, w in enumerate(widths))
+        self.second = nn.Linear(D, 2) if double else None
+        self.out = nn.ModuleList(nn.Linear(w, 3) for w in widths)
+
+    def losses(self, r: Tensor) -> list[Tensor]:
+        result = []
+        for i, (first, out) in enumerate(zip(self.first, self.out, strict=True)):
+            h = torch.tanh(first(r))
+            loss = out(h).pow(2).mean() * (i + 1)
+            if i == 0 and self.second is not None:
+                loss = loss + self.second(r).sin().sum()
+            result.append(loss)
+        return result
+
+
+def _setup(widths: tuple[int, ...], double: bool = True) -> tuple[_Heads, Tensor, list[Tensor]]:
+    torch.manual_seed(0)
+    heads = _Heads(widths, double).double()
+    x = torch.randn(N, 4, dtype=torch.float64)
+    r = torch.tanh(x @ torch.randn(4, D, dtype=torch.float64, requires_grad=True))
+    return heads, r, heads.losses(r)
+
+
+# O = Σ o_k maps' outputs (+2 for the second map): narrow, O²(N + D) = 350 < T²ND = 405, takes
+# the factored Gram; wide, O = 107, forms the rows first
+@pytest.mark.parametrize("widths", [(1, 1, 1), (30, 40, 35)], ids=["narrow", "wide"])
+def test_gram_combination_and_head_gradients_match_the_explicit_rows(
+    widths: tuple[int, ...],
+) -> None:
+    heads, r, losses = _setup(widths)
+    params = list(heads.parameters())
+    rows = head_gradients(losses, r).reshape(len(losses), -1)
+    expected_grads = torch.autograd.grad(sum(losses), params, retain_graph=True)
+    found = head_factors(losses, r, params, scale=4.0)
+    assert found is not None
+    factors, grads = found
+    torch.testing.assert_close(factors.gram(), rows @ rows.T)
+    torch.testing.assert_close(factors.rows(), rows)
+    w = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(factors.combine(w), (w @ rows).view(N, D))
+    for g, e in zip(grads, expected_grads, strict=True):
+        assert g is not None
+        torch.testing.assert_close(g, 4.0 * e)
+
+
+def test_other_readers_fall_back_to_the_rows() -> None:
+    heads, r, losses = _setup((2, 3, 4), double=False)
+    params = list(heads.parameters())
+    assert head_factors(losses, r, params) is not None
+    nonlinear = [losses[0] + r.exp().sum(), *losses[1:]]  # r read by exp: not a linear map
+    assert head_factors(nonlinear, r, params) is None
+    shared = r @ torch.ones(D, 1, dtype=r.dtype)  # one node read by two tasks
+    assert head_factors([shared.sum(), shared.pow(2).sum()], r, params) is None
+    assert head_factors(losses, r, []) is None  # no inputs for the pass
+    frozen = [p for p in params if all(p is not q for q in heads.first[1].parameters())]
+    assert head_factors(losses, r, frozen) is None  # the pass never reaches task 1's first map
+    r3 = r.unsqueeze(0)
+    assert head_factors([nn.functional.linear(r3, heads.first[0].weight).sum()], r3, params) is None
+
+
+def _model_step(name: str, factored: bool, monkeypatch: pytest.MonkeyPatch) -> list[Tensor]:
+    from tests.weighting._models import mlp_model
+
+    if not factored:
+        monkeypatch.setattr(gradient_module, "head_factors", lambda *a, **k: None)
+    model, x = mlp_model(4)
+    method = get(name, jacobian="representation")
+    outs, rep = model.forward_with_representation(x)
+    losses = {t: (i + 1) * o.pow(2).mean() for i, (t, o) in enumerate(outs.items())}
+    method.backward(losses, model, representation=rep, loss_scale=2.0)
+    monkeypatch.undo()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("name", ["upgrad", "mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl"])
+def test_a_representation_step_is_the_same_with_or_without_factors(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_factors = _model_step(name, True, monkeypatch)
+    with_rows = _model_step(name, False, monkeypatch)
+    assert len(with_factors) == len(with_rows)
+    for a, b in zip(with_factors, with_rows, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_factored_path_is_taken_for_linear_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bool] = []
+    original = gradient_module.head_factors
+
+    def spy(*args: object, **kwargs: object) -> object:
+        found = original(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(gradient_module, "head_factors", spy)
+    for method in (UPGrad(jacobian="representation"), MGDA(jacobian="representation")):
+        from tests.weighting._models import mlp_model
+
+        model, x = mlp_model(3)
+        outs, rep = model.forward_with_representation(x)
+        method.backward({t: o.pow(2).mean() for t, o in outs.items()}, model, representation=rep)
+    assert calls == [True, True]
