@@ -140,6 +140,20 @@ def _fit(method: Any, ctx: Distributed | None, **options: Any) -> dict[str, Any]
     }
 
 
+def _evaluate(ctx: Distributed | None, n: int) -> dict[str, Any]:
+    """Metrics and predictions of the untrained model on a validation split of ``n`` samples,
+    in batches of 4: under FSDP each rank takes its contiguous block (n = 9: 5 + 4 samples,
+    2 and 1 batches; n = 1: rank 1 has no batch at all)."""
+    val = _split(n, 2)
+    strategy = None if ctx is None else FullyShardedDataParallel(ctx.rank, ctx.world_size)
+    trainer = Trainer(
+        _model(), TASKS, _method("ew"), device="cpu", progress=False, distributed=strategy
+    )
+    data = val if ctx is None else shard_split(val, ctx.rank, ctx.world_size)
+    metrics = trainer.evaluate(TensorLoader(data, 4))
+    return {"metrics": metrics, "outputs": trainer.predict(TensorLoader(data, 4))}
+
+
 # ---------------------------------------------------------------------------- process harness
 
 
@@ -151,6 +165,7 @@ def _free_port() -> int:
 
 def _job(ctx: Distributed, out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
+        "evaluations": {n: _evaluate(ctx, n) for n in (9, 1)},
         "updates": {n: _update(_method(n), ctx) for n in gramian_methods()},
         "fits": {n: _fit(_method(n), ctx) for n in [*LOSS_METHODS, "upgrad"]},
     }
@@ -218,6 +233,13 @@ def _close(a: Any, b: Any, where: str, rtol: float = RTOL, atol: float = ATOL) -
 @pytest.mark.slow
 def test_fsdp_on_two_gloo_ranks(tmp_path: Path) -> None:
     ranks = _spawn(tmp_path)
+    # evaluation with unequal batch counts per rank (2 vs 1, 1 vs 0): no hang, and the
+    # metrics and predictions of the whole split, as one process computes them
+    for n, zero in ranks[0]["evaluations"].items():
+        _close(zero, ranks[1]["evaluations"][n], f"evaluation of {n}: rank 0 vs 1", 0.0, 0.0)
+        reference = _evaluate(None, n)
+        _close(zero, reference, f"evaluation of {n}: fsdp vs one process")
+        assert len(zero["outputs"]["reg"]) == n
     # every Gramian method: the same update as one process on the global batch
     assert len(gramian_methods()) >= 10
     for name in gramian_methods():
