@@ -4,7 +4,9 @@ The claims under test (docs/distributed.md, "Sharded shared encoders"): under FS
 Gramian method's update on the sharded encoder (rebuilt from the ranks' shards) equals the
 single-process update on the same global batch; loss-based methods train as one process does,
 their state identical on both ranks; a run cut after one epoch and resumed from its
-(gathered, whole-tensor) checkpoint ends bitwise where the uninterrupted run ends. The shared
+sharded checkpoint (each rank writes its shards through torch.distributed.checkpoint, as
+safetensors) ends bitwise where the uninterrupted run ends, and one process loads it whole;
+evaluation with unequal batch counts per rank ends, with one process's metrics. The shared
 layer has 15 rows, so the two shards are uneven (8 + 7); the ranks hold 9 and 7 samples.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors import safe_open
 from torch.distributed.tensor import DTensor
 
 from mtlkit.config import parse_config
@@ -30,6 +33,7 @@ from mtlkit.nn import build_model
 from mtlkit.nn.encoders import MLPEncoder
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
+from mtlkit.train.checkpoint import load_model_weights
 from mtlkit.train.distributed import Distributed, init_distributed, teardown
 from mtlkit.train.fsdp import FullyShardedDataParallel, gramian_methods, make_strategy
 from mtlkit.weighting import get
@@ -261,7 +265,26 @@ def test_fsdp_on_two_gloo_ranks(tmp_path: Path) -> None:
         _close(resumed, {**whole, "weights": resumed["weights"]}, "resumed", 0.0, 0.0)
         assert len(resumed["weights"]) == 4  # the second epoch only
         assert resumed["weights"] == whole["weights"][4:]
-    assert (tmp_path / "cut" / "checkpoint" / "model.safetensors").is_file()
+    # the checkpoint is sharded: each rank wrote its own rows, safetensors and JSON only
+    folder = tmp_path / "cut" / "checkpoint"
+    files = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file())
+    shards = [f for f in files if f.startswith("shards/")]
+    assert len(shards) == WORLD, files
+    assert set(files) - set(shards) == {"state.safetensors", "state.json", "manifest.json"}
+    assert all(f.endswith(".safetensors") for f in shards)
+    rows = []
+    for name in shards:
+        with safe_open(str(folder / name), framework="pt") as handle:
+            key, keys = "model.encoder.net.0.0.weight", set(handle.keys())
+            rows.append(handle.get_slice(key).get_shape()[0] if key in keys else 0)
+            assert "optimizer.0.exp_avg" in keys  # Adam's moments, sharded too
+    assert sorted(rows) == [7, 8]  # the 15-row layer: no rank wrote it whole
+    # one process reads the shards whole: the resumed run's final weights
+    model = _model(7)
+    load_model_weights(folder, model)
+    _close(
+        dict(model.state_dict()), ranks[0]["resume"]["resumed"]["params"], "1-process load", 0, 0
+    )
 
 
 # ---------------------------------------------------------------------------- in one process

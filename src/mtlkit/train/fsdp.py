@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from mtlkit.errors import ConfigError
+from mtlkit.train.checkpoint import ShardedRef, resolve_sharded, save_sharded_checkpoint
 from mtlkit.train.distributed import DistributedWeighting
 from mtlkit.train.strategy import DataParallel
 from mtlkit.weighting import WEIGHTINGS
@@ -218,26 +220,53 @@ class FullyShardedDataParallel(DataParallel):
     def full_state(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The model's and the optimiser's state with whole tensors, on every rank (every
-        rank must call it: it all-gathers the shards, in the same order everywhere)."""
+        """The model's state with whole tensors (for model selection; every rank must call
+        it: it all-gathers the shards, in the same order everywhere) and the optimiser's
+        state as it is, sharded (:meth:`save_checkpoint` writes its shards)."""
         weights = {k: _whole(v).detach() for k, v in model.state_dict().items()}
-        state = optimizer.state_dict()
-        state["state"] = {
-            i: {k: _whole(v) for k, v in entry.items()} for i, entry in state["state"].items()
-        }
-        return weights, state
+        return weights, optimizer.state_dict()
+
+    def save_checkpoint(
+        self,
+        run: Any,
+        model: nn.Module,
+        weights: Mapping[str, Tensor],
+        state: Callable[[], dict[str, Any]],
+    ) -> None:
+        """A sharded checkpoint (:func:`~mtlkit.train.checkpoint.save_sharded_checkpoint`):
+        every rank writes its own shards of the model and the optimiser through
+        ``torch.distributed.checkpoint``; nothing is gathered. Every rank calls it."""
+        folder = run.folder / "checkpoint" if run.folder is not None else None
+        where = self.broadcast_object(None if folder is None else str(folder))
+        save_sharded_checkpoint(
+            None if where is None else Path(where),
+            model,
+            state(),
+            is_main=self.is_main,
+            barrier=self.barrier,
+        )
 
     def load_optimizer_state(
         self, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
     ) -> None:
-        """Load a whole-tensor optimiser state, sharded like the parameters it belongs to."""
+        """Load an optimiser state: tensors of a sharded checkpoint are read shard by shard
+        (a collective), whole tensors are sharded like the parameters they belong to."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        owner: dict[str, Tensor] = {}
+        for i, entry in state["state"].items():
+            for value in entry.values():
+                if isinstance(value, ShardedRef):
+                    owner[value.key] = params[int(i)]
+        state = resolve_sharded(state, lambda ref: torch.empty_like(owner[ref.key]))
         entries: dict[Any, Any] = {}
         for i, entry in state["state"].items():
             p = params[int(i)]
             entries[i] = {
                 k: distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
-                if isinstance(p, DTensor) and isinstance(v, Tensor) and v.shape == p.shape
+                if isinstance(p, DTensor)
+                and isinstance(v, Tensor)
+                and not isinstance(v, DTensor)
+                and v.shape == p.shape
                 else v
                 for k, v in entry.items()
             }
