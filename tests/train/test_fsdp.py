@@ -279,6 +279,14 @@ def test_fsdp_on_two_gloo_ranks(tmp_path: Path) -> None:
             rows.append(handle.get_slice(key).get_shape()[0] if key in keys else 0)
             assert "optimizer.0.exp_avg" in keys  # Adam's moments, sharded too
     assert sorted(rows) == [7, 8]  # the 15-row layer: no rank wrote it whole
+    # one process resumes a sharded checkpoint: whole weights and optimiser moments
+    single = Trainer(_model(7), TASKS, _method("gradvac"), optimizer="adam", device="cpu")
+    single.resume(tmp_path / "whole")
+    whole = ranks[0]["resume"]["whole"]["params"]
+    _close(dict(single.model.state_dict()), whole, "1-process resume", 0.0, 0.0)
+    assert single.epoch == 2
+    moments = single.optimizer.state_dict()["state"]
+    assert {tuple(e["exp_avg"].shape) for e in moments.values()} >= {(15, 6), (9, 15)}
     # one process reads the shards whole: the resumed run's final weights
     model = _model(7)
     load_model_weights(folder, model)

@@ -20,13 +20,18 @@ Methods that need the Jacobian itself (not only its Gram matrix) are refused wit
 ConfigError that says to use ``ddp``; so are ``jacobian`` modes other than ``shared`` and
 ``update_every`` > 1 for gradient methods.
 
-Checkpoints hold whole (gathered) tensors: :meth:`FullyShardedDataParallel.full_state` gathers
-the model's and the optimiser's state on every rank (rank 0 writes them, in the same files
-as a single process), and loading shards them again (a ``load_state_dict`` pre-hook on the
-model, :meth:`FullyShardedDataParallel.load_optimizer_state`). So an ``fsdp`` run resumes
-bitwise, under ``fsdp`` (any world size) or ``ddp``, and its model loads in one process. The
-gathered state passes through each rank's memory once per epoch: see docs/distributed.md for
-when sharded (``torch.distributed.checkpoint``) checkpoints would be needed instead.
+Each layer of the shared encoder is its own FSDP unit (:func:`shard_model`), so a task's
+gradient is reduce-scattered layer by layer and never exists whole on a rank; the Gramian step
+keeps one T × P/R buffer of shards (:meth:`ShardedWeighting._sharded_gram`).
+
+Checkpoints are sharded (:meth:`FullyShardedDataParallel.save_checkpoint`): every rank writes
+its shards of the model and the optimiser through ``torch.distributed.checkpoint`` as
+safetensors (:func:`~mtlkit.train.checkpoint.save_sharded_checkpoint`), nothing gathered;
+they load into a sharded model (DCP reads each rank's overlap of the saved chunks), under
+``ddp``, or whole in one process. Model selection
+(``best/``) still gathers the whole weights (:meth:`FullyShardedDataParallel.full_state`).
+Evaluation runs its forward passes in lockstep over the ranks
+(:class:`~mtlkit.train.evaluation.Lockstep`).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ distributed; everything that differs goes through this interface (as Lightning's
 
 :class:`~mtlkit.train.fsdp.FullyShardedDataParallel` (``train.strategy: fsdp``) is a
 ``DataParallel`` that also shards the shared parameters; it overrides ``broadcast_model``
-(then shards), ``wrap``, and ``full_state`` / ``load_optimizer_state`` (whole tensors in
-checkpoints).
+(then shards), ``wrap``, ``full_state``, ``save_checkpoint`` and ``load_optimizer_state``
+(every rank writes and reads its own shards of a checkpoint).
 
 :class:`DataParallel` is the process-group handle that
 :func:`~mtlkit.train.distributed.init_distributed` returns (its former name ``Distributed``
