@@ -237,10 +237,14 @@ def save_sharded_checkpoint(
                 entries[index][name] = value
     optimizer["state"] = entries
     try:
-        save(
-            tensors,
-            storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDS_DIR), save_distributed=True),
-        )
+        with warnings.catch_warnings():  # DCP warns when it saves in a single process
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            save(
+                tensors,
+                storage_writer=HuggingFaceStorageWriter(
+                    str(tmp / SHARDS_DIR), save_distributed=True
+                ),
+            )
         barrier()  # every rank's shard file is on disk
         if is_main:
             _write_state(tmp, {**state, "optimizer": optimizer})
