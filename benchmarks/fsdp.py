@@ -21,7 +21,12 @@ Reported per rank-0 step (median of ``--steps`` steps after ``--warmup``):
 - memory, *measured*: growth of the process's peak resident set (``ru_maxrss``) from just
   after the process group starts to the end of the timed steps, the larger of the two ranks;
   on a GPU also ``torch.cuda.max_memory_allocated``. The model is built after the baseline,
-  so the growth covers parameters, gradients, Adam state, activations and buffers.
+  so the growth covers parameters, gradients, Adam state, activations and buffers. glibc's
+  mmap threshold is fixed at 64 KiB in the workers (``MALLOC_MMAP_THRESHOLD_``, as in
+  tests/train/test_evaluation_memory.py) so that large freed blocks go back to the system
+  and the peak measures live memory, not what the allocator keeps cached;
+  ``--allocator-cache`` leaves glibc's default (the peak then depends on the allocation
+  pattern as much as on what is live).
 """
 
 from __future__ import annotations
@@ -200,14 +205,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--method", default="upgrad", help="a Gram-matrix method")
     parser.add_argument("--backend", choices=["gloo", "nccl"], default=None)
+    parser.add_argument(
+        "--allocator-cache",
+        action="store_true",
+        help="keep glibc's default mmap threshold (peak RSS then counts cached free memory)",
+    )
     args = parser.parse_args()
+    if not args.allocator_cache:  # read by glibc when each spawned worker starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     if args.backend is None:
         args.backend = "nccl" if torch.cuda.device_count() >= 2 else "gloo"
     cuda = args.backend == "nccl"
     print(
         f"{args.method}, 2 processes ({args.backend}), MLP {args.features}→{args.layers}×width, "
         f"batch {args.batch} per process, Adam; median of {args.steps} steps after "
-        f"{args.warmup}"
+        f"{args.warmup}; glibc mmap threshold "
+        f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}"
     )
     header = (
         "| width | T | shared P | strategy | wall ms | CPU ms | counted MB/step | sent MB/step "

@@ -4,7 +4,9 @@ The claims under test (docs/distributed.md, "Sharded shared encoders"): under FS
 Gramian method's update on the sharded encoder (rebuilt from the ranks' shards) equals the
 single-process update on the same global batch; loss-based methods train as one process does,
 their state identical on both ranks; a run cut after one epoch and resumed from its
-(gathered, whole-tensor) checkpoint ends bitwise where the uninterrupted run ends. The shared
+sharded checkpoint (each rank writes its shards through torch.distributed.checkpoint, as
+safetensors) ends bitwise where the uninterrupted run ends, and one process loads it whole;
+evaluation with unequal batch counts per rank ends, with one process's metrics. The shared
 layer has 15 rows, so the two shards are uneven (8 + 7); the ranks hold 9 and 7 samples.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors import safe_open
 from torch.distributed.tensor import DTensor
 
 from mtlkit.config import parse_config
@@ -30,6 +33,7 @@ from mtlkit.nn import build_model
 from mtlkit.nn.encoders import MLPEncoder
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
+from mtlkit.train.checkpoint import load_model_weights
 from mtlkit.train.distributed import Distributed, init_distributed, teardown
 from mtlkit.train.fsdp import FullyShardedDataParallel, gramian_methods, make_strategy
 from mtlkit.weighting import get
@@ -140,6 +144,20 @@ def _fit(method: Any, ctx: Distributed | None, **options: Any) -> dict[str, Any]
     }
 
 
+def _evaluate(ctx: Distributed | None, n: int) -> dict[str, Any]:
+    """Metrics and predictions of the untrained model on a validation split of ``n`` samples,
+    in batches of 4: under FSDP each rank takes its contiguous block (n = 9: 5 + 4 samples,
+    2 and 1 batches; n = 1: rank 1 has no batch at all)."""
+    val = _split(n, 2)
+    strategy = None if ctx is None else FullyShardedDataParallel(ctx.rank, ctx.world_size)
+    trainer = Trainer(
+        _model(), TASKS, _method("ew"), device="cpu", progress=False, distributed=strategy
+    )
+    data = val if ctx is None else shard_split(val, ctx.rank, ctx.world_size)
+    metrics = trainer.evaluate(TensorLoader(data, 4))
+    return {"metrics": metrics, "outputs": trainer.predict(TensorLoader(data, 4))}
+
+
 # ---------------------------------------------------------------------------- process harness
 
 
@@ -151,6 +169,7 @@ def _free_port() -> int:
 
 def _job(ctx: Distributed, out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
+        "evaluations": {n: _evaluate(ctx, n) for n in (9, 1)},
         "updates": {n: _update(_method(n), ctx) for n in gramian_methods()},
         "fits": {n: _fit(_method(n), ctx) for n in [*LOSS_METHODS, "upgrad"]},
     }
@@ -218,6 +237,13 @@ def _close(a: Any, b: Any, where: str, rtol: float = RTOL, atol: float = ATOL) -
 @pytest.mark.slow
 def test_fsdp_on_two_gloo_ranks(tmp_path: Path) -> None:
     ranks = _spawn(tmp_path)
+    # evaluation with unequal batch counts per rank (2 vs 1, 1 vs 0): no hang, and the
+    # metrics and predictions of the whole split, as one process computes them
+    for n, zero in ranks[0]["evaluations"].items():
+        _close(zero, ranks[1]["evaluations"][n], f"evaluation of {n}: rank 0 vs 1", 0.0, 0.0)
+        reference = _evaluate(None, n)
+        _close(zero, reference, f"evaluation of {n}: fsdp vs one process")
+        assert len(zero["outputs"]["reg"]) == n
     # every Gramian method: the same update as one process on the global batch
     assert len(gramian_methods()) >= 10
     for name in gramian_methods():
@@ -239,7 +265,34 @@ def test_fsdp_on_two_gloo_ranks(tmp_path: Path) -> None:
         _close(resumed, {**whole, "weights": resumed["weights"]}, "resumed", 0.0, 0.0)
         assert len(resumed["weights"]) == 4  # the second epoch only
         assert resumed["weights"] == whole["weights"][4:]
-    assert (tmp_path / "cut" / "checkpoint" / "model.safetensors").is_file()
+    # the checkpoint is sharded: each rank wrote its own rows, safetensors and JSON only
+    folder = tmp_path / "cut" / "checkpoint"
+    files = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file())
+    shards = [f for f in files if f.startswith("shards/")]
+    assert len(shards) == WORLD, files
+    assert set(files) - set(shards) == {"state.safetensors", "state.json", "manifest.json"}
+    assert all(f.endswith(".safetensors") for f in shards)
+    rows = []
+    for name in shards:
+        with safe_open(str(folder / name), framework="pt") as handle:
+            key, keys = "model.encoder.net.0.0.weight", set(handle.keys())
+            rows.append(handle.get_slice(key).get_shape()[0] if key in keys else 0)
+            assert "optimizer.0.exp_avg" in keys  # Adam's moments, sharded too
+    assert sorted(rows) == [7, 8]  # the 15-row layer: no rank wrote it whole
+    # one process resumes a sharded checkpoint: whole weights and optimiser moments
+    single = Trainer(_model(7), TASKS, _method("gradvac"), optimizer="adam", device="cpu")
+    single.resume(tmp_path / "whole")
+    whole = ranks[0]["resume"]["whole"]["params"]
+    _close(dict(single.model.state_dict()), whole, "1-process resume", 0.0, 0.0)
+    assert single.epoch == 2
+    moments = single.optimizer.state_dict()["state"]
+    assert {tuple(e["exp_avg"].shape) for e in moments.values()} >= {(15, 6), (9, 15)}
+    # one process reads the shards whole: the resumed run's final weights
+    model = _model(7)
+    load_model_weights(folder, model)
+    _close(
+        dict(model.state_dict()), ranks[0]["resume"]["resumed"]["params"], "1-process load", 0, 0
+    )
 
 
 # ---------------------------------------------------------------------------- in one process

@@ -20,19 +20,25 @@ Methods that need the Jacobian itself (not only its Gram matrix) are refused wit
 ConfigError that says to use ``ddp``; so are ``jacobian`` modes other than ``shared`` and
 ``update_every`` > 1 for gradient methods.
 
-Checkpoints hold whole (gathered) tensors: :meth:`FullyShardedDataParallel.full_state` gathers
-the model's and the optimiser's state on every rank (rank 0 writes them, in the same files
-as a single process), and loading shards them again (a ``load_state_dict`` pre-hook on the
-model, :meth:`FullyShardedDataParallel.load_optimizer_state`). So an ``fsdp`` run resumes
-bitwise, under ``fsdp`` (any world size) or ``ddp``, and its model loads in one process. The
-gathered state passes through each rank's memory once per epoch: see docs/distributed.md for
-when sharded (``torch.distributed.checkpoint``) checkpoints would be needed instead.
+Each layer of the shared encoder is its own FSDP unit (:func:`shard_model`), so a task's
+gradient is reduce-scattered layer by layer and never exists whole on a rank; the Gramian step
+keeps one T × P/R buffer of shards (:meth:`ShardedWeighting._sharded_gram`).
+
+Checkpoints are sharded (:meth:`FullyShardedDataParallel.save_checkpoint`): every rank writes
+its shards of the model and the optimiser through ``torch.distributed.checkpoint`` as
+safetensors (:func:`~mtlkit.train.checkpoint.save_sharded_checkpoint`), nothing gathered;
+they load into a sharded model (DCP reads each rank's overlap of the saved chunks), under
+``ddp``, or whole in one process. Model selection
+(``best/``) still gathers the whole weights (:meth:`FullyShardedDataParallel.full_state`).
+Evaluation runs its forward passes in lockstep over the ranks
+(:class:`~mtlkit.train.evaluation.Lockstep`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +47,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from mtlkit.errors import ConfigError
+from mtlkit.train.checkpoint import ShardedRef, resolve_sharded, save_sharded_checkpoint
 from mtlkit.train.distributed import DistributedWeighting
 from mtlkit.train.strategy import DataParallel
 from mtlkit.weighting import WEIGHTINGS
@@ -91,7 +98,7 @@ def make_strategy(context: DataParallel | None, strategy: str) -> DataParallel |
 
 
 def _shard_units(model: nn.Module, shared: set[int], shard_heads: bool) -> Iterator[nn.Module]:
-    """The modules to shard: each child whose parameters are all shared; with
+    """The subtrees to shard: each child whose parameters are all shared; with
     ``shard_heads``, also each module of the other children (a head per task)."""
     for child in model.children():
         params = [p for p in child.parameters() if p.requires_grad]
@@ -103,6 +110,22 @@ def _shard_units(model: nn.Module, shared: set[int], shard_heads: bool) -> Itera
             parts = child.values() if isinstance(child, nn.ModuleDict) else child.children()
             units = list(parts) if isinstance(child, nn.ModuleDict | nn.ModuleList) else [child]
             yield from (u for u in units if any(p.requires_grad for p in u.parameters()))
+
+
+def _layers(unit: nn.Module) -> list[nn.Module]:
+    """The FSDP units of a subtree, innermost first: every module that holds trainable
+    parameters itself (a linear layer, a norm, an embedding), then the subtree's root.
+
+    One unit per layer is what keeps a whole-size gradient from ever existing on a rank:
+    FSDP reduce-scatters a unit's gradient as soon as the backward pass leaves it, so a rank
+    holds at most one layer's whole gradient (and, with the parameters resharded after the
+    forward pass, one layer's whole weights) at a time."""
+    inner = [
+        m
+        for m in unit.modules()
+        if m is not unit and any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    return [*reversed(inner), unit]  # reversed pre-order: every module after its children
 
 
 def _load_whole_tensors(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
@@ -138,7 +161,8 @@ def shard_model(
         )
     shared = {id(p) for p in getter()}
     for unit in list(_shard_units(model, shared, shard_heads)):
-        fully_shard(unit)
+        for layer in _layers(unit):
+            fully_shard(layer)
     names = {id(p): n for n, p in model.named_parameters()}
     whole = [names[id(p)] for p in getter() if p.requires_grad and not isinstance(p, DTensor)]
     if whole:
@@ -179,6 +203,13 @@ class FullyShardedDataParallel(DataParallel):
         super().broadcast_model(model)
         self.sharded[id(model)] = shard_model(model, shard_heads=self.shard_heads)
 
+    @property
+    def lockstep(self) -> bool:
+        """Evaluation runs the same number of forward passes on every rank: each sharded
+        layer all-gathers its weights in the forward pass
+        (:class:`~mtlkit.train.evaluation.Lockstep`)."""
+        return True
+
     def sharded_parameters(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
         """``model``'s sharded shared parameters, and all its sharded parameters."""
         if id(model) not in self.sharded:
@@ -194,26 +225,53 @@ class FullyShardedDataParallel(DataParallel):
     def full_state(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The model's and the optimiser's state with whole tensors, on every rank (every
-        rank must call it: it all-gathers the shards, in the same order everywhere)."""
+        """The model's state with whole tensors (for model selection; every rank must call
+        it: it all-gathers the shards, in the same order everywhere) and the optimiser's
+        state as it is, sharded (:meth:`save_checkpoint` writes its shards)."""
         weights = {k: _whole(v).detach() for k, v in model.state_dict().items()}
-        state = optimizer.state_dict()
-        state["state"] = {
-            i: {k: _whole(v) for k, v in entry.items()} for i, entry in state["state"].items()
-        }
-        return weights, state
+        return weights, optimizer.state_dict()
+
+    def save_checkpoint(
+        self,
+        run: Any,
+        model: nn.Module,
+        weights: Mapping[str, Tensor],
+        state: Callable[[], dict[str, Any]],
+    ) -> None:
+        """A sharded checkpoint (:func:`~mtlkit.train.checkpoint.save_sharded_checkpoint`):
+        every rank writes its own shards of the model and the optimiser through
+        ``torch.distributed.checkpoint``; nothing is gathered. Every rank calls it."""
+        folder = run.folder / "checkpoint" if run.folder is not None else None
+        where = self.broadcast_object(None if folder is None else str(folder))
+        save_sharded_checkpoint(
+            None if where is None else Path(where),
+            model,
+            state(),
+            is_main=self.is_main,
+            barrier=self.barrier,
+        )
 
     def load_optimizer_state(
         self, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
     ) -> None:
-        """Load a whole-tensor optimiser state, sharded like the parameters it belongs to."""
+        """Load an optimiser state: tensors of a sharded checkpoint are read shard by shard
+        (a collective), whole tensors are sharded like the parameters they belong to."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        owner: dict[str, Tensor] = {}
+        for i, entry in state["state"].items():
+            for value in entry.values():
+                if isinstance(value, ShardedRef):
+                    owner[value.key] = params[int(i)]
+        state = resolve_sharded(state, lambda ref: torch.empty_like(owner[ref.key]))
         entries: dict[Any, Any] = {}
         for i, entry in state["state"].items():
             p = params[int(i)]
             entries[i] = {
                 k: distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
-                if isinstance(p, DTensor) and isinstance(v, Tensor) and v.shape == p.shape
+                if isinstance(p, DTensor)
+                and isinstance(v, Tensor)
+                and not isinstance(v, DTensor)
+                and v.shape == p.shape
                 else v
                 for k, v in entry.items()
             }
@@ -303,48 +361,64 @@ class ShardedWeighting(DistributedWeighting):
     def _sharded_gram(
         self, ctx: StepContext, weights_from_gram: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """One backward pass per task; Σ_r S_r S_rᵀ; α = f(G); Σ_i α_i g_i^r written."""
+        """One backward pass per task; Σ_r S_r S_rᵀ; α = f(G); Σ_i α_i g_i^r written.
+
+        Memory: each backward pass leaves this rank's shard g_i^r (FSDP reduce-scatters it
+        layer by layer, so no task's gradient is ever whole here); it is copied into row i of
+        one T × P/R buffer S_r and freed. The partial Gram matrix is summed in float64 from
+        float32 products of column blocks of S_r (no float64 copy of S_r), and the update
+        is written into one gradient shard per parameter: beyond plain FSDP, T·P/R numbers.
+        """
         shared = self.context.sharded_parameters(ctx.model)[0]
         earlier = {id(p): p.grad for p in shared}  # a regulariser's (averaged) share
         world, scale = self.context.world_size, ctx.loss_scale
         tasks = len(ctx.stacked)
-        shards: list[list[Tensor | None]] = []
+        sizes = [_local(p).numel() for p in shared]
+        offsets = [0]
+        for n in sizes:
+            offsets.append(offsets[-1] + n)
+        dtype = torch.promote_types(shared[0].dtype, torch.float32) if shared else torch.float32
+        device = _local(shared[0]).device if shared else torch.device("cpu")
+        rows = torch.zeros(tasks, offsets[-1], dtype=dtype, device=device)  # S_r
+        holders: list[Tensor | None] = [None] * len(shared)  # a gradient DTensor per parameter
         for i in range(tasks):
             for p in shared:
                 p.grad = None
             (ctx.stacked[i] * scale).backward(retain_graph=i < tasks - 1)
-            shards.append([p.grad for p in shared])
-        rows = torch.stack(
-            [
-                torch.cat(
-                    [
-                        (g.to_local() if isinstance(g, DTensor) else g).reshape(-1)
-                        if g is not None
-                        else torch.zeros(_local_numel(p), dtype=p.dtype, device=p.device)
-                        for g, p in zip(row, shared, strict=True)
-                    ]
-                )
-                for row in shards
-            ]
-        )
-        rows = rows.double() * (world / scale)  # the shards are means over the ranks
-        partial = rows @ rows.T  # this rank's share of J̄J̄ᵀ (its columns of J̄)
-        gram = self.context.all_reduce(partial.contiguous())
-        alpha = weights_from_gram(gram).detach()
-        factors = (alpha.double() * world).tolist()  # × R: the shards are means over ranks
-        for k, p in enumerate(shared):
-            update: Tensor | None = None
-            for i in range(tasks):
-                g = shards[i][k]
+            for k, p in enumerate(shared):
+                g = p.grad
                 if g is not None:
-                    update = g * factors[i] if update is None else update + g * factors[i]
+                    rows[i, offsets[k] : offsets[k + 1]].copy_(_local(g).reshape(-1))
+                    holders[k] = g  # the last one is kept to hold the update
+            for p in shared:
+                p.grad = None
+        partial = torch.zeros(tasks, tasks, dtype=torch.float64, device=device)
+        for lo in range(0, offsets[-1], _GRAM_BLOCK):
+            block = rows[:, lo : lo + _GRAM_BLOCK]
+            partial += (block @ block.T).double()
+        partial *= (world / scale) ** 2  # the shards are means over the ranks, × loss scale
+        gram = self.context.all_reduce(partial)  # this rank's columns of J̄ summed: J̄J̄ᵀ
+        alpha = weights_from_gram(gram).detach()
+        factors = (alpha.double() * world).to(dtype)  # × R: the shards are means over ranks
+        for k, p in enumerate(shared):
             old = earlier[id(p)]
+            holder = holders[k] if holders[k] is not None else old
+            if holder is None:
+                p.grad = None
+                continue
+            update = factors @ rows[:, offsets[k] : offsets[k + 1]]
             if old is not None:
-                update = old * world if update is None else update + old * world
-            p.grad = update
+                update += _local(old).reshape(-1) * world
+            _local(holder).copy_(update.view_as(_local(holder)))
+            p.grad = holder
             self._written.add(id(p))
         return alpha, gram
 
 
-def _local_numel(p: Tensor) -> int:
-    return p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+#: columns of S_r per float32 product summed into the float64 Gram matrix
+_GRAM_BLOCK = 1 << 15
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's part of ``t`` (a DTensor's local shard, or ``t``)."""
+    return t.to_local() if isinstance(t, DTensor) else t

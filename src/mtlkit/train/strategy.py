@@ -15,8 +15,8 @@ distributed; everything that differs goes through this interface (as Lightning's
 
 :class:`~mtlkit.train.fsdp.FullyShardedDataParallel` (``train.strategy: fsdp``) is a
 ``DataParallel`` that also shards the shared parameters; it overrides ``broadcast_model``
-(then shards), ``wrap``, and ``full_state`` / ``load_optimizer_state`` (whole tensors in
-checkpoints).
+(then shards), ``wrap``, ``full_state``, ``save_checkpoint`` and ``load_optimizer_state``
+(every rank writes and reads its own shards of a checkpoint).
 
 :class:`DataParallel` is the process-group handle that
 :func:`~mtlkit.train.distributed.init_distributed` returns (its former name ``Distributed``
@@ -26,7 +26,7 @@ still works); docs/distributed.md proves that its steps equal the single-process
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,11 +88,25 @@ class Strategy(ABC):
         and model selection. Every process calls it (a sharded strategy gathers here)."""
         return model.state_dict(), optimizer.state_dict()
 
+    def save_checkpoint(
+        self,
+        run: Any,
+        model: nn.Module,
+        weights: Mapping[str, Tensor],
+        state: Callable[[], dict[str, Any]],
+    ) -> None:
+        """Write the run's checkpoint: ``weights`` and ``state()`` (the main process writes
+        whole tensors; a sharded strategy has every process write its shards)."""
+        run.save_checkpoint(weights, state)
+
     def load_optimizer_state(
         self, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
     ) -> None:
-        """Load an optimiser state that :meth:`full_state` gave."""
-        optimizer.load_state_dict(state)
+        """Load an optimiser state that :meth:`full_state` gave (tensors of a sharded
+        checkpoint are read whole)."""
+        from mtlkit.train.checkpoint import resolve_sharded
+
+        optimizer.load_state_dict(resolve_sharded(state))
 
 
 class SingleProcess(Strategy):

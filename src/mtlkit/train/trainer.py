@@ -361,7 +361,9 @@ class Trainer:
         loggers = [c for c in self._listeners if c in self.run.loggers]
         for callback in loggers:
             callback.on_epoch_end(self, record)
-        self.run.save_checkpoint(weights, lambda: self.state_dict(optimizer_state))
+        self.strategy.save_checkpoint(
+            self.run, self.model, weights, lambda: self.state_dict(optimizer_state)
+        )
         for callback in self._listeners:
             if callback not in loggers:
                 callback.on_epoch_end(self, record)
