@@ -288,3 +288,21 @@ def test_an_old_affinity_file_still_loads(tmp_path) -> None:
     path.write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="'version' is 7"):
         Affinity.load(path)
+
+
+def test_heatmap_cells_carry_the_error() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtlkit.analysis.affinity import draw_heatmap
+
+    fig, ax = plt.subplots()
+    m = np.array([[0.0, 1.234], [-0.5, 0.0]])
+    se = np.array([[0.0, 0.4], [0.0123, 0.0]])
+    draw_heatmap(ax, m, ["a", "b"], "tag", se)
+    texts = {t.get_text() for t in ax.texts}
+    assert {"+1.23\n± 0.40", "-0.500\n± 0.012"} <= texts
+    plt.close(fig)
