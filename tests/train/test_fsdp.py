@@ -5,7 +5,8 @@ Gramian method's update on the sharded encoder (rebuilt from the ranks' shards) 
 single-process update on the same global batch; loss-based methods train as one process does,
 their state identical on both ranks; a run cut after one epoch and resumed from its
 sharded checkpoint (each rank writes its shards through torch.distributed.checkpoint, as
-safetensors) ends bitwise where the uninterrupted run ends, and one process loads it whole;
+safetensors) ends bitwise where the uninterrupted run ends, and one process, or a 1-rank
+FSDP job, loads it whole;
 evaluation with unequal batch counts per rank ends, with one process's metrics. The shared
 layer has 15 rows, so the two shards are uneven (8 + 7); the ranks hold 9 and 7 samples.
 """
@@ -180,28 +181,50 @@ def _job(ctx: Distributed, out: Path) -> dict[str, Any]:
     return result
 
 
-def _entry(rank: int, port: int, out: str) -> None:
+def _resume_on_one_rank(ctx: Distributed, out: Path) -> dict[str, Any]:
+    """The 2-rank run's sharded checkpoint resumed by a 1-rank FSDP job (DCP reads the
+    2 saved chunks of each tensor into 1 shard): whole weights and Adam moments."""
+    strategy = FullyShardedDataParallel(ctx.rank, ctx.world_size)
+    trainer = Trainer(
+        _model(7), TASKS, _method("gradvac"), optimizer="adam", device="cpu", distributed=strategy
+    )
+    trainer.resume(out / "whole")
+    params, _ = strategy.full_state(trainer.model, trainer.optimizer)
+    moments = {
+        i: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in entry.items()}
+        for i, entry in trainer.optimizer.state_dict()["state"].items()
+    }
+    return {"params": params, "moments": moments, "epoch": trainer.epoch}
+
+
+def _entry(rank: int, port: int, out: str, world: int = WORLD, job: str = "_job") -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
+        WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
     result: Any
     try:
         ctx = init_distributed("gloo", timeout_s=60)
-        result = _job(ctx, Path(out))
+        result = globals()[job](ctx, Path(out))
     except Exception as err:  # reported to the test, which fails with it
         result = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()}
     torch.save(result, Path(out) / f"rank{rank}.pt")
     teardown()
 
 
-def _spawn(tmp_path: Path, deadline_s: float = 240.0) -> list[Any]:
+def _spawn(
+    tmp_path: Path, deadline_s: float = 240.0, world: int = WORLD, job: str = "_job"
+) -> list[Any]:
     context = mp.start_processes(
-        _entry, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+        _entry,
+        args=(_free_port(), str(tmp_path), world, job),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
     )
     deadline = time.monotonic() + deadline_s
     while not context.join(timeout=0.5):
@@ -210,7 +233,7 @@ def _spawn(tmp_path: Path, deadline_s: float = 240.0) -> list[Any]:
                 if process.is_alive():
                     process.kill()
             pytest.fail("the fsdp job did not finish in time")
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     for rank, result in enumerate(results):
         if "error" in result:
             pytest.fail(f"rank {rank}: {result['error']}\n{result['trace']}")
@@ -287,6 +310,11 @@ def test_fsdp_on_two_gloo_ranks(tmp_path: Path) -> None:
     assert single.epoch == 2
     moments = single.optimizer.state_dict()["state"]
     assert {tuple(e["exp_avg"].shape) for e in moments.values()} >= {(15, 6), (9, 15)}
+    # a 1-rank FSDP job resumes the 2-rank checkpoint: the same weights and moments
+    (one,) = _spawn(tmp_path, 120.0, world=1, job="_resume_on_one_rank")
+    assert one["epoch"] == 2
+    _close(one["params"], whole, "1-rank fsdp resume", 0.0, 0.0)
+    _close(one["moments"], moments, "1-rank fsdp resume: Adam moments", 0.0, 0.0)
     # one process reads the shards whole: the resumed run's final weights
     model = _model(7)
     load_model_weights(folder, model)
