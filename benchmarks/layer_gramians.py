@@ -97,7 +97,10 @@ def main() -> None:
         else:
             names += [f"torchjd:{m}" for m in ["ew", *args.methods] if m in TORCHJD_AGGREGATORS]
     print(f"threads {args.threads}; load average {os.getloadavg()}")
-    header = f"{'model':5} {'T':>3} {'config':16} {'cpu ms':>8} {'cpu x':>6} {'wall ms':>8} {'wall x':>6}"
+    header = (
+        f"{'model':5} {'T':>3} {'config':16} {'cpu ms':>8} {'cpu x':>6} "
+        f"{'wall ms':>8} {'wall x':>6}"
+    )
     print(header + ("  peak MiB" if args.memory else ""))
     for kind in args.models:
         for t in args.tasks:

@@ -380,3 +380,16 @@ def test_lean_steps_of_a_method_equal_the_kept_ones(
         release_hooks(model)
     for a, b in zip(grads[0], grads[2**62], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "case", ["conv2d", "conv2d-stride-dilation-padding", "conv1d", "batchnorm2d-train"]
+)
+@pytest.mark.parametrize("unfold_patch", [0, 10**9], ids=["folded", "unfolded"])
+def test_both_convolution_task_gradient_forms(
+    case: str, unfold_patch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-task convolution weight gradients from one folded convolution_backward or from
+    the unfolded patches: the same G and update."""
+    monkeypatch.setattr(layers_mod, "UNFOLD_PATCH", unfold_patch)
+    test_layer_gramian_and_update_equal_the_explicit_jacobian(case, True, "kernel", monkeypatch)

@@ -28,6 +28,7 @@ task rows at once, folds the task dimension into the batch dimension: one convol
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,11 @@ from torch import Tensor, nn
 CONVS = (nn.Conv1d, nn.Conv2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
+#: an ungrouped convolution whose patches (input channels × kernel size) are at most this long
+#: takes its per-task weight gradients from the unfolded input (cheap to unfold: a first
+#: layer on a few channels); longer patches go through one folded convolution_backward
+UNFOLD_PATCH = 64
+
 #: modules whose parameters' per-task gradients come from their routed output's batched
 #: backward (folded over tasks) rather than from recorded output gradients
 FOLDED = (*CONVS, *BATCH_NORMS)
@@ -208,7 +214,8 @@ def conv_task_grads(
     t, b, c_out = deltas.shape[:3]
     spatial = deltas.shape[3:]
     g = spec["groups"]
-    if g == 1 and len(spatial) in (1, 2):
+    patch = math.prod(weight_shape[1:])
+    if g == 1 and len(spatial) in (1, 2) and patch <= UNFOLD_PATCH:
         return _unfolded_task_grads(x, deltas, weight_shape, spec, bias)
     folded = (
         deltas.reshape(t, b, g, c_out // g, *spatial)
