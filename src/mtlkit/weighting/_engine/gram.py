@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.weighting._engine.backward import per_task_gradients, task_jacobian
-from mtlkit.weighting._engine.hooks import recorder_for
+from mtlkit.weighting._engine.hooks import compiled, recorder_for
 
 #: column block of :func:`row_gram`'s batched product on CPU
 ROW_GRAM_BLOCK = 1024
@@ -199,7 +199,7 @@ def gramian(
         )
         return Gramian(row_gram(jac), shared, jacobian=jac)
 
-    if model is None:
+    if model is None or compiled(model):
         return explicit()
     rec, existed = recorder_for(model, shared)
     calls, overflow = dict(rec.calls), rec.overflow
@@ -216,6 +216,8 @@ def gramian(
         covered.update(id(p) for p in m.parameters(recurse=False))
         entries.extend((m, x, y) for x, y, _, _ in records)
     rest = [p for p in shared if id(p) not in covered]
+    if not entries and not rest:  # no layer was recorded (hooks bypassed): recompute exactly
+        return explicit()
     grads = per_task_gradients(
         losses, [y for _, _, y in entries] + rest, representation, head_rows, chunk_size
     )
