@@ -46,7 +46,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Self
 
@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.train.strategy import DataParallel, Distributed, GlobalLosses
 from mtlkit.weighting.base import StepContext, StepRecord, Weighting
+from mtlkit.weighting.gradient import GradientWeighting, split_parameters
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -263,6 +264,56 @@ def current() -> Distributed | None:
 
 # ---------------------------------------------------------------------------- the wrapper
 
+#: the largest piece of the Jacobian one asynchronous all-reduce carries (DDP's default bucket)
+BUCKET_BYTES = 25 * 2**20
+
+
+def _plain_gradient_method(method: Weighting) -> bool:
+    """Whether ``method`` runs :class:`GradientWeighting`'s own step (whose task-specific
+    parameters get ∇ Σ_i L_i, so that the wrapper may compute it) in mode shared or
+    last_shared."""
+    return (
+        isinstance(method, GradientWeighting)
+        and type(method).step is GradientWeighting.step
+        and method.jacobian_mode in ("shared", "last_shared")
+    )
+
+
+@dataclass
+class _PendingSum:
+    """An asynchronous sum all-reduce of parameters' gradients in one flat buffer, with the
+    same rule as :meth:`DataParallel.sync_gradients`: a gradient that is None on every rank
+    stays None."""
+
+    params: Sequence[Tensor]
+    flat: Tensor
+    work: Any
+
+    @classmethod
+    def start(cls, params: Sequence[Tensor]) -> _PendingSum:
+        dtype = params[0].dtype
+        for p in params[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        parts = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+            for p in params
+        ]
+        flags = torch.tensor(
+            [float(p.grad is not None) for p in params], dtype=dtype, device=params[0].device
+        )
+        flat = torch.cat([*parts, flags])
+        return cls(params, flat, dist.all_reduce(flat, async_op=True))
+
+    def finish(self) -> None:
+        self.work.wait()
+        sizes = [p.numel() for p in self.params]
+        flags = self.flat[sum(sizes) :]
+        offset = 0
+        for i, (p, n) in enumerate(zip(self.params, sizes, strict=True)):
+            if flags[i] > 0:
+                p.grad = self.flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
+
 
 class DistributedWeighting(Weighting):
     """A weighting method that sees the global per-task gradients on every rank.
@@ -277,10 +328,17 @@ class DistributedWeighting(Weighting):
     process too.
     """
 
-    def __init__(self, method: Weighting, context: Distributed) -> None:
+    def __init__(self, method: Weighting, context: Distributed, *, overlap: bool = True) -> None:
         super().__init__()
         self.method = method
         self.context = context
+        #: overlap the reductions with the computation that follows them (see :meth:`step`)
+        self.overlap = overlap
+        self._own: list[Tensor] = []  # task-specific parameters this wrapper reduces itself
+        self._own_pending: _PendingSum | None = None
+        self._own_ctx: StepContext | None = None
+        #: steps whose task-specific gradients were reduced while other work ran
+        self.overlapped_steps = 0
         if method.jacobian_mode == "representation":
             raise ConfigError(
                 f"{method}: option 'jacobian' 'representation' cannot be used in distributed "
@@ -291,8 +349,25 @@ class DistributedWeighting(Weighting):
         self.stateful = method.stateful  # type: ignore[misc]
 
     def _reduce_jacobian(self, jacobian: Tensor) -> Tensor:
-        """The hook of the step context: this rank's Jacobian share → the global Jacobian."""
-        jacobian = self.context.all_reduce(jacobian.contiguous())
+        """The hook of the step context: this rank's Jacobian share → the global Jacobian.
+
+        Overlapped: the all-reduce of J is started asynchronously, in buckets of at most
+        ``BUCKET_BYTES``; while it runs, this rank back-propagates Σ_i L_i into the
+        task-specific parameters (the method's own backward of them is skipped, see
+        :meth:`step`) and starts their all-reduce, which completes during the method's solve."""
+        if self._own_ctx is None:
+            jacobian = self.context.all_reduce(jacobian.contiguous())
+        else:
+            jacobian = jacobian.contiguous()
+            flat = jacobian.view(-1)
+            step = max(1, BUCKET_BYTES // flat.element_size())
+            handles = [
+                dist.all_reduce(flat[i : i + step], async_op=True)
+                for i in range(0, flat.numel(), step)
+            ]
+            self._own_backward()
+            for handle in handles:
+                handle.wait()
         if self.method.jacobian_mode == "shared":
             self._global_update = True  # the method writes the global update itself
         return jacobian
@@ -336,6 +411,13 @@ class DistributedWeighting(Weighting):
         record = super().backward(
             losses, model, representation=representation, loss_scale=loss_scale
         )
+        if self._own_ctx is not None:  # overlap chosen, but the method took no Jacobian
+            self._own_backward()
+        if self._own_pending is not None:
+            self._own_pending.finish()
+            done = {id(p) for p in self._own}
+            params = [p for p in params if id(p) not in done]
+        self._own, self._own_pending = [], None
         if self._global_update:
             update = {id(p): p.grad for p in shared}
             for p in shared:
@@ -369,8 +451,35 @@ class DistributedWeighting(Weighting):
         self.context.sync_gradients(own, op="mean")
 
     def step(self, ctx: StepContext, /) -> StepRecord:
-        """The wrapped method's step, in a context that reduces its Jacobian across ranks."""
+        """The wrapped method's step, in a context that reduces its Jacobian across ranks.
+
+        With ``overlap`` and a plain gradient method (no composition, no step of its own), the
+        task-specific parameters are taken out of the method's hands: their gradient, the
+        gradient of Σ_i L_i at the loss scale whatever the method (gradient.py), is computed
+        here, while the Jacobian's all-reduce runs (:meth:`_reduce_jacobian`), or before the
+        method's step when it may reuse cached weights and take no Jacobian (``update_every``
+        > 1: then their all-reduce runs during the method's backward). Same values, same
+        sums: the update is the one without overlap (tested)."""
+        self._own, self._own_pending, self._own_ctx = [], None, None
+        if self.overlap and _plain_gradient_method(self.method):
+            _, own = split_parameters(ctx, self.method)
+            if own:
+                self._own = own
+                self._own_ctx = ctx
+                ctx = replace(ctx, task_params=())
+                if getattr(self.method, "update_every", 1) > 1:
+                    self._own_backward()
         return self.method.step(replace(ctx, reduce_jacobian=self._reduce_jacobian))
+
+    def _own_backward(self) -> None:
+        """Σ_i L_i back-propagated into the task-specific parameters, and their all-reduce
+        started (once per step)."""
+        ctx, self._own_ctx = self._own_ctx, None
+        if ctx is None:
+            return
+        (ctx.stacked.sum() * ctx.loss_scale).backward(inputs=self._own, retain_graph=True)
+        self._own_pending = _PendingSum.start(self._own)
+        self.overlapped_steps += 1
 
     # ------------------------------------------------------------------ delegation
 
