@@ -1,6 +1,6 @@
 """Every gradient method on a ``torch.compile``d model gives the update of the same model run
-eagerly, in modes 'shared' (``torch.compile(model)``) and 'representation' (the encoder compiled
-in place, ``encoder.compile()``), for two steps each (the eager model's second step takes the
+eagerly, in modes 'shared' (``torch.compile(model)``) and 'representation' (the encoder replaced by
+``torch.compile(encoder)``), for two steps each (the eager model's second step takes the
 layer-wise Gramian path; a compiled model is never hooked: its Gramian comes from the explicit
 Jacobian, docs/weighting.md).
 
@@ -76,11 +76,28 @@ def _compare(
     model = copy.deepcopy(eager)
     run = compile_(model)
     method, twin = _make(name, mode), _make(name, mode)
+    outs = run.forward_with_representation(x)[1] if mode == "representation" else run(x)
+    graph = outs if isinstance(outs, Tensor) else next(iter(outs.values()))
+    assert "Compiled" in type(_first_compiled(graph)).__name__  # compiled code ran
     for _ in range(steps):
         want = _step(twin, eager, eager, x, mode)
         got = _step(method, run, model, x, mode)
         assert bool(torch.isfinite(got).all())
         assert float((got - want).norm()) <= TOLERANCE * float(want.norm()), name
+
+
+def _first_compiled(out: Tensor) -> object:
+    """The first autograd node of a compiled graph below ``out`` (else its own node)."""
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if "Compiled" in type(node).__name__:
+            return node
+        stack.extend(fn for fn, _ in node.next_functions)
+    return out.grad_fn
 
 
 def _compile_whole(backend: str) -> Callable[[TinyHPS], nn.Module]:
@@ -93,7 +110,7 @@ def _compile_whole(backend: str) -> Callable[[TinyHPS], nn.Module]:
 
 
 def _compile_encoder(model: TinyHPS) -> nn.Module:
-    model.encoder.compile(backend="aot_eager")
+    model.encoder = torch.compile(model.encoder, backend="aot_eager")  # type: ignore[assignment]
     assert compiled(model)
     return model
 

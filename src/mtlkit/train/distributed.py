@@ -279,6 +279,21 @@ def _plain_gradient_method(method: Weighting) -> bool:
     )
 
 
+def _with_gradients(params: Sequence[Tensor], shared: Sequence[Tensor]) -> list[Tensor]:
+    """``params`` less the ``shared`` ones that have no gradient on any rank (one all-reduce of
+    a flag per shared parameter): after a method wrote the global update itself, the shared
+    parameters hold only local terms written before it (a regulariser's), usually none, and
+    all-reducing their P zeros would double the step's traffic."""
+    if not shared:
+        return list(params)
+    flags = torch.tensor(
+        [float(p.grad is not None) for p in shared], dtype=torch.float32, device=shared[0].device
+    )
+    dist.all_reduce(flags)
+    empty = {id(p) for p, f in zip(shared, flags.tolist(), strict=True) if f == 0}
+    return [p for p in params if id(p) not in empty]
+
+
 @dataclass
 class _PendingSum:
     """An asynchronous sum all-reduce of parameters' gradients in one flat buffer, with the
@@ -422,7 +437,7 @@ class DistributedWeighting(Weighting):
             update = {id(p): p.grad for p in shared}
             for p in shared:
                 p.grad = before[id(p)]
-            self.context.sync_gradients(params)
+            self.context.sync_gradients(_with_gradients(params, shared))
             for p in shared:
                 g = update[id(p)]
                 if g is not None:
