@@ -96,6 +96,8 @@ def _cell(args: argparse.Namespace, kind: str, tasks: int) -> list[dict[str, Any
                 "compiled_over_eager_cpu": med_cpu[c] / med_cpu[e],
                 "eager_over_ew": med[e] / med[("ew", "shared", "eager")],
                 "compiled_over_compiled_ew": med[c] / med[("ew", "shared", "compiled")],
+                "eager_over_ew_cpu": med_cpu[e] / med_cpu[("ew", "shared", "eager")],
+                "compiled_over_compiled_ew_cpu": med_cpu[c] / med_cpu[("ew", "shared", "compiled")],
                 "first_compiled_step_s": first[c],
             }
         )
@@ -139,7 +141,7 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in header.items()))
     print(
         "model  T  method  mode            eager ms (cpu)    compiled ms (cpu)   "
-        "compiled/eager (cpu)  eager/EW  compiled/EW  first compiled step s"
+        "compiled/eager (cpu)  eager/EW (cpu)  compiled/EW (cpu)  first compiled step s"
     )
     for r in rows:
         print(
@@ -147,7 +149,8 @@ def main() -> None:
             f"{r['eager_ms']:7.2f} ({r['eager_cpu_ms']:7.2f})  "
             f"{r['compiled_ms']:7.2f} ({r['compiled_cpu_ms']:7.2f})   "
             f"{r['compiled_over_eager']:5.2f} ({r['compiled_over_eager_cpu']:5.2f})      "
-            f"{r['eager_over_ew']:5.2f}     {r['compiled_over_compiled_ew']:5.2f}        "
+            f"{r['eager_over_ew']:5.2f} ({r['eager_over_ew_cpu']:5.2f})  "
+            f"{r['compiled_over_compiled_ew']:5.2f} ({r['compiled_over_compiled_ew_cpu']:5.2f})  "
             f"{r['first_compiled_step_s']:6.1f}"
         )
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch._functorch.config
 from torch import Tensor, nn
 
 from mtlkit.weighting import WEIGHTINGS
@@ -27,7 +28,7 @@ from mtlkit.weighting._engine.hooks import compiled
 from mtlkit.weighting.base import Weighting
 from mtlkit.weighting.gradient import GradientWeighting
 from tests.weighting._methods import BUILD_ARGS, METHODS
-from tests.weighting._models import TinyHPS, mlp_model
+from tests.weighting._models import TinyHPS, cnn_model, mlp_model
 
 GRADIENT = [n for n in METHODS if issubclass(WEIGHTINGS.lookup(n), GradientWeighting)]
 TOLERANCE = 1e-4
@@ -69,9 +70,13 @@ def _step(method: Weighting, run: nn.Module, model: TinyHPS, x: Tensor, mode: st
 
 
 def _compare(
-    name: str, mode: str, compile_: Callable[[TinyHPS], nn.Module], steps: int = 2
+    name: str,
+    mode: str,
+    compile_: Callable[[TinyHPS], nn.Module],
+    steps: int = 2,
+    build: Callable[..., tuple[TinyHPS, Tensor]] = mlp_model,
 ) -> None:
-    eager, x = mlp_model(seed=3)
+    eager, x = build(seed=3)
     eager, x = eager.float(), x.float()
     model = copy.deepcopy(eager)
     run = compile_(model)
@@ -109,10 +114,16 @@ def _compile_whole(backend: str) -> Callable[[TinyHPS], nn.Module]:
     return build
 
 
-def _compile_encoder(model: TinyHPS) -> nn.Module:
-    model.encoder = torch.compile(model.encoder, backend="aot_eager")  # type: ignore[assignment]
-    assert compiled(model)
-    return model
+def _compile_encoder_with(backend: str) -> Callable[[TinyHPS], nn.Module]:
+    def build(model: TinyHPS) -> nn.Module:
+        model.encoder = torch.compile(model.encoder, backend=backend)  # type: ignore[assignment]
+        assert compiled(model)
+        return model
+
+    return build
+
+
+_compile_encoder = _compile_encoder_with("aot_eager")
 
 
 @pytest.mark.parametrize("name", GRADIENT)
@@ -128,9 +139,14 @@ def test_compiled_encoder_representation_mode_equals_eager(name: str) -> None:
 @pytest.mark.slow
 def test_inductor_compiled_model_equals_eager() -> None:
     """Generated code: the vectorised backward cannot batch inductor's compiled backward, and
-    the engine takes it one task at a time (the same Jacobian)."""
+    the engine takes it one task at a time (the same Jacobian). The CNN's batch norm makes
+    inductor donate buffers to the backward, which then refuses the second pass every gradient
+    method takes: compiled with donated buffers off (docs/weighting.md)."""
     _compare("upgrad", "shared", _compile_whole("inductor"))
     _compare("pcgrad", "shared", _compile_whole("inductor"), steps=1)
+    with torch._functorch.config.patch(donated_buffer=False):
+        _compare("mgda", "shared", _compile_whole("inductor"), build=cnn_model)
+        _compare("upgrad", "representation", _compile_encoder_with("inductor"), build=cnn_model)
 
 
 def test_uncompiled_models_are_hooked() -> None:
