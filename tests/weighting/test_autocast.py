@@ -71,7 +71,7 @@ def _make_mode(name: str, jacobian: str) -> Weighting:
 
 MODES = [
     (name, mode)
-    for name in GRADIENT
+    for name in [*GRADIENT, "compose"]  # compose: UW's weights, then a gradient aggregator
     for mode in ("shared", "last_shared", "representation")
     if mode == "shared" or name == "compose" or _takes_jacobian(name)
 ]

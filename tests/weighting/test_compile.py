@@ -30,7 +30,11 @@ from mtlkit.weighting.gradient import GradientWeighting
 from tests.weighting._methods import BUILD_ARGS, METHODS
 from tests.weighting._models import TinyHPS, cnn_model, mlp_model
 
-GRADIENT = [n for n in METHODS if issubclass(WEIGHTINGS.lookup(n), GradientWeighting)]
+#: every gradient method, and compose (UW's weights, then a gradient aggregator)
+GRADIENT = [
+    *(n for n in METHODS if issubclass(WEIGHTINGS.lookup(n), GradientWeighting)),
+    "compose",
+]
 TOLERANCE = 1e-4
 
 
