@@ -16,7 +16,8 @@ Reported:
   in turn (load moves them together): wall and CPU time, and the bytes this rank sends into
   all-reduces (DDP's buckets counted by a comm hook, mtlkit's by wrapping
   ``torch.distributed.all_reduce``), for EW under mtlkit and the gradient method with its
-  reductions overlapped (docs/distributed.md, "Overlap") and blocking.
+  reductions overlapped (docs/distributed.md, "Overlap": J in one piece at these sizes),
+  overlapped with J in 2 row chunks (a bucket of half of J), and blocking.
 """
 
 from __future__ import annotations
@@ -114,6 +115,13 @@ class _Bytes:
         return hook
 
 
+def _half_jacobian(args: argparse.Namespace) -> int:
+    """A bucket of half the Jacobian's bytes: J in 2 row chunks (docs/distributed.md)."""
+    model, _, _ = _setup(args)
+    shared = sum(p.numel() for p in model.shared_parameters())
+    return max(1, args.tasks * shared * 4 // 2)
+
+
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, folder: str) -> None:
     """Every configuration, one step each in turn (load moves them together): EW under
     torch's DDP, EW under mtlkit, the gradient method with overlapped and with blocking
@@ -129,6 +137,10 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, folder: 
         ("ddp ew", None),
         ("mtlkit ew", DistributedWeighting(get("ew"), ctx)),
         (f"{args.method} overlapped", DistributedWeighting(get(args.method), ctx, overlap=True)),
+        (
+            f"{args.method} chunked",
+            DistributedWeighting(get(args.method), ctx, bucket_bytes=_half_jacobian(args)),
+        ),
         (f"{args.method} blocking", DistributedWeighting(get(args.method), ctx, overlap=False)),
     ):
         model, tasks, split = _setup(args)
@@ -226,7 +238,8 @@ def main() -> None:
     )
     base = two["ddp ew"]
     print("per step (rank 0)         wall ms   cpu ms   wall/DDP  cpu/DDP  KiB sent  bytes/DDP")
-    for name in ("ddp ew", "mtlkit ew", f"{args.method} overlapped", f"{args.method} blocking"):
+    names = ("overlapped", "chunked", "blocking")
+    for name in ("ddp ew", "mtlkit ew", *(f"{args.method} {n}" for n in names)):
         r = two[name]
         wall, cpu, sent = r["wall"], r["cpu"], r["bytes"]
         print(

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.train.strategy import DataParallel, Distributed, GlobalLosses
 from mtlkit.weighting.base import StepContext, StepRecord, Weighting
-from mtlkit.weighting.gradient import GradientWeighting, split_parameters
+from mtlkit.weighting.gradient import GradientWeighting, split_parameters, task_jacobian
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -264,8 +264,10 @@ def current() -> Distributed | None:
 
 # ---------------------------------------------------------------------------- the wrapper
 
-#: the largest piece of the Jacobian one asynchronous all-reduce carries (DDP's default bucket)
+#: the Jacobian bytes per asynchronous all-reduce (DDP's default bucket size)
 BUCKET_BYTES = 25 * 2**20
+#: the most chunks of rows the Jacobian is taken in (each traverses the graph once more)
+MAX_CHUNKS = 4
 
 
 def _plain_gradient_method(method: Weighting) -> bool:
@@ -343,12 +345,24 @@ class DistributedWeighting(Weighting):
     process too.
     """
 
-    def __init__(self, method: Weighting, context: Distributed, *, overlap: bool = True) -> None:
+    def __init__(
+        self,
+        method: Weighting,
+        context: Distributed,
+        *,
+        overlap: bool = True,
+        bucket_bytes: int | None = None,
+    ) -> None:
         super().__init__()
         self.method = method
         self.context = context
-        #: overlap the reductions with the computation that follows them (see :meth:`step`)
+        #: overlap the reductions with the backward passes (see :meth:`step`)
         self.overlap = overlap
+        if bucket_bytes is not None and bucket_bytes < 1:
+            raise ConfigError(f"distributed: option 'bucket_bytes' must be ≥ 1, got {bucket_bytes}")
+        #: Jacobian bytes per row chunk; None: BUCKET_BYTES with NCCL, one chunk otherwise
+        self.bucket_bytes = bucket_bytes
+        self.chunks_last_step = 0  # row chunks of the last overlapped Jacobian
         self._own: list[Tensor] = []  # task-specific parameters this wrapper reduces itself
         self._own_pending: _PendingSum | None = None
         self._own_ctx: StepContext | None = None
@@ -364,28 +378,58 @@ class DistributedWeighting(Weighting):
         self.stateful = method.stateful  # type: ignore[misc]
 
     def _reduce_jacobian(self, jacobian: Tensor) -> Tensor:
-        """The hook of the step context: this rank's Jacobian share → the global Jacobian.
-
-        Overlapped: the all-reduce of J is started asynchronously, in buckets of at most
-        ``BUCKET_BYTES``; while it runs, this rank back-propagates Σ_i L_i into the
-        task-specific parameters (the method's own backward of them is skipped, see
-        :meth:`step`) and starts their all-reduce, which completes during the method's solve."""
-        if self._own_ctx is None:
-            jacobian = self.context.all_reduce(jacobian.contiguous())
-        else:
-            jacobian = jacobian.contiguous()
-            flat = jacobian.view(-1)
-            step = max(1, BUCKET_BYTES // flat.element_size())
-            handles = [
-                dist.all_reduce(flat[i : i + step], async_op=True)
-                for i in range(0, flat.numel(), step)
-            ]
-            self._own_backward()
-            for handle in handles:
-                handle.wait()
+        """The hook of the step context without overlap: this rank's Jacobian share → the
+        global Jacobian, one blocking all-reduce."""
+        jacobian = self.context.all_reduce(jacobian.contiguous())
         if self.method.jacobian_mode == "shared":
             self._global_update = True  # the method writes the global update itself
         return jacobian
+
+    def _global_jacobian(
+        self,
+        losses: Tensor,
+        inputs: Sequence[Tensor],
+        representation: Tensor | None,
+        head_rows: Tensor | None,
+    ) -> Tensor:
+        """The global Jacobian, with its all-reduce overlapped (``StepContext.global_jacobian``).
+
+        The T rows are taken in chunks, each by one vectorised backward pass, and each chunk's
+        all-reduce starts as soon as its rows exist, so it runs during the next chunk's
+        backward pass; the chunks are as many as J has buckets of ``bucket_bytes`` (DDP's
+        25 MiB), at most ``MAX_CHUNKS`` (each chunk traverses the graph once more, with fewer
+        rows). By default only with NCCL: gloo's all-reduce runs on the same CPU cores as the
+        backward pass, so there it would cost the extra traversals and hide nothing
+        (docs/distributed.md, "Benchmark"). After the last chunk, while the all-reduces
+        finish, this rank back-propagates Σ_i L_i into the task-specific parameters (when
+        :meth:`step` took them over) and starts their all-reduce, which completes during the
+        method's solve. The rows of J are independent, so the chunks give J's rows exactly
+        (row i is ∇L_i either way)."""
+        t = losses.shape[0]
+        bucket = self.bucket_bytes
+        if bucket is None:  # gloo reduces on the CPU cores the backward pass runs on
+            bucket = BUCKET_BYTES if dist.get_backend() == "nccl" else 2**62
+        row_bytes = sum(x.numel() for x in inputs) * 4
+        chunks = min(t, MAX_CHUNKS, max(1, -(-t * row_bytes // bucket)))
+        size = -(-t // chunks)
+        pieces: list[Tensor] = []
+        works = []
+        for i in range(0, t, size):
+            piece = task_jacobian(
+                losses[i : i + size],
+                inputs,
+                representation=representation,
+                head_rows=None if head_rows is None else head_rows[i : i + size],
+            ).contiguous()
+            works.append(dist.all_reduce(piece, async_op=True))
+            pieces.append(piece)
+        self._own_backward()
+        for work in works:
+            work.wait()
+        if self.method.jacobian_mode == "shared":
+            self._global_update = True  # the method writes the global update itself
+        self.chunks_last_step = len(pieces)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     @property
     def needs_representation(self) -> bool:
@@ -471,7 +515,7 @@ class DistributedWeighting(Weighting):
         With ``overlap`` and a plain gradient method (no composition, no step of its own), the
         task-specific parameters are taken out of the method's hands: their gradient, the
         gradient of Σ_i L_i at the loss scale whatever the method (gradient.py), is computed
-        here, while the Jacobian's all-reduce runs (:meth:`_reduce_jacobian`), or before the
+        here, while the Jacobian's all-reduce runs (:meth:`_global_jacobian`), or before the
         method's step when it may reuse cached weights and take no Jacobian (``update_every``
         > 1: then their all-reduce runs during the method's backward). Same values, same
         sums: the update is the one without overlap (tested)."""
@@ -484,6 +528,8 @@ class DistributedWeighting(Weighting):
                 ctx = replace(ctx, task_params=())
                 if getattr(self.method, "update_every", 1) > 1:
                     self._own_backward()
+        if self.overlap:
+            ctx = replace(ctx, global_jacobian=self._global_jacobian)
         return self.method.step(replace(ctx, reduce_jacobian=self._reduce_jacobian))
 
     def _own_backward(self) -> None:

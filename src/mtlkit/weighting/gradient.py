@@ -195,6 +195,19 @@ def _unscaled(jacobian: Tensor, scale: float) -> Tensor:
     return jacobian if scale == 1.0 else jacobian / scale
 
 
+def _step_jacobian(ctx: StepContext, inputs: Sequence[Tensor], rows: Tensor | None) -> Tensor:
+    """The Jacobian of the step's losses over ``inputs`` (unscaled, float32 at least), global
+    in data-parallel training: taken by ``ctx.global_jacobian`` when set (which overlaps the
+    reduction with the backward pass), else taken here and passed to ``ctx.reduce_jacobian``."""
+    scale = ctx.loss_scale
+    losses = _scaled(ctx.stacked, scale)
+    if ctx.global_jacobian is not None:
+        return _unscaled(ctx.global_jacobian(losses, inputs, ctx.representation, rows), scale)
+    jac = task_jacobian(losses, inputs, representation=ctx.representation, head_rows=rows)
+    jac = _unscaled(jac, scale)
+    return jac if ctx.reduce_jacobian is None else ctx.reduce_jacobian(jac)
+
+
 class GradientWeighting(Weighting):
     """Base of gradient-based methods (see the module docstring)."""
 
@@ -307,17 +320,7 @@ class GradientWeighting(Weighting):
         """Mode 'shared' for a method that needs J: the update is written directly."""
         stacked, loss_scale = ctx.stacked, ctx.loss_scale
         rows, own = self._head_rows(ctx, own)
-        jac = _unscaled(
-            task_jacobian(
-                _scaled(stacked, loss_scale),
-                shared,
-                representation=ctx.representation,
-                head_rows=rows,
-            ),
-            loss_scale,
-        )
-        if ctx.reduce_jacobian is not None:
-            jac = ctx.reduce_jacobian(jac)
+        jac = _step_jacobian(ctx, shared, rows)
         update = self.aggregate(jac)
         gram = row_gram(jac)
         weights = self.last_weights()
@@ -351,17 +354,7 @@ class GradientWeighting(Weighting):
                     f"{self}: jacobian 'last_shared' found no shared layer in "
                     f"{type(root).__name__}; define last_shared_parameters() on the model"
                 )
-            jac = _unscaled(
-                task_jacobian(
-                    _scaled(stacked, loss_scale),
-                    last,
-                    representation=representation,
-                    head_rows=rows,
-                ),
-                loss_scale,
-            )
-            if ctx.reduce_jacobian is not None:
-                jac = ctx.reduce_jacobian(jac)
+            jac = _step_jacobian(ctx, last, rows)
         update, gram = self._aggregate_with_gram(jac)
         weights = self.last_weights()
         if weights is None or not self.gives_weights:
@@ -441,7 +434,8 @@ class GramianWeighting(GradientWeighting):
     def _shared_step(
         self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        if ctx.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
+        if ctx.reduce_jacobian is not None or ctx.global_jacobian is not None:
+            # distributed: G of the global J needs J itself
             return super()._shared_step(ctx, own, shared)
         if ctx.sharded_gram is not None:  # sharded (FSDP): Σ_r of the shards' partial Grams
             alpha, gram = ctx.sharded_gram(ctx, self.weights_from_gram)
