@@ -13,11 +13,13 @@ import os
 import socket
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mtlkit.data import TensorLoader, TensorSplit
@@ -201,14 +203,51 @@ def _resume(method: Any, ctx: Distributed, run_dir: Path) -> dict[str, Any]:
     }
 
 
+#: gradient methods and modes whose reductions the wrapper overlaps (update_every: the
+#: task-specific reduction runs during the method's backward instead)
+OVERLAP_METHODS: list[tuple[str, dict[str, Any]]] = [
+    ("upgrad", {}),
+    ("pcgrad", {"seed": 3}),
+    ("nash_mtl", {}),
+    ("mgda", {"jacobian": "last_shared"}),
+    ("upgrad", {"update_every": 2}),
+]
+
+
+#: overlap variants: off; on with J in one piece; on with J in row chunks (a 1-byte bucket)
+OVERLAPS: dict[str, dict[str, Any]] = {
+    "blocking": {"overlap": False},
+    "overlapped": {"overlap": True},
+    "chunked": {"overlap": True, "bucket_bytes": 1},
+}
+
+
+def _job_overlap(ctx: Distributed, out: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, params in OVERLAP_METHODS:
+        runs = {}
+        for variant, options in OVERLAPS.items():
+            wrapper = DistributedWeighting(_method(name, params), ctx, **options)
+            runs[variant] = _run(wrapper, ctx, seed=0)
+            runs[variant]["overlapped_steps"] = wrapper.overlapped_steps
+            runs[variant]["chunks"] = wrapper.chunks_last_step
+        result[f"{name}{params}"] = runs
+    return result
+
+
 def _job_timeout(ctx: Distributed, out: Path) -> dict[str, Any]:
-    """Rank 1 never joins rank 0's all-reduce: rank 0 must raise after the group's timeout."""
+    """Rank 1 never joins rank 0's all-reduce: rank 0 must raise after the group's timeout.
+
+    The check has its own process group with a short timeout (TIMEOUT_S); the job's group,
+    which every other collective uses, has a generous one (GROUP_TIMEOUT_S), so that a rank
+    slowed down by a loaded machine never fails them."""
+    quick = dist.new_group(timeout=timedelta(seconds=TIMEOUT_S))
     if ctx.rank == 1:
         time.sleep(SLEEP_S)
         return {"rank": 1}
     started = time.monotonic()
     try:
-        ctx.all_reduce(torch.ones(3))
+        dist.all_reduce(torch.ones(3), group=quick)
     except Exception as err:
         return {"raised": type(err).__name__, "after": time.monotonic() - started}
     return {"raised": None, "after": time.monotonic() - started}
@@ -293,12 +332,16 @@ def _job_all(ctx: Distributed, out: Path) -> dict[str, Any]:
         "methods": _job_methods(ctx, out),
         "resume": _job_resume(ctx, out),
         "multi_input": _job_multi_input(ctx, out),
+        "overlap": _job_overlap(ctx, out),
         "timeout": _job_timeout(ctx, out),
     }
 
 
 JOBS = {"all": _job_all}
+#: the missing-rank check's group timeout, and how long the missing rank stays away
 TIMEOUT_S, SLEEP_S = 5.0, 12.0
+#: every other collective's timeout (the job's group): far above a step on a loaded machine
+GROUP_TIMEOUT_S = 120.0
 #: a guard against a hang, far above the job's time on a loaded 2-core machine (~30 s)
 DEADLINE_S = 240.0
 
@@ -328,10 +371,11 @@ def _identical(a: Any, b: Any, where: str) -> None:
 @pytest.mark.slow
 def test_two_gloo_ranks(tmp_path: Path) -> None:
     """Two processes, one process group, four claims (each checked by a function below)."""
-    ranks = spawn("all", tmp_path, timeout_s=TIMEOUT_S)
+    ranks = spawn("all", tmp_path, timeout_s=GROUP_TIMEOUT_S)
     two_ranks_equal_one_process_with_twice_the_batch([r["methods"] for r in ranks])
     resume_of_a_two_rank_run_continues_exactly([r["resume"] for r in ranks], tmp_path)
     multi_input_runs_agree_across_ranks_and_with_one_process([r["multi_input"] for r in ranks])
+    the_overlapped_reductions_give_the_plain_update([r["overlap"] for r in ranks])
     a_missing_rank_makes_collectives_fail_instead_of_hanging([r["timeout"] for r in ranks])
 
 
@@ -386,6 +430,26 @@ def multi_input_runs_agree_across_ranks_and_with_one_process(ranks: list[dict[st
         assert moved > 1e-3, f"{key}: the parameters did not train"
     for rank in ranks:
         assert rank["mismatch"] is not None and "fields that differ: epoch" in rank["mismatch"]
+
+
+def the_overlapped_reductions_give_the_plain_update(ranks: list[dict[str, Any]]) -> None:
+    """Reductions started asynchronously (the Jacobian's while the task-specific gradients
+    are computed, theirs during the solve) give every step the same task weights, history and
+    parameters as blocking reductions: the same values are summed (for two ranks a + b,
+    whatever the order), so bitwise. With the Jacobian taken in row chunks (each chunk's
+    all-reduce during the next chunk's backward pass) each row is the same gradient, computed
+    by a vectorised pass over fewer rows: equal to float32 rounding (the tolerance of the
+    2-rank vs 1-process check). The overlapped paths were taken at every step."""
+    for key in (f"{n}{p}" for n, p in OVERLAP_METHODS):
+        for rank in ranks:
+            runs = rank[key]
+            assert runs["blocking"].pop("overlapped_steps") == 0, key
+            assert runs["blocking"].pop("chunks") == 0, key
+            for variant, chunks in (("overlapped", 1), ("chunked", 2)):
+                assert runs[variant].pop("overlapped_steps") == EPOCHS * 4, key
+                assert runs[variant].pop("chunks") == chunks, (key, variant)
+            _identical(runs["overlapped"], runs["blocking"], f"{key}: overlapped vs blocking")
+            _close(runs["chunked"], runs["blocking"], f"{key}: chunked vs blocking")
 
 
 def a_missing_rank_makes_collectives_fail_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:

@@ -46,7 +46,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Self
 
@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.train.strategy import DataParallel, Distributed, GlobalLosses
 from mtlkit.weighting.base import StepContext, StepRecord, Weighting
+from mtlkit.weighting.gradient import GradientWeighting, split_parameters, task_jacobian
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -263,6 +264,73 @@ def current() -> Distributed | None:
 
 # ---------------------------------------------------------------------------- the wrapper
 
+#: the Jacobian bytes per asynchronous all-reduce (DDP's default bucket size)
+BUCKET_BYTES = 25 * 2**20
+#: the most chunks of rows the Jacobian is taken in (each traverses the graph once more)
+MAX_CHUNKS = 4
+
+
+def _plain_gradient_method(method: Weighting) -> bool:
+    """Whether ``method`` runs :class:`GradientWeighting`'s own step (whose task-specific
+    parameters get ∇ Σ_i L_i, so that the wrapper may compute it) in mode shared or
+    last_shared."""
+    return (
+        isinstance(method, GradientWeighting)
+        and type(method).step is GradientWeighting.step
+        and method.jacobian_mode in ("shared", "last_shared")
+    )
+
+
+def _with_gradients(params: Sequence[Tensor], shared: Sequence[Tensor]) -> list[Tensor]:
+    """``params`` less the ``shared`` ones that have no gradient on any rank (one all-reduce of
+    a flag per shared parameter): after a method wrote the global update itself, the shared
+    parameters hold only local terms written before it (a regulariser's), usually none, and
+    all-reducing their P zeros would double the step's traffic."""
+    if not shared:
+        return list(params)
+    flags = torch.tensor(
+        [float(p.grad is not None) for p in shared], dtype=torch.float32, device=shared[0].device
+    )
+    dist.all_reduce(flags)
+    empty = {id(p) for p, f in zip(shared, flags.tolist(), strict=True) if f == 0}
+    return [p for p in params if id(p) not in empty]
+
+
+@dataclass
+class _PendingSum:
+    """An asynchronous sum all-reduce of parameters' gradients in one flat buffer, with the
+    same rule as :meth:`DataParallel.sync_gradients`: a gradient that is None on every rank
+    stays None."""
+
+    params: Sequence[Tensor]
+    flat: Tensor
+    work: Any
+
+    @classmethod
+    def start(cls, params: Sequence[Tensor]) -> _PendingSum:
+        dtype = params[0].dtype
+        for p in params[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        parts = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+            for p in params
+        ]
+        flags = torch.tensor(
+            [float(p.grad is not None) for p in params], dtype=dtype, device=params[0].device
+        )
+        flat = torch.cat([*parts, flags])
+        return cls(params, flat, dist.all_reduce(flat, async_op=True))
+
+    def finish(self) -> None:
+        self.work.wait()
+        sizes = [p.numel() for p in self.params]
+        flags = self.flat[sum(sizes) :]
+        offset = 0
+        for i, (p, n) in enumerate(zip(self.params, sizes, strict=True)):
+            if flags[i] > 0:
+                p.grad = self.flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
+
 
 class DistributedWeighting(Weighting):
     """A weighting method that sees the global per-task gradients on every rank.
@@ -277,10 +345,29 @@ class DistributedWeighting(Weighting):
     process too.
     """
 
-    def __init__(self, method: Weighting, context: Distributed) -> None:
+    def __init__(
+        self,
+        method: Weighting,
+        context: Distributed,
+        *,
+        overlap: bool = True,
+        bucket_bytes: int | None = None,
+    ) -> None:
         super().__init__()
         self.method = method
         self.context = context
+        #: overlap the reductions with the backward passes (see :meth:`step`)
+        self.overlap = overlap
+        if bucket_bytes is not None and bucket_bytes < 1:
+            raise ConfigError(f"distributed: option 'bucket_bytes' must be ≥ 1, got {bucket_bytes}")
+        #: Jacobian bytes per row chunk; None: BUCKET_BYTES with NCCL, one chunk otherwise
+        self.bucket_bytes = bucket_bytes
+        self.chunks_last_step = 0  # row chunks of the last overlapped Jacobian
+        self._own: list[Tensor] = []  # task-specific parameters this wrapper reduces itself
+        self._own_pending: _PendingSum | None = None
+        self._own_ctx: StepContext | None = None
+        #: steps whose task-specific gradients were reduced while other work ran
+        self.overlapped_steps = 0
         if method.jacobian_mode == "representation":
             raise ConfigError(
                 f"{method}: option 'jacobian' 'representation' cannot be used in distributed "
@@ -291,11 +378,58 @@ class DistributedWeighting(Weighting):
         self.stateful = method.stateful  # type: ignore[misc]
 
     def _reduce_jacobian(self, jacobian: Tensor) -> Tensor:
-        """The hook of the step context: this rank's Jacobian share → the global Jacobian."""
+        """The hook of the step context without overlap: this rank's Jacobian share → the
+        global Jacobian, one blocking all-reduce."""
         jacobian = self.context.all_reduce(jacobian.contiguous())
         if self.method.jacobian_mode == "shared":
             self._global_update = True  # the method writes the global update itself
         return jacobian
+
+    def _global_jacobian(
+        self,
+        losses: Tensor,
+        inputs: Sequence[Tensor],
+        representation: Tensor | None,
+        head_rows: Tensor | None,
+    ) -> Tensor:
+        """The global Jacobian, with its all-reduce overlapped (``StepContext.global_jacobian``).
+
+        The T rows are taken in chunks, each by one vectorised backward pass, and each chunk's
+        all-reduce starts as soon as its rows exist, so it runs during the next chunk's
+        backward pass; the chunks are as many as J has buckets of ``bucket_bytes`` (DDP's
+        25 MiB), at most ``MAX_CHUNKS`` (each chunk traverses the graph once more, with fewer
+        rows). By default only with NCCL: gloo's all-reduce runs on the same CPU cores as the
+        backward pass, so there it would cost the extra traversals and hide nothing
+        (docs/distributed.md, "Benchmark"). After the last chunk, while the all-reduces
+        finish, this rank back-propagates Σ_i L_i into the task-specific parameters (when
+        :meth:`step` took them over) and starts their all-reduce, which completes during the
+        method's solve. The rows of J are independent, so the chunks give J's rows exactly
+        (row i is ∇L_i either way)."""
+        t = losses.shape[0]
+        bucket = self.bucket_bytes
+        if bucket is None:  # gloo reduces on the CPU cores the backward pass runs on
+            bucket = BUCKET_BYTES if dist.get_backend() == "nccl" else 2**62
+        row_bytes = sum(x.numel() for x in inputs) * 4
+        chunks = min(t, MAX_CHUNKS, max(1, -(-t * row_bytes // bucket)))
+        size = -(-t // chunks)
+        pieces: list[Tensor] = []
+        works = []
+        for i in range(0, t, size):
+            piece = task_jacobian(
+                losses[i : i + size],
+                inputs,
+                representation=representation,
+                head_rows=None if head_rows is None else head_rows[i : i + size],
+            ).contiguous()
+            works.append(dist.all_reduce(piece, async_op=True))
+            pieces.append(piece)
+        self._own_backward()
+        for work in works:
+            work.wait()
+        if self.method.jacobian_mode == "shared":
+            self._global_update = True  # the method writes the global update itself
+        self.chunks_last_step = len(pieces)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     @property
     def needs_representation(self) -> bool:
@@ -336,11 +470,18 @@ class DistributedWeighting(Weighting):
         record = super().backward(
             losses, model, representation=representation, loss_scale=loss_scale
         )
+        if self._own_ctx is not None:  # overlap chosen, but the method took no Jacobian
+            self._own_backward()
+        if self._own_pending is not None:
+            self._own_pending.finish()
+            done = {id(p) for p in self._own}
+            params = [p for p in params if id(p) not in done]
+        self._own, self._own_pending = [], None
         if self._global_update:
             update = {id(p): p.grad for p in shared}
             for p in shared:
                 p.grad = before[id(p)]
-            self.context.sync_gradients(params)
+            self.context.sync_gradients(_with_gradients(params, shared))
             for p in shared:
                 g = update[id(p)]
                 if g is not None:
@@ -369,8 +510,37 @@ class DistributedWeighting(Weighting):
         self.context.sync_gradients(own, op="mean")
 
     def step(self, ctx: StepContext, /) -> StepRecord:
-        """The wrapped method's step, in a context that reduces its Jacobian across ranks."""
+        """The wrapped method's step, in a context that reduces its Jacobian across ranks.
+
+        With ``overlap`` and a plain gradient method (no composition, no step of its own), the
+        task-specific parameters are taken out of the method's hands: their gradient, the
+        gradient of Σ_i L_i at the loss scale whatever the method (gradient.py), is computed
+        here, while the Jacobian's all-reduce runs (:meth:`_global_jacobian`), or before the
+        method's step when it may reuse cached weights and take no Jacobian (``update_every``
+        > 1: then their all-reduce runs during the method's backward). Same values, same
+        sums: the update is the one without overlap (tested)."""
+        self._own, self._own_pending, self._own_ctx = [], None, None
+        if self.overlap and _plain_gradient_method(self.method):
+            _, own = split_parameters(ctx, self.method)
+            if own:
+                self._own = own
+                self._own_ctx = ctx
+                ctx = replace(ctx, task_params=())
+                if getattr(self.method, "update_every", 1) > 1:
+                    self._own_backward()
+        if self.overlap:
+            ctx = replace(ctx, global_jacobian=self._global_jacobian)
         return self.method.step(replace(ctx, reduce_jacobian=self._reduce_jacobian))
+
+    def _own_backward(self) -> None:
+        """Σ_i L_i back-propagated into the task-specific parameters, and their all-reduce
+        started (once per step)."""
+        ctx, self._own_ctx = self._own_ctx, None
+        if ctx is None:
+            return
+        (ctx.stacked.sum() * ctx.loss_scale).backward(inputs=self._own, retain_graph=True)
+        self._own_pending = _PendingSum.start(self._own)
+        self.overlapped_steps += 1
 
     # ------------------------------------------------------------------ delegation
 

@@ -8,7 +8,9 @@ Three modes, chosen from the Trainer's ``amp`` option by :meth:`Precision.from_a
 - fp16 autocast with a :class:`torch.amp.GradScaler` (``"fp16"``, or ``True`` on CUDA): the
   losses' gradients are multiplied by the scaler's factor (``loss_scale``, passed to the
   weighting method's backward), unscaled before clipping, and a step whose gradients overflowed
-  is skipped by the scaler.
+  is skipped by the scaler. Gradient methods seed their per-task backward passes at that scale
+  too, so that no task's gradient underflows in fp16, and unscale J and G in float32 before
+  their solver (docs/weighting.md, "Mixed precision and torch.compile").
 
 A step with any mode::
 

@@ -145,7 +145,10 @@ class StepContext:
     called as ``sharded_gram(ctx, weights_from_gram)`` by a method whose weights depend on the
     Gram matrix alone, it takes the per-task gradient shards, sums the ranks' partial Gram
     matrices, writes the update Σ_i α_i ∇L_i into the shared parameters' gradients and
-    returns (α, G) (mtlkit.train.fsdp; None elsewhere).
+    returns (α, G) (mtlkit.train.fsdp; None elsewhere); ``global_jacobian``: set by data-parallel
+    training in place of ``reduce_jacobian``, called as ``global_jacobian(losses, inputs,
+    representation, head_rows)`` where a method would call ``task_jacobian``: it takes the
+    Jacobian and reduces it across processes, overlapping the two (mtlkit.train.distributed).
 
     The model-free form of :meth:`Weighting.backward` fills the rest (``model`` is then None):
     ``shared_params``, the shared parameters the caller named; ``task_params``, the
@@ -166,6 +169,9 @@ class StepContext:
 
     sharded_gram: (
         Callable[[StepContext, Callable[[Tensor], Tensor]], tuple[Tensor, Tensor]] | None
+    ) = None
+    global_jacobian: (
+        Callable[[Tensor, Sequence[Tensor], Tensor | None, Tensor | None], Tensor] | None
     ) = None
 
 

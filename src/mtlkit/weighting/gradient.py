@@ -45,6 +45,7 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
@@ -181,6 +182,34 @@ def _accumulate_each(
         p.grad = g if p.grad is None else p.grad + g
 
 
+def _scaled(losses: Tensor, scale: float) -> Tensor:
+    """The losses at the loss scale s: per-task backward passes seeded with s·I do not
+    underflow in half precision (fp16 autocast with a GradScaler)."""
+    return losses if scale == 1.0 else losses * scale
+
+
+def _unscaled(jacobian: Tensor, scale: float) -> Tensor:
+    """A Jacobian of s·L (from :func:`_scaled`) → the Jacobian of L, in float32 at least: the
+    solvers never see half-precision values (dividing by the GradScaler's power of two is
+    exact)."""
+    dtype = torch.promote_types(jacobian.dtype, torch.float32)
+    jacobian = jacobian.to(dtype)
+    return jacobian if scale == 1.0 else jacobian / scale
+
+
+def _step_jacobian(ctx: StepContext, inputs: Sequence[Tensor], rows: Tensor | None) -> Tensor:
+    """The Jacobian of the step's losses over ``inputs`` (unscaled, float32 at least), global
+    in data-parallel training: taken by ``ctx.global_jacobian`` when set (which overlaps the
+    reduction with the backward pass), else taken here and passed to ``ctx.reduce_jacobian``."""
+    scale = ctx.loss_scale
+    losses = _scaled(ctx.stacked, scale)
+    if ctx.global_jacobian is not None:
+        return _unscaled(ctx.global_jacobian(losses, inputs, ctx.representation, rows), scale)
+    jac = task_jacobian(losses, inputs, representation=ctx.representation, head_rows=rows)
+    jac = _unscaled(jac, scale)
+    return jac if ctx.reduce_jacobian is None else ctx.reduce_jacobian(jac)
+
+
 class GradientWeighting(Weighting):
     """Base of gradient-based methods (see the module docstring)."""
 
@@ -272,15 +301,16 @@ class GradientWeighting(Weighting):
     def _head_rows(
         self, ctx: StepContext, own: Sequence[Tensor]
     ) -> tuple[Tensor | None, list[Tensor]]:
-        """This step's rows ∂L_i/∂r (None without r), and the task parameters still owed
-        ∇ Σ_i L_i: with r, the same backward pass through the heads gives it
-        (:func:`head_passes`), and none are left."""
+        """This step's rows ∂(s·L_i)/∂r at the loss scale s (None without r), and the task
+        parameters still owed s·∇ Σ_i L_i: with r, the same backward pass through the heads
+        gives it (:func:`head_passes`), and none are left. The rows keep the scale, so that the
+        passes they seed through the encoder do not underflow in half precision."""
         if ctx.representation is None:
             return None, list(own)
         buffer = self._rows_buffer if self.reuse_rows else None
-        rows, grads = head_passes(
-            self._per_task, ctx.representation, own, scale=ctx.loss_scale, out=buffer
-        )
+        scale = ctx.loss_scale
+        losses = self._per_task if scale == 1.0 else [loss * scale for loss in self._per_task]
+        rows, grads = head_passes(losses, ctx.representation, own, out=buffer)
         if self.reuse_rows:
             self._rows_buffer = rows  # written over next step
         _accumulate_each(own, grads, 1.0)
@@ -292,9 +322,7 @@ class GradientWeighting(Weighting):
         """Mode 'shared' for a method that needs J: the update is written directly."""
         stacked, loss_scale = ctx.stacked, ctx.loss_scale
         rows, own = self._head_rows(ctx, own)
-        jac = task_jacobian(stacked, shared, representation=ctx.representation, head_rows=rows)
-        if ctx.reduce_jacobian is not None:
-            jac = ctx.reduce_jacobian(jac)
+        jac = _step_jacobian(ctx, shared, rows)
         update = self.aggregate(jac)
         gram = row_gram(jac)
         weights = self.last_weights()
@@ -314,7 +342,7 @@ class GradientWeighting(Weighting):
         rows, own = self._head_rows(ctx, own)
         if self.jacobian == "representation":
             assert rows is not None and representation is not None
-            jac = rows.reshape(rows.shape[0], -1)
+            jac = _unscaled(rows.reshape(rows.shape[0], -1), loss_scale)
         else:
             root = model if model is not None else ctx.shared_module
             if root is None:
@@ -328,9 +356,7 @@ class GradientWeighting(Weighting):
                     f"{self}: jacobian 'last_shared' found no shared layer in "
                     f"{type(root).__name__}; define last_shared_parameters() on the model"
                 )
-            jac = task_jacobian(stacked, last, representation=representation, head_rows=rows)
-            if ctx.reduce_jacobian is not None:
-                jac = ctx.reduce_jacobian(jac)
+            jac = _step_jacobian(ctx, last, rows)
         update, gram = self._aggregate_with_gram(jac)
         weights = self.last_weights()
         if weights is None or not self.gives_weights:
@@ -366,7 +392,7 @@ class GradientWeighting(Weighting):
             (stacked.sum() * loss_scale).backward(inputs=list(own), retain_graph=True)
         if rows is not None and representation is not None:
             seed = (w.to(rows.dtype) @ rows.reshape(rows.shape[0], -1)).view_as(representation)
-            representation.backward(seed * loss_scale, inputs=list(shared))
+            representation.backward(seed, inputs=list(shared))  # the rows carry the loss scale
         else:
             ((w * stacked).sum() * loss_scale).backward(inputs=list(shared))
 
@@ -439,7 +465,8 @@ class GramianWeighting(GradientWeighting):
     def _shared_step(
         self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        if ctx.reduce_jacobian is not None:  # distributed: G of the global J needs J itself
+        if ctx.reduce_jacobian is not None or ctx.global_jacobian is not None:
+            # distributed: G of the global J needs J itself
             return super()._shared_step(ctx, own, shared)
         if ctx.sharded_gram is not None:  # sharded (FSDP): Σ_r of the shards' partial Grams
             alpha, gram = ctx.sharded_gram(ctx, self.weights_from_gram)
@@ -448,13 +475,20 @@ class GramianWeighting(GradientWeighting):
         stacked, loss_scale = ctx.stacked, ctx.loss_scale
         rows, own = self._head_rows(ctx, own)
         root = ctx.model if ctx.model is not None else ctx.shared_module
-        result = gramian(stacked, root, shared, representation=ctx.representation, head_rows=rows)
-        alpha = self.solve(result.matrix).detach()
+        result = gramian(
+            _scaled(stacked, loss_scale),
+            root,
+            shared,
+            representation=ctx.representation,
+            head_rows=rows,
+        )  # of s·L: s²·G, and combine gives s·Jᵀα
+        gram = result.matrix if loss_scale == 1.0 else result.matrix / loss_scale**2
+        alpha = self.solve(gram).detach()
         self._last_weights = alpha
         if own:
             (stacked.sum() * loss_scale).backward(inputs=list(own))
-        _accumulate_each(shared, result.combine(alpha), loss_scale)
-        return alpha, result.matrix
+        _accumulate_each(shared, result.combine(alpha), 1.0)
+        return alpha, gram
 
 
 class JacobianAggregator(GradientWeighting):

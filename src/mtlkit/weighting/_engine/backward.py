@@ -36,8 +36,8 @@ def batched_grad(
     """∂⟨outputs, grad_outputs[i]⟩/∂inputs for every row i, in one vectorised backward.
 
     ``grad_outputs`` has a leading batch dimension of T rows. Rows are processed ``chunk_size``
-    at a time (all at once by default) to bound memory; where vmap cannot batch an operation,
-    the rows are done one by one (same result, T passes).
+    at a time (all at once by default) to bound memory; where vmap cannot batch the backward
+    (any error of the batched pass), the rows are done one by one (same result, T passes).
     """
     t = grad_outputs.shape[0]
     size = t if chunk_size is None else max(1, int(chunk_size))
@@ -53,9 +53,10 @@ def batched_grad(
             )
             for i in range(0, t, size)
         ]
-    except RuntimeError as err:
-        if "vmap" not in str(err).lower() and "batch" not in str(err).lower():
-            raise
+    except RuntimeError:
+        # vmap cannot batch this backward (an operation without a batching rule; inductor's
+        # compiled backward, whose kernels read raw storage): the rows one by one. A real error
+        # of the graph is raised again there.
         parts = [
             tuple(
                 None if g is None else g.unsqueeze(0)

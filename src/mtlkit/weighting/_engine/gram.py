@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.weighting._engine.backward import head_gradients, per_task_gradients, task_jacobian
-from mtlkit.weighting._engine.hooks import recorder_for
+from mtlkit.weighting._engine.hooks import compiled, recorder_for
 from mtlkit.weighting._engine.layers import (
     FOLDED,
     embedding_rows,
@@ -189,7 +189,7 @@ def gramian(
         )
         return Gramian(row_gram(jac), shared, jacobian=jac)
 
-    if model is None:
+    if model is None or compiled(model):
         return explicit()
     rec, existed = recorder_for(model, shared)
     calls, overflow = dict(rec.calls), rec.overflow
@@ -232,6 +232,8 @@ def gramian(
         covered.update(id(p) for p in _own(m))
         entries.extend((m, x, y, aux) for x, y, _, _, aux in records)
     rest = [p for p in shared if id(p) not in covered]
+    if not entries and not rest and not sunk:  # no layer recorded (hooks bypassed): recompute
+        return explicit()
     if lean and representation is not None and head_rows is None:
         head_rows = head_gradients(losses, representation)  # reused by the update's pass
     with requesting(rest), sinking(sunk) as blocks:

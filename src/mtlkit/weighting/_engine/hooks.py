@@ -14,6 +14,7 @@ computation for a model.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,21 @@ class Recorder:
             h.remove()
         self.handles.clear()
         self.clear()
+
+
+def compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its modules is compiled (``torch.compile(model)`` or
+    ``module.compile()``). Compiled code does not run forward hooks added after its first call,
+    and the tensors a hook sees inside a compiled graph are not the ones its losses'
+    gradients flow through, so the engine does not hook such a model: its Gramian comes from
+    the explicit Jacobian (exact)."""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing is compiled
+    if dynamo is None:
+        return False
+    return any(
+        isinstance(m, dynamo.OptimizedModule) or getattr(m, "_compiled_call_impl", None)
+        for m in model.modules()
+    )
 
 
 _RECORDERS: weakref.WeakKeyDictionary[nn.Module, Recorder] = weakref.WeakKeyDictionary()
