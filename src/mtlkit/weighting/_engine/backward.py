@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlkit.weighting._engine.layers import row_gram
+
 
 def batched_grad(
     outputs: Tensor,
@@ -204,8 +206,6 @@ class HeadFactors:
         delta, maps, owner = self._stacked
         n, d, o = delta.shape[0], maps.shape[1], delta.shape[1]
         if o * o * (n + d) > self.tasks * self.tasks * n * d:  # wide maps: the rows are cheaper
-            from mtlkit.weighting._engine.gram import row_gram  # gram imports this module
-
             return row_gram(self.rows())
         products = (delta.T @ delta) * (maps @ maps.T)  # O × O
         select = torch.zeros(self.tasks, o, dtype=delta.dtype, device=delta.device)
