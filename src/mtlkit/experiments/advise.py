@@ -281,13 +281,13 @@ def measure_cost(
     temporary folder), of ``steps`` training steps of a single-task model and of the
     multi-task model with each method of ``menu``, and of two affinity measurements.
 
-    The epoch overhead is one timed validation pass; the fixed cost of a run is what the
-    one-epoch run took besides its training steps and that validation (building, loggers,
-    the checkpoint, the final evaluation), and at least one build of the single-task model
-    (after the first build, so with the caches a comparison's runs find). A run's later
-    checkpoints are not counted: for a large model whose checkpoint is slow to write, the
-    estimate is short by that write per epoch. The multi-task step models share the data
-    loaded once."""
+    The epoch overhead is what the one-epoch run's fit took besides its training steps
+    (validation, checkpoint, logging; at least one timed validation pass). It also holds the
+    fit's one-time costs, so it is an upper bound: the estimate errs long, not short. The
+    fixed cost of a run is what the one-epoch run took besides its fit (building the data and
+    model, the final evaluation), and at least one build of the single-task model (after the
+    first build, so with the caches a comparison's runs find). The multi-task step models
+    share the data loaded once."""
     from mtlkit.analysis.affinity import measure_affinity
     from mtlkit.experiments.compare import Variant, stl_config, variant_config
     from mtlkit.experiments.run import (
@@ -353,17 +353,19 @@ def measure_cost(
     )
     with tempfile.TemporaryDirectory() as scratch:
         began = time.perf_counter()
-        train_run(one, Path(folder or scratch) / "pilot-epoch", progress=False, if_exists="replace")
+        result = train_run(
+            one, Path(folder or scratch) / "pilot-epoch", progress=False, if_exists="replace"
+        )
         epoch_run = time.perf_counter() - began
+    fit = float(result["train_seconds"])  # the fit: the epoch, its validation, its checkpoint
     ew_step = method_step.get("ew", min(method_step.values()))
-    fixed = max(run_seconds, epoch_run - steps_per_epoch * ew_step - eval_seconds)
     return Cost(
         n_tasks=len(main),
         steps_per_epoch=steps_per_epoch,
         stl_step=stl_step,
         method_step=method_step,
-        epoch_overhead=eval_seconds,
-        run_seconds=fixed,
+        epoch_overhead=max(eval_seconds, fit - steps_per_epoch * ew_step),
+        run_seconds=max(run_seconds, epoch_run - fit),
         affinity_measure=affinity_measure,
         pilot_seconds=time.perf_counter() - started,
     )
