@@ -557,7 +557,7 @@ def recommend(
     unconverged = _not_converged(summary)
     if unconverged:
         caveats.append(
-            f"not converged: {len(unconverged)} run(s) selected their last epoch "
+            f"not converged: {_runs(len(unconverged))} selected their last epoch "
             f"({'; '.join(unconverged[:3])}{'; …' if len(unconverged) > 3 else ''}); "
             "raise the budget (epochs)"
         )
@@ -778,6 +778,10 @@ def run_advise(
 # ---------------------------------------------------------------------------- the page
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def _fmt(value: Any, spec: str, unit: str = "") -> str:
     return f"{value:{spec}}{unit}" if isinstance(value, int | float) else "n/a"
 
@@ -820,7 +824,7 @@ def verdict_rows(advice: Mapping[str, Any]) -> list[dict[str, str]]:
                 "Δm short": _short_ci(res.get("delta_m")),
                 "decision": res.get("decision", "n/a"),
                 "per task": ", ".join(f"{t}: {d}" for t, d in tasks.items()) or "n/a",
-                "converged": "yes" if not unconverged else f"no ({len(unconverged)} runs)",
+                "converged": "yes" if not unconverged else f"no ({_runs(len(unconverged))})",
                 **cost(label),
             }
         )
