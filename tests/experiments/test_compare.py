@@ -239,6 +239,9 @@ def test_comparison_runs_resumes_and_writes_tables(tmp_path) -> None:
         assert cost[side]["peak_memory_mb"] is None  # CPU: not measurable honestly
         assert cost[side]["batch_examples"] == 32  # the whole tiny test split, one batch
     assert cost["ew@hps"]["params"] < cost["stl"]["params"]  # one shared encoder, not two
+    for side in ("stl", "ew@hps"):  # throughput is the batch over the median latency
+        expected = cost[side]["batch_examples"] / (cost[side]["latency_ms"] / 1000)
+        assert cost[side]["throughput"] == pytest.approx(expected)
     assert json.loads((tmp_path / "compare.json").read_text())["seeds"] == [0, 1]
     # re-running reuses every finished run and gives the same numbers
     again = Console(record=True, width=200)
@@ -357,3 +360,55 @@ def test_every_run_trains_under_the_same_protocol(tmp_path) -> None:
             assert r["epochs_run"] == 3
             assert r["converged"] == (r["best_epoch"] < 3)
     assert "latency_ms" not in summary["efficiency"]["stl"]
+
+
+def test_inference_serves_each_model_its_own_inputs() -> None:
+    """Joint data: every model gets the whole batch; multi-input data: each STL model its
+    task's inputs, the one MTL model ("all") every task's in turn. Counted, not timed."""
+    import torch
+    from torch import nn
+
+    from mtlkit.experiments.compare import measure_inference
+    from mtlkit.experiments.compare.efficiency import REPEATS, WARMUP
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            self.sizes.append(int(x.shape[0]))
+            return {"y": x.sum(1)}
+
+    passes = WARMUP + REPEATS
+    cpu = torch.device("cpu")
+    a, b = Recorder(), Recorder()
+    out = measure_inference({"a": a, "b": b}, torch.ones(8, 3), cpu)
+    assert a.sizes == b.sizes == [8] * passes
+    assert out["batch_examples"] == 8 and out["peak_memory_mb"] is None
+    inputs = {"a": torch.ones(5, 3), "b": torch.ones(7, 3)}
+    a, b = Recorder(), Recorder()
+    out = measure_inference({"a": a, "b": b}, inputs, cpu, multi_input=True)
+    assert (a.sizes, b.sizes, out["batch_examples"]) == ([5] * passes, [7] * passes, 12)
+    both = Recorder()
+    out = measure_inference({"all": both}, inputs, cpu, multi_input=True)
+    assert both.sizes == [5, 7] * passes and out["batch_examples"] == 12
+
+
+def test_cli_compare_takes_the_protocol_options(tmp_path, capsys) -> None:
+    import yaml
+
+    from mtlkit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    out = tmp_path / "out"
+    args = ["compare", str(path), "--methods", "ew", "--seeds", "1", "--max-epochs", "2"]
+    assert main([*args, "--patience", "1", "--no-efficiency", "--out", str(out)]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["protocol"]["max_epochs"] == 2 and summary["protocol"]["patience"] == 1
+    assert "latency_ms" not in summary["efficiency"]["stl"]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "one seed cannot decide" in printed and "± 0" not in printed
+    assert main([*args, "--patience", "0", "--out", str(tmp_path / "o2")]) == 2
+    assert "'patience' must be ≥ 1" in capsys.readouterr().err

@@ -92,7 +92,26 @@ def compare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
         for s, r in metrics.items()
     }
-    summary = summarise(stl, {"mgda@hps": metrics}) | {"seeds": [0, 1], "config": {"name": "c"}}
+    costs = {
+        "stl": {
+            "models": 1,
+            "params": 1000,
+            "train_seconds": 2.0,
+            "latency_ms": 0.5,
+            "throughput": 64000.0,
+            "peak_memory_mb": None,
+        },
+        "mgda@hps": {
+            "models": 1,
+            "params": 900,
+            "train_seconds": 1.5,
+            "latency_ms": 0.4,
+            "throughput": 80000.0,
+            "peak_memory_mb": None,
+        },
+    }
+    summary = summarise(stl, {"mgda@hps": metrics}, efficiency=costs)
+    summary |= {"seeds": [0, 1], "config": {"name": "c"}}
     (folder / "compare.json").write_text(json.dumps(summary))
     return folder
 
@@ -119,6 +138,9 @@ def test_a_comparison_draws_every_model_over_its_seeds_and_delta_m(compare_dir: 
     assert "mean over its seeds, with a band" in page
     assert "95 % confidence intervals, t over 2 seeds, paired by seed" in page
     assert "t over 2 seeds, paired by seed; primary metrics" in page  # the verdict
+    assert "Cost: STL sums its T models" in page
+    assert "<td>mgda@hps</td><td>1</td><td>900</td><td>1.5</td><td>0.40</td>" in page
+    assert "<td>80,000</td><td>n/a</td>" in page  # no peak memory off CUDA
     assert "(mean of 2 seeds)" not in page  # the captions are drawn in the images
     assert "mgda@hps, seed 0" in page and "mgda@hps, seed 1" in page  # the cosine table
     assert page.count("Not available") == 2  # no results.json of one run, no affinity

@@ -326,3 +326,24 @@ def test_under_torchrun_a_run_shards_multi_input_data_and_checks_the_schedule(
         blocks = [torch.cat([b[task][0] for b in val if task in b]) for _, val in loaders]
         assert [len(b) for b in blocks] == [8, 8]
         assert torch.equal(torch.cat(blocks), run.data.val[task].inputs)
+
+
+def test_compare_measures_inference_on_multi_input_data(tmp_path: Path) -> None:
+    """Each STL model serves its own task's test batch; the MTL model serves both."""
+    from rich.console import Console
+
+    from mtlkit.experiments.compare import run_compare
+
+    cfg = parse_config(multi_config())
+    summary = run_compare(cfg, tmp_path, methods=["ew"], seeds=1, console=Console(quiet=True))
+    first: dict[str, int] = {}
+    for batch in build_run(cfg).loader("test"):
+        for task, (inputs, _) in batch.items():
+            first.setdefault(task, int(inputs.shape[0]))
+    assert set(first) == {"sign", "value"}
+    examples = sum(first.values())
+    for side in ("stl", "ew@hps"):
+        cost = summary["efficiency"][side]
+        assert cost["batch_examples"] == examples
+        assert cost["latency_ms"] > 0 and cost["peak_memory_mb"] is None
+    assert summary["efficiency"]["stl"]["models"] == 2

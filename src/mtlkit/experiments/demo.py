@@ -144,7 +144,7 @@ def run_demo(
     dataset: str = "multidigits",
     out: Path | None = None,
     epochs: int | None = None,
-    progress: bool = False,
+    progress: bool = True,
     console: Console | None = None,
     seeds: int = DEMO_SEEDS,
     patience: int | None = None,

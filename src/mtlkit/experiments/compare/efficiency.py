@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +21,28 @@ import torch
 from torch import nn
 
 from mtlkit.data.base import to_device
+from mtlkit.errors import MtlkitError
 
-__all__ = ["REPEATS", "WARMUP", "load_models", "measure_inference", "split_inputs"]
+__all__ = ["REPEATS", "WARMUP", "first_batch_per_task", "load_models", "measure_inference"]
 
 #: untimed passes before timing, and timed repeats (their median is reported)
 WARMUP, REPEATS = 2, 7
 
 
-def split_inputs(batch: Any, tasks: Sequence[str]) -> dict[str, Any] | Any:
-    """The inputs of a test batch: one input for a joint batch ``(inputs, targets)``; for
-    multi-input data (``task → (inputs, targets)``) each task's inputs, as a dict."""
-    if isinstance(batch, Mapping) and set(batch) <= set(tasks) and batch:
-        return {t: b[0] for t, b in batch.items()}
-    return batch[0]
+def first_batch_per_task(loader: Iterable[Any], tasks: Sequence[str]) -> dict[str, Any]:
+    """Multi-input data (batches ``task → (inputs, targets)``): the inputs of the first batch
+    of each of ``tasks``, read until every task has one."""
+    found: dict[str, Any] = {}
+    for batch in loader:
+        for task, (inputs, _) in batch.items():
+            if task in tasks and task not in found:
+                found[task] = inputs
+        if len(found) == len(tasks):
+            break
+    missing = [t for t in tasks if t not in found]
+    if missing:
+        raise MtlkitError(f"the test split has no batch of task(s) {', '.join(missing)}")
+    return found
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:

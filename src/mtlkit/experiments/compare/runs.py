@@ -37,7 +37,11 @@ from rich.console import Console
 from mtlkit.config import RunConfig, TaskConfig, parse_config
 from mtlkit.data.multi import MultiInputData
 from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.experiments.compare.efficiency import load_models, measure_inference, split_inputs
+from mtlkit.experiments.compare.efficiency import (
+    first_batch_per_task,
+    load_models,
+    measure_inference,
+)
 from mtlkit.experiments.compare.summary import summarise, to_csv, to_markdown
 from mtlkit.experiments.run import Run, _differences, build_run, train_run
 from mtlkit.files import atomic_write_text
@@ -391,12 +395,12 @@ def _measure(
     from mtlkit.train.batches import resolve_device
 
     device = resolve_device(run.config.train.device)
-    batch = next(iter(run.loader("test")))
     names = [t.name for t in main]
     multi = isinstance(run.data, MultiInputData)
-    inputs = split_inputs(batch, [t.name for t in run.tasks]) if multi else batch[0]
-    if multi:  # one dataset per task: each model serves its own tasks' inputs
-        inputs = {t: x for t, x in inputs.items() if t in names}
+    if multi:  # one dataset per task: the first test batch of each, each model its own
+        inputs = first_batch_per_task(run.loader("test"), names)
+    else:
+        inputs = next(iter(run.loader("test")))[0]
     folders = {t: runs_dir / f"stl-{t}-seed{seed}" for t in names}
     costs["stl"].update(measure_inference(load_models(folders), inputs, device, multi))
     for v in variants:

@@ -33,6 +33,7 @@ __all__ = [
     "DECISIONS",
     "INTERVAL",
     "decide",
+    "delta_rows",
     "efficiency_rows",
     "interval",
     "print_summary",
@@ -371,27 +372,65 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def delta_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per (variant, task) and two per variant overall (primary metrics, all
+    metrics): Δm with its 95 % interval ("n/a" for one seed) and the decision."""
+    out = []
+    for label, res in summary["variants"].items():
+        for task, stat in res["delta_m_per_task"].items():
+            metric = summary.get("primary", {}).get(task, "")
+            out.append(
+                {
+                    "model": label,
+                    "over": f"{task} ({metric})",
+                    "delta_m": _dm_cell(stat),
+                    "decision": res["task_decisions"][task],
+                }
+            )
+        out.append(
+            {
+                "model": label,
+                "over": "all tasks, primary metrics",
+                "delta_m": _dm_cell(res["delta_m"]),
+                "decision": res["decision"],
+            }
+        )
+        all_metrics = res["delta_m_all_metrics"]
+        out.append(
+            {
+                "model": label,
+                "over": "all tasks, all metrics",
+                "delta_m": _dm_cell(all_metrics),
+                "decision": decide(all_metrics["ci"]),
+            }
+        )
+    return out
+
+
 def print_summary(summary: Mapping[str, Any], console: Console) -> None:
-    """The metric table, the efficiency table and a verdict per variant."""
+    """Three narrow tables (metrics with each seed's best/run epochs; Δm with its interval and
+    decision; costs) and a verdict per variant."""
     from rich.table import Table as RichTable
 
-    table = RichTable(title=_legend(summary))
-    for column in (
-        "model",
-        "task",
-        "metric",
-        "primary",
-        "value",
-        "Δm task %",
-        "task decision",
-        "Δm %",
-        "decision",
-        "epochs",
-    ):
-        table.add_column(column)
+    n = len(summary.get("seeds", []))
+    spread = f"mean ± std over {n} seeds" if n > 1 else "one seed (spread n/a)"
+    metrics = RichTable(
+        title=f"Test metrics, {spread}; * primary metric; epochs: best/run per seed, "
+        "! = best epoch was the last (not converged)"
+    )
+    for column in ("model", "task", "metric", "value", "epochs"):
+        metrics.add_column(column)
     for r in rows(summary):
-        table.add_row(*r.values())
-    console.print(table)
+        star = "*" if r["primary"] else ""
+        metrics.add_row(r["model"], r["task"], r["metric"] + star, r["value"], r["epochs"])
+    console.print(metrics)
+    how = f"t over {n} seeds, paired by seed" if n > 1 else "one seed: interval n/a"
+    deltas = RichTable(title=f"Δm (%) against STL, mean [95 % CI] ({how}); > 0: MTL better")
+    for column in ("model", "over", "Δm %", "decision"):
+        deltas.add_column(column)
+    for r in delta_rows(summary):
+        deltas.add_row(*r.values())
+    console.print(deltas)
     eff = efficiency_rows(summary)
     if eff:
         costs = RichTable(title=_EFFICIENCY_NOTE)
