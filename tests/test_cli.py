@@ -105,3 +105,37 @@ def test_eval_reproduces_results(tmp_path: Path) -> None:
     assert evaluate_run(run, "test") == json.loads((run / "results.json").read_text())["test"]
     assert main(["eval", str(run), "--split", "val"]) == 0
     assert main(["eval", str(run), "--split", "nope"]) == 2
+
+
+def test_affinity_then_group_print_errors_robustness_and_the_stopping_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path)
+    out = tmp_path / "aff"
+    args = ["--every", "1", "--min-measured", "3", "--max-measured", "6", "--out", str(out)]
+    assert main(["affinity", str(path), *args]) == 0
+    text = capsys.readouterr().out
+    assert " ± " in text and "mean ± standard error" in text
+    saved = json.loads((out / "affinity.json").read_text())
+    assert 3 <= saved["steps"] <= 6 and saved["stop"] in ("precise", "max_measured")
+    assert saved["version"] == 2 and len(saved["history"]) == saved["steps"]
+    assert (
+        main(
+            [
+                "group",
+                str(path),
+                "-k",
+                "2",
+                "--affinity",
+                str(out / "affinity.json"),
+                "--resamples",
+                "20",
+                "--out",
+                str(tmp_path / "group"),
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "exhaustive search" in text and "bootstrap resamples" in text
+    assert "(exact)" not in text

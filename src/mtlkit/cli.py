@@ -265,7 +265,7 @@ def affinity(
         int | None, typer.Option(help="Budget: at most this many epochs (default: no limit).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Budget: at most this many steps.")] = None,
-    every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 10,
+    every: Annotated[int, typer.Option(help="Measure every this many steps.")] = 5,
     min_measured: Annotated[int, typer.Option(help="Measure at least this many steps.")] = 30,
     max_measured: Annotated[int, typer.Option(help="Measure at most this many steps.")] = 200,
     rel_stderr: Annotated[
@@ -276,6 +276,8 @@ def affinity(
 ) -> None:
     """Gradient cosines, conflicts and TAG lookahead affinity of every task pair, ± standard
     errors; measures until the errors are small (see docs/affinity.md)."""
+    import numpy as np
+
     from mtlkit.analysis.affinity import UNITS, format_estimate
     from mtlkit.config import load_config
     from mtlkit.experiments.affinity import run_affinity
@@ -295,7 +297,10 @@ def affinity(
         rel_stderr=rel_stderr,
     )
     for measure in ("cosine", "conflict", "tag"):
-        table = Table(title=f"{measure} (row i → column j): {UNITS[measure]}, mean ± s.e.")
+        table = Table(
+            title=f"{measure}, row i → column j: mean ± standard error",
+            caption=UNITS[measure],
+        )
         table.add_column("")
         for t in result.tasks:
             table.add_column(t, justify="right")
@@ -318,6 +323,14 @@ def affinity(
         f"{result.steps} measured steps (every {every} training steps), stopped: {why}. "
         f"Measuring cost {cost:.2f}× a training step per step. Written to {out_dir}"
     )
+    tag = result.matrix("tag")
+    off = ~np.eye(len(result.tasks), dtype=bool)
+    if result.lr is not None and float(np.sqrt(np.mean(tag[off] ** 2))) < 0.01:
+        console.print(
+            f"The lookahead scores are below 0.01 %: the lookahead step (η = {result.lr:g}, "
+            "the learning rate unless --lr) is small for this model's gradients. They still "
+            "rank the pairs where their errors are small; --lr gives larger numbers."
+        )
 
 
 @app.command()
@@ -444,7 +457,9 @@ def tune(
         cfg, out_dir, trials, folds, ranges, console=console, holdout_seeds=holdout_seeds
     )
     print_tune(result, console)
-    console.print(f"Train with them: mtlkit train {Path(out_dir) / 'tuned.yaml'}")
+    advice = (result.get("holdout") or {}).get("advice", "")
+    lead = "To train one model anyway" if advice.startswith("Use single") else "Train with them"
+    console.print(f"{lead}: mtlkit train {Path(out_dir) / 'tuned.yaml'}")
 
 
 @app.command()

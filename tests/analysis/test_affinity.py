@@ -251,6 +251,7 @@ def test_estimates_print_with_their_error() -> None:
     assert format_estimate(-0.5, 0.0123) == "-0.500 ± 0.012"
     assert format_estimate(12.0, 3.0) == "+12.0 ± 3.0"
     assert format_estimate(1.2e-6, 2e-7) == "+1.20e-06 ± 2.0e-07"
+    assert format_estimate(9.63e-4, 9.6e-5) == "+0.000963 ± 0.000096"
     assert format_estimate(0.25, float("nan")) == "+0.25"
 
 
@@ -287,3 +288,21 @@ def test_an_old_affinity_file_still_loads(tmp_path) -> None:
     path.write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="'version' is 7"):
         Affinity.load(path)
+
+
+def test_heatmap_cells_carry_the_error() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtlkit.analysis.affinity import draw_heatmap
+
+    fig, ax = plt.subplots()
+    m = np.array([[0.0, 1.234], [-0.5, 0.0]])
+    se = np.array([[0.0, 0.4], [0.0123, 0.0]])
+    draw_heatmap(ax, m, ["a", "b"], "tag", se)
+    texts = {t.get_text() for t in ax.texts}
+    assert {"+1.23\n± 0.40", "-0.500\n± 0.012"} <= texts
+    plt.close(fig)

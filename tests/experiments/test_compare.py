@@ -278,8 +278,9 @@ def test_group_checks_k_and_the_affinity_file(tmp_path) -> None:
         run_group(config, tmp_path / "g", 3, path)
     result = run_group(config, tmp_path / "g", 1, path)
     assert result["grouping"]["groups"] == [["left", "right"]]
-    # task order of the file is mapped onto the config's: Z(right→left) = 0.3
-    assert result["grouping"]["scores"]["left"] == pytest.approx(0.3)
+    # task order of the file is mapped onto the config's: Z(right→left) = 0.3, in % (the
+    # file has no version: its lookahead is a fraction)
+    assert result["grouping"]["scores"]["left"] == pytest.approx(30.0)
     other = dict(good, tasks=["left", "depth"])
     path.write_text(json.dumps(other))
     with pytest.raises(

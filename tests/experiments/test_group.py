@@ -10,7 +10,7 @@ from rich.console import Console
 
 from mtlkit.config import parse_config
 from mtlkit.data import DATASETS, DataBundle, TensorSplit
-from mtlkit.experiments.group import print_grouping, run_group
+from mtlkit.experiments.group import measure_advice, print_grouping, run_group
 from mtlkit.tasks import Task
 
 
@@ -57,6 +57,7 @@ def test_group_reports_robustness_and_a_disagreeing_measure(tmp_path) -> None:
     assert result["grouping"]["search"] == "exhaustive search"
     assert result["robustness"]["frequency"] == 1.0  # noiseless steps: every resample agrees
     assert result["robustness"]["pair_together"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert result["score_stderr"] == {"a": 0.0, "b": 0.0}  # identical steps: no spread
     other = result["other_measure"]
     assert other["measure"] == "cosine" and not other["agrees"]
     assert sorted(other["grouping"]["groups"]) == [["a"], ["b"]]
@@ -66,6 +67,7 @@ def test_group_reports_robustness_and_a_disagreeing_measure(tmp_path) -> None:
     assert "exhaustive search" in text and "exact" not in text
     assert "gradient cosine measure picks a different grouping" in text
     assert "100 % of 20 bootstrap resamples" in text
+    assert result["measure_advice"].startswith("The measures disagree; believe the lookahead")
     saved = json.loads((tmp_path / "out" / "group.json").read_text())
     assert saved["robustness"]["frequency"] == 1.0
 
@@ -81,3 +83,12 @@ def test_an_old_affinity_file_without_history_groups_but_says_robustness_is_unkn
     assert result["grouping"]["groups"] == [["a", "b"]]
     with pytest.raises(Exception, match="'measure' must be 'tag' or 'cosine'"):
         run_group(cfg, tmp_path / "out", 1, tmp_path / "affinity.json", measure="conflict")
+
+
+def test_measure_advice_follows_the_documented_rule() -> None:
+    assert measure_advice(0.9, 0.2, False).startswith("The measures disagree; believe the look")
+    assert "lean on the gradient cosine" in measure_advice(0.4, 0.95, False)
+    assert "neither grouping is robust" in measure_advice(0.4, 0.5, False)
+    assert "neither grouping is robust" in measure_advice(None, None, False)
+    assert "it is robust" in measure_advice(0.95, 0.9, True)
+    assert "neither is robust" in measure_advice(0.3, 0.3, True)

@@ -108,6 +108,9 @@ def test_tuning_recovers_the_better_weights_and_resumes(tmp_path) -> None:
     more = run_tune(cfg, tmp_path, trials=7, folds=2)
     assert more["trials"] == 7
     assert [h["value"] for h in more["history"][:6]] == [h["value"] for h in history]
+    # the held-out check reuses its finished runs and trains the new best trial's own
+    assert more["holdout"]["stl"] == result["holdout"]["stl"]
+    assert more["holdout"]["advice"]
 
 
 def test_bad_tuning_input_is_a_config_error(tmp_path) -> None:
@@ -166,6 +169,8 @@ def test_advice_says_when_tuning_is_no_better_than_equal_weights() -> None:
     ahead = holdout_advice([2.0], [1.0])
     assert "cannot tell them from noise" in ahead
     assert "kept equal weights" in holdout_advice([1.0], [1.0], tuned_is_ew=True)
+    kept = holdout_advice([-1.0, -2.0], [-1.0, -2.0], tuned_is_ew=True)
+    assert kept.startswith("Lean towards single-task models: equal weights, which the search")
     with pytest.raises(ConfigError, match="one value per seed"):
         holdout_advice([1.0, 2.0], [1.0])
 
@@ -191,3 +196,30 @@ def test_held_out_check_advises_single_task_models_when_they_win_by_construction
     assert result["cv_vs_equal"]["values"] == pytest.approx(gain)
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["holdout"]["advice"] == hold["advice"]
+
+
+def test_the_printed_summary_carries_the_advice_and_the_intervals() -> None:
+    from rich.console import Console
+
+    from mtlkit.experiments.tune import print_tune
+
+    tuned, ew = [-5.0, -6.0, -5.5], [-3.0, -4.0, -3.2]
+    result = {
+        "weights": {"a": 1.5, "b": 0.5},
+        "params": {},
+        "folds": 2,
+        "best_delta_m": -2.0,
+        "cv_vs_equal": {**mean_interval([1.0, 2.0]), "values": [1.0, 2.0]},
+        "holdout": {
+            "seeds": [0, 1, 2],
+            "delta_m": {"tuned": {"values": tuned}, "ew": {"values": ew}},
+            "decision": {"tuned": decide(tuned), "ew": decide(ew)},
+            "advice": holdout_advice(tuned, ew),
+        },
+    }
+    console = Console(record=True, width=200)
+    print_tune(result, console)
+    text = console.export_text()
+    assert "Advice: Use single-task models" in text
+    assert "t over 3 seeds" in text and "worse" in text
+    assert "optimistic" in text

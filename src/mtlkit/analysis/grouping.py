@@ -294,7 +294,10 @@ class Robustness:
         if self.frequency >= 0.95:
             verdict = "robust: the measurement noise does not change it"
         elif self.frequency >= 0.7:
-            verdict = "fairly robust; the pairs below 0.9 in the pair-together matrix are unsure"
+            verdict = (
+                "fairly robust; the pairs whose pair-together share is far from 0 and 1 are "
+                "the unsure ones"
+            )
         else:
             verdict = (
                 "not robust: the measurement cannot decide between groupings; measure more steps"

@@ -18,7 +18,7 @@ def run_affinity(
     *,
     epochs: int | None = None,
     steps: int | None = None,
-    every: int = 10,
+    every: int = 5,
     lr: float | None = None,
     min_measured: int = 30,
     max_measured: int = 200,

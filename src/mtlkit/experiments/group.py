@@ -26,7 +26,10 @@ from mtlkit.experiments.run import build_run
 from mtlkit.files import atomic_write_text
 from mtlkit.tasks import Task, delta_m, delta_m_per_task
 
-__all__ = ["print_grouping", "run_group"]
+__all__ = ["measure_advice", "print_grouping", "run_group"]
+
+#: a grouping chosen in at least this share of bootstrap resamples is trusted
+ROBUST = 0.7
 
 
 def run_group(
@@ -51,7 +54,7 @@ def run_group(
     ``resamples`` bootstrap resamples; None for an affinity file without per-step history) and
     ``result["other_measure"]``: the grouping the other measure picks, its robustness, and
     ``agrees``."""
-    from mtlkit.analysis.affinity import Affinity
+    from mtlkit.analysis.affinity import Affinity, standard_error
     from mtlkit.analysis.grouping import best_grouping, grouping_robustness
     from mtlkit.experiments.affinity import run_affinity
 
@@ -86,13 +89,20 @@ def run_group(
         except ConfigError:
             samples = None  # an old affinity file without per-step history
         robust = None
+        errors: dict[str, float | None] = {t: None for t in grouping.scores}
         if samples is not None and samples.shape[0] >= 2:
             robust = grouping_robustness(samples, models, names, resamples=resamples)
-        return {
-            "grouping": grouping,
-            "robustness": robust,
-            "stderr": affinity.stderr(which)[np.ix_(index, index)],
-        }
+            for members, served in zip(grouping.groups, grouping.serves, strict=True):
+                idx = [names.index(m) for m in members]
+                for task in served:
+                    j = names.index(task)
+                    others = [i for i in idx if i != j]
+                    if others:  # the score's standard error over the measured steps
+                        per_step = samples[:, others, j].mean(axis=1)
+                        errors[task] = float(standard_error(per_step))
+                    else:
+                        errors[task] = 0.0  # alone: the score is 0 by definition
+        return {"grouping": grouping, "robustness": robust, "score_stderr": errors}
 
     chosen = choose(measure)
     other_name = "cosine" if measure == "tag" else "tag"
@@ -101,6 +111,7 @@ def run_group(
     result: dict[str, Any] = {
         "measure": measure,
         "grouping": grouping.to_json(),
+        "score_stderr": chosen["score_stderr"],
         "robustness": None if chosen["robustness"] is None else chosen["robustness"].to_json(),
         "robustness_note": (
             chosen["robustness"].describe()
@@ -116,11 +127,50 @@ def run_group(
             "agrees": other["grouping"].key() == grouping.key(),
         },
     }
+    freq = {
+        measure: None if chosen["robustness"] is None else chosen["robustness"].frequency,
+        other_name: None if other["robustness"] is None else other["robustness"].frequency,
+    }
+    result["measure_advice"] = measure_advice(
+        freq["tag"], freq["cosine"], result["other_measure"]["agrees"]
+    )
     if verify:
         result["verify"] = _verify_grouping(config, tasks, grouping, out, console)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "group.json", json.dumps(result, indent=2))
     return result
+
+
+def measure_advice(tag: float | None, cosine: float | None, agree: bool) -> str:
+    """Which grouping to believe, from the bootstrap frequencies of the lookahead's (``tag``)
+    and the cosine's groupings (None: unknown) and whether they agree (docs/affinity.md):
+    the lookahead when it is robust; the cosine when only it is; otherwise neither decides,
+    and ``--verify`` (training the candidates) should."""
+
+    def robust(f: float | None) -> bool:
+        return f is not None and f >= ROBUST
+
+    if agree:
+        if robust(tag) or robust(cosine):
+            return "Both measures pick this grouping, and it is robust to the measurement noise."
+        return (
+            "Both measures pick this grouping, but neither is robust to the measurement "
+            "noise: measure more steps or check it with --verify."
+        )
+    if robust(tag):
+        return (
+            "The measures disagree; believe the lookahead (TAG): it is robust, and it measures "
+            "the effect on each task's loss, of which the cosine is one ingredient."
+        )
+    if robust(cosine):
+        return (
+            "The measures disagree and the lookahead's grouping is not robust (its scores are "
+            "within the noise); lean on the gradient cosine's grouping, or check with --verify."
+        )
+    return (
+        "The measures disagree and neither grouping is robust: the measurement cannot decide; "
+        "train the candidates with --verify."
+    )
 
 
 def _verify_grouping(
@@ -172,13 +222,18 @@ def _verify_grouping(
 def print_grouping(result: dict[str, Any], models: int, console: Console) -> None:
     """The grouping of :func:`~mtlkit.experiments.group.run_group`, its robustness and whether
     the other measure agrees."""
+    from mtlkit.analysis.affinity import format_estimate
+
     grouping, measure = result["grouping"], result["measure"]
     label = {"tag": "lookahead (TAG)", "cosine": "gradient cosine"}
     table = Table(title=f"Best grouping into ≤ {models} model(s) by {label[measure]}")
     for column in ("model", "trained on", "serves", "scores"):
         table.add_column(column)
     for i, (g, s) in enumerate(zip(grouping["groups"], grouping["serves"], strict=True)):
-        scores = ", ".join(f"{t}: {grouping['scores'][t]:+.3g}" for t in s)
+        errors = result.get("score_stderr") or {}
+        scores = ", ".join(
+            f"{t}: {format_estimate(grouping['scores'][t], errors.get(t))}" for t in s
+        )
         table.add_row(str(i + 1), ", ".join(g), ", ".join(s), scores)
     console.print(table)
     console.print(f"total score {grouping['total']:+.3g} ({grouping['search']} over this matrix)")
@@ -186,7 +241,9 @@ def print_grouping(result: dict[str, Any], models: int, console: Console) -> Non
     robust = result.get("robustness")
     if robust:
         tasks = robust["tasks"]
-        pairs = Table(title="Pair-together: share of bootstrap resamples training i with j")
+        pairs = Table(
+            title="Pair-together", caption="share of bootstrap resamples training i with j"
+        )
         pairs.add_column("")
         for t in tasks:
             pairs.add_column(t, justify="right")
@@ -200,6 +257,7 @@ def print_grouping(result: dict[str, Any], models: int, console: Console) -> Non
         groups = " | ".join(", ".join(g) for g in other["grouping"]["groups"])
         console.print(
             f"[bold]The {label[other['measure']]} measure picks a different grouping[/bold]: "
-            f"{escape(groups)}. See docs/affinity.md for which to believe (the lookahead, "
-            "when its errors are small)."
+            f"{escape(groups)} (docs/affinity.md: which measure to believe)."
         )
+    if "measure_advice" in result:
+        console.print(f"[bold]Advice:[/bold] {result['measure_advice']}")

@@ -280,6 +280,7 @@ def run_tune(
             console,
             tuned_is_ew=tuned_is_ew,
             cv_best=best.value,
+            best_trial=best.number,
         )
     atomic_write_text(out / "tune.json", json.dumps(result, indent=2))
     return result
@@ -379,6 +380,12 @@ def holdout_advice(
         return decide(values) == "worse" if n > 1 else float(values[0]) < 0
 
     one_seed = " One seed gives no interval: raise --holdout-seeds to confirm." if n == 1 else ""
+    if tuned_is_ew:
+        both = f"equal weights, which the search kept (Δm {_describe(ew)}),"
+    else:
+        both = (
+            f"both the tuned weights (Δm {_describe(tuned)}) and equal weights (Δm {_describe(ew)})"
+        )
     if loses(tuned) and loses(ew):
         cv = (
             f" Every trial also lost in cross-validation (best mean validation Δm "
@@ -387,16 +394,14 @@ def holdout_advice(
             else ""
         )
         return (
-            f"Use single-task models: on held-out test data both the tuned weights "
-            f"(Δm {_describe(tuned)}) and equal weights (Δm {_describe(ew)}) do worse than one "
+            f"Use single-task models: on held-out test data {both} do worse than one "
             f"model per task.{cv}{one_seed}"
         )
     if n > 1 and all(v < 0 for v in [*tuned, *ew]):
         return (
-            f"Lean towards single-task models: both the tuned weights (Δm {_describe(tuned)}) "
-            f"and equal weights (Δm {_describe(ew)}) did worse than one model per task on every "
-            f"one of the {n} held-out seeds, though the intervals still reach 0; more seeds "
-            "would settle it."
+            f"Lean towards single-task models: {both} did worse than one model per task on "
+            f"every one of the {n} held-out seeds, though the intervals still reach 0; more "
+            "seeds would settle it."
         )
     if tuned_is_ew:
         head = (
@@ -456,6 +461,7 @@ def _holdout(
     *,
     tuned_is_ew: bool,
     cv_best: float | None,
+    best_trial: int,
 ) -> dict[str, Any]:
     """Train the tuned weights, equal weights and the single-task models on the whole training
     split (selected on the validation split, as ``mtlkit train`` does) for ``seeds`` seeds,
@@ -494,7 +500,9 @@ def _holdout(
             mine = ew
         else:
             t_cfg = tuned.model_copy(update={"seed": seed, "name": f"{tuned.name}-seed{seed}"})
-            res = train_or_reuse(t_cfg, root / f"tuned-seed{seed}", False, console)
+            # named by the trial: a resumed study with a new best trains a new run
+            folder = root / f"tuned-trial{best_trial}-seed{seed}"
+            res = train_or_reuse(t_cfg, folder, False, console)
             mine = main_metrics(main, res["test"])
         per_seed["stl"].append(stl)
         per_seed["ew"].append(ew)
@@ -546,7 +554,9 @@ def print_tune(result: dict[str, Any], console: Console) -> None:
     folds = result["folds"]
     console.print(f"mean validation Δm over {folds} folds: {result['best_delta_m']:+.2f} %")
     cv = result.get("cv_vs_equal")
-    if cv:
+    if cv and all(v == 0 for v in cv["values"]):
+        console.print("the best trial is the first one: nothing beat it in cross-validation")
+    elif cv:
         span = "" if cv["ci"] is None else f" (95 % CI {cv['ci'][0]:+.2f} … {cv['ci'][1]:+.2f})"
         console.print(
             f"best trial − first trial, per fold: {cv['mean']:+.2f} points{span}; optimistic, "
