@@ -580,7 +580,10 @@ def recommend(
                 "no grouping is supported by the measured affinity"
             )
         if grouping.get("agrees") is False:
-            caveats.append("the cosine and lookahead measures give different groupings")
+            caveats.append(
+                "the cosine and lookahead measures give different groupings"
+                + (f": {grouping['measure_advice']}" if grouping.get("measure_advice") else "")
+            )
     if choice == "mtl" and method is not None:
         cost = {"model": method, **_cost_of(summary, method)}
     else:
@@ -706,6 +709,7 @@ def _grouping(config: RunConfig, out: Path, names: list[str], console: Console) 
         "frequency": robustness.get("frequency"),
         "pair_together": robustness.get("pair_together"),
         "robustness_note": result.get("robustness_note"),
+        "measure_advice": result.get("measure_advice"),
         "agrees": other.get("agrees"),
         "cosine_groups": (other.get("grouping") or {}).get("groups", []),
     }
