@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -679,11 +678,7 @@ def _affinity_section(
             min_measured=min(AFFINITY_MIN_MEASURED, steps),
             max_measured=steps,
         )
-    data = affinity.to_json()
-    data["stderr"] = {
-        m: [[float(v) if np.isfinite(v) else None for v in row] for row in affinity.stderr(m)]
-        for m in ("cosine", "tag")
-    }
+    data = affinity.to_json()  # with each measure's standard errors ("stderr")
     if len(names) < 3:
         return data, None
     return data, _grouping(config, out, names, console)
