@@ -18,15 +18,17 @@ model, groups, or the single-task models), which method, and what it costs. The 
 printed on the terminal and written as ``advise.html`` (with ``advise.json``) in the run
 folder.
 
-**Budget.** With ``budget_minutes``, :func:`measure_cost` times a few training steps of every
-model of the menu, one validation pass and two affinity measurements (the *pilot*), and
-:func:`plan_budget` (a pure function, documented there and in ``docs/advise.md``) chooses the
-seeds, the maximum epochs and the affinity steps that fit, and lists what it had to cut.
+**Budget.** :func:`measure_cost` (the *pilot*) runs one real epoch of the multi-task model
+and times a few training steps of every model of the menu, a validation pass and two affinity
+measurements; with ``budget_minutes``, :func:`plan_budget` (a pure function, documented
+there and in ``docs/advise.md``) chooses the seeds, the maximum epochs and the affinity steps
+that fit, and lists what it had to cut.
 
 **Resumable.** The plan is saved in ``plan.json``; a second call with the same ``--out``
 reuses it, the measured affinity and every finished run of the comparison (the run folders of
-:func:`~mtlkit.experiments.compare.train_or_reuse`), so an interrupted advise continues where it
-stopped and a finished one only re-renders the page.
+:func:`~mtlkit.experiments.compare.train_or_reuse`), so an interrupted advise continues with
+the first unfinished run (trained again from its start) and a finished one only re-renders
+the page.
 """
 
 from __future__ import annotations
