@@ -18,15 +18,17 @@ model, groups, or the single-task models), which method, and what it costs. The 
 printed on the terminal and written as ``advise.html`` (with ``advise.json``) in the run
 folder.
 
-**Budget.** With ``budget_minutes``, :func:`measure_cost` times a few training steps of every
-model of the menu, one validation pass and two affinity measurements (the *pilot*), and
-:func:`plan_budget` (a pure function, documented there and in ``docs/advise.md``) chooses the
-seeds, the maximum epochs and the affinity steps that fit, and lists what it had to cut.
+**Budget.** :func:`measure_cost` (the *pilot*) runs one real epoch of the multi-task model
+and times a few training steps of every model of the menu, a validation pass and two affinity
+measurements; with ``budget_minutes``, :func:`plan_budget` (a pure function, documented
+there and in ``docs/advise.md``) chooses the seeds, the maximum epochs and the affinity steps
+that fit, and lists what it had to cut.
 
 **Resumable.** The plan is saved in ``plan.json``; a second call with the same ``--out``
 reuses it, the measured affinity and every finished run of the comparison (the run folders of
-:func:`~mtlkit.experiments.compare.train_or_reuse`), so an interrupted advise continues where it
-stopped and a finished one only re-renders the page.
+:func:`~mtlkit.experiments.compare.train_or_reuse`), so an interrupted advise continues with
+the first unfinished run (trained again from its start) and a finished one only re-renders
+the page.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -281,10 +282,13 @@ def measure_cost(
     temporary folder), of ``steps`` training steps of a single-task model and of the
     multi-task model with each method of ``menu``, and of two affinity measurements.
 
-    The fixed cost of a run is the build of the single-task model (after the first build, so
-    with the caches a comparison's runs find); the epoch overhead (validation, checkpoint,
-    logging) is the one-epoch run's seconds less its build and training steps, and at least
-    one timed validation pass. The multi-task step models share the data loaded once."""
+    The epoch overhead is what the one-epoch run's fit took besides its training steps
+    (validation, checkpoint, logging; at least one timed validation pass). It also holds the
+    fit's one-time costs, so it is an upper bound: the estimate errs long, not short. The
+    fixed cost of a run is what the one-epoch run took besides its fit (building the data and
+    model, the final evaluation), and at least one build of the single-task model (after the
+    first build, so with the caches a comparison's runs find). The multi-task step models
+    share the data loaded once."""
     from mtlkit.analysis.affinity import measure_affinity
     from mtlkit.experiments.compare import Variant, stl_config, variant_config
     from mtlkit.experiments.run import (
@@ -350,17 +354,19 @@ def measure_cost(
     )
     with tempfile.TemporaryDirectory() as scratch:
         began = time.perf_counter()
-        train_run(one, Path(folder or scratch) / "pilot-epoch", progress=False, if_exists="replace")
+        result = train_run(
+            one, Path(folder or scratch) / "pilot-epoch", progress=False, if_exists="replace"
+        )
         epoch_run = time.perf_counter() - began
+    fit = float(result["train_seconds"])  # the fit: the epoch, its validation, its checkpoint
     ew_step = method_step.get("ew", min(method_step.values()))
-    overhead = max(eval_seconds, epoch_run - run_seconds - steps_per_epoch * ew_step)
     return Cost(
         n_tasks=len(main),
         steps_per_epoch=steps_per_epoch,
         stl_step=stl_step,
         method_step=method_step,
-        epoch_overhead=overhead,
-        run_seconds=run_seconds,
+        epoch_overhead=max(eval_seconds, fit - steps_per_epoch * ew_step),
+        run_seconds=max(run_seconds, epoch_run - fit),
         affinity_measure=affinity_measure,
         pilot_seconds=time.perf_counter() - started,
     )
@@ -552,7 +558,7 @@ def recommend(
     unconverged = _not_converged(summary)
     if unconverged:
         caveats.append(
-            f"not converged: {len(unconverged)} run(s) selected their last epoch "
+            f"not converged: {_runs(len(unconverged))} selected their last epoch "
             f"({'; '.join(unconverged[:3])}{'; …' if len(unconverged) > 3 else ''}); "
             "raise the budget (epochs)"
         )
@@ -575,7 +581,10 @@ def recommend(
                 "no grouping is supported by the measured affinity"
             )
         if grouping.get("agrees") is False:
-            caveats.append("the cosine and lookahead measures give different groupings")
+            caveats.append(
+                "the cosine and lookahead measures give different groupings"
+                + (f": {grouping['measure_advice']}" if grouping.get("measure_advice") else "")
+            )
     if choice == "mtl" and method is not None:
         cost = {"model": method, **_cost_of(summary, method)}
     else:
@@ -671,11 +680,7 @@ def _affinity_section(
             min_measured=min(AFFINITY_MIN_MEASURED, steps),
             max_measured=steps,
         )
-    data = affinity.to_json()
-    data["stderr"] = {
-        m: [[float(v) if np.isfinite(v) else None for v in row] for row in affinity.stderr(m)]
-        for m in ("cosine", "tag")
-    }
+    data = affinity.to_json()  # with each measure's standard errors ("stderr")
     if len(names) < 3:
         return data, None
     return data, _grouping(config, out, names, console)
@@ -701,6 +706,7 @@ def _grouping(config: RunConfig, out: Path, names: list[str], console: Console) 
         "frequency": robustness.get("frequency"),
         "pair_together": robustness.get("pair_together"),
         "robustness_note": result.get("robustness_note"),
+        "measure_advice": result.get("measure_advice"),
         "agrees": other.get("agrees"),
         "cosine_groups": (other.get("grouping") or {}).get("groups", []),
     }
@@ -773,6 +779,10 @@ def run_advise(
 # ---------------------------------------------------------------------------- the page
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def _fmt(value: Any, spec: str, unit: str = "") -> str:
     return f"{value:{spec}}{unit}" if isinstance(value, int | float) else "n/a"
 
@@ -815,7 +825,7 @@ def verdict_rows(advice: Mapping[str, Any]) -> list[dict[str, str]]:
                 "Δm short": _short_ci(res.get("delta_m")),
                 "decision": res.get("decision", "n/a"),
                 "per task": ", ".join(f"{t}: {d}" for t, d in tasks.items()) or "n/a",
-                "converged": "yes" if not unconverged else f"no ({len(unconverged)} runs)",
+                "converged": "yes" if not unconverged else f"no ({_runs(len(unconverged))})",
                 **cost(label),
             }
         )
