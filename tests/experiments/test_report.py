@@ -16,6 +16,7 @@ from mtlkit.data import TensorLoader
 from mtlkit.errors import MtlkitError
 from mtlkit.experiments.compare import summarise
 from mtlkit.experiments.report import SECTIONS, build_report
+from mtlkit.tasks import half_width
 from mtlkit.train import Trainer
 from mtlkit.weighting import get
 
@@ -157,8 +158,8 @@ def test_image_pixels_and_labels(run_dir: Path, compare_dir: Path) -> None:
     assert list(models) == ["mgda@hps"] and [s for s, _ in models["mgda@hps"]] == [0, 1]
     assert report._model_and_seed("stl-cls-seed3") == ("STL", 3)
     assert report._model_and_seed("imtl_g-mmoe-seed0") == ("imtl_g@mmoe", 0)
-    assert report._interval(1.0, 2) == pytest.approx(12.706 / 2**0.5, rel=1e-3)
-    assert report._interval(1.0, 1) == 0.0
+    assert half_width(1.0, 2) == pytest.approx(12.706 / 2**0.5, rel=1e-3)
+    assert half_width(1.0, 1) == 0.0
     path = run_dir / "heat.png"
     heatmap_png(torch.tensor([[1.0, -0.5], [0.2, 1.0]]).numpy(), ["a", "b"], "cosine", path)
     height, width = plt.imread(path).shape[:2]

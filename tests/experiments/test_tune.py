@@ -14,13 +14,12 @@ from mtlkit.config import parse_config
 from mtlkit.data import DATASETS, DataBundle, TensorSplit
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.tune import (
-    decide,
+    decide_values,
     holdout_advice,
-    mean_interval,
     parse_param_ranges,
     simplex_weights,
 )
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, interval
 
 
 def bottleneck(seed: int = 0, n: int = 160) -> DataBundle:
@@ -132,17 +131,17 @@ def test_bad_tuning_input_is_a_config_error(tmp_path) -> None:
 # ---------------------------------------------------------------------------- held-out check
 
 
-def test_mean_interval_is_the_student_t_interval() -> None:
-    s = mean_interval([1.0, 2.0, 3.0])
+def test_interval_is_the_student_t_interval() -> None:
+    s = interval([1.0, 2.0, 3.0])
     # mean 2, s = 1, t(0.975, 2) = 4.3027: half-width 4.3027 / √3
     assert s["mean"] == pytest.approx(2.0) and s["std"] == pytest.approx(1.0)
     assert s["ci"] == pytest.approx([2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)])
-    one = mean_interval([0.5])
+    one = interval([0.5])
     assert one["std"] is None and one["ci"] is None  # never "± 0" from one seed
-    assert decide([1.0, 1.2, 0.9]) == "better"
-    assert decide([-1.0, -1.2, -0.9]) == "worse"
-    assert decide([1.0, -1.0, 0.2]) == "no detectable difference"
-    assert decide([3.0]) == "undecided"
+    assert decide_values([1.0, 1.2, 0.9]) == "better"
+    assert decide_values([-1.0, -1.2, -0.9]) == "worse"
+    assert decide_values([1.0, -1.0, 0.2]) == "no detectable difference"
+    assert decide_values([3.0]) == "undecided"
 
 
 def test_advice_says_use_single_task_models_when_every_candidate_loses() -> None:
@@ -209,11 +208,11 @@ def test_the_printed_summary_carries_the_advice_and_the_intervals() -> None:
         "params": {},
         "folds": 2,
         "best_delta_m": -2.0,
-        "cv_vs_equal": {**mean_interval([1.0, 2.0]), "values": [1.0, 2.0]},
+        "cv_vs_equal": {**interval([1.0, 2.0]), "values": [1.0, 2.0]},
         "holdout": {
             "seeds": [0, 1, 2],
             "delta_m": {"tuned": {"values": tuned}, "ew": {"values": ew}},
-            "decision": {"tuned": decide(tuned), "ew": decide(ew)},
+            "decision": {"tuned": decide_values(tuned), "ew": decide_values(ew)},
             "advice": holdout_advice(tuned, ew),
         },
     }

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtlkit.errors import ConfigError
-from mtlkit.tasks import METRICS, delta_m, delta_m_per_task, get_metric, mean_std
+from mtlkit.tasks import METRICS, delta_m, delta_m_per_task, get_metric, half_width, interval
 
 
 def test_directions() -> None:
@@ -98,11 +98,12 @@ def test_delta_m_errors_name_task_and_metric() -> None:
         delta_m({"a": {"mae": 1.0}}, {"a": {"mae": 0.0}})
 
 
-def test_mean_std() -> None:
-    mean, std = mean_std([1.0, 2.0, 3.0])
-    assert mean == pytest.approx(2.0)
-    assert std == pytest.approx(1.0)
-    assert mean_std([4.0]) == (4.0, 0.0)
+def test_interval_by_hand_and_none_for_one_value() -> None:
+    r = interval([1.0, 2.0, 3.0])  # mean 2, s = 1, t(0.975, 2) = 4.302653
+    assert r["mean"] == pytest.approx(2.0) and r["std"] == pytest.approx(1.0)
+    assert r["ci"] == pytest.approx([2 - 4.302653 / 3**0.5, 2 + 4.302653 / 3**0.5], rel=1e-6)
+    assert interval([4.0]) == {"mean": 4.0, "std": None, "ci": None, "n": 1}  # never "± 0"
+    assert half_width(1.0, 1) == 0.0 and half_width(None, 5) == 0.0
 
 
 def test_class_dimension_last_for_per_token_outputs() -> None:

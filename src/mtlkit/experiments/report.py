@@ -37,6 +37,7 @@ import numpy as np
 
 from mtlkit.errors import MtlkitError, require
 from mtlkit.files import atomic_write_text
+from mtlkit.tasks import half_width
 
 SECTIONS = {
     "results": "Metrics of the selected model",
@@ -325,16 +326,6 @@ def _affinity(affinity: dict[str, Any] | None) -> str:
     )
 
 
-def _interval(std: float | None, n: int) -> float:
-    """Half-width of the 95 % Student-t confidence interval of a mean of ``n`` values (0 draws
-    no whisker: one seed has no interval)."""
-    if n < 2 or std is None or not math.isfinite(std):
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
 def _comparison_charts(compare: dict[str, Any]) -> str:
     plt = _plt()
     n = len(compare.get("seeds", [])) or 1
@@ -347,7 +338,7 @@ def _comparison_charts(compare: dict[str, Any]) -> str:
         stats = [compare["stl"][task][metric]]
         stats += [variants[v]["metrics"][task][metric] for v in variants]
         means = [s["mean"] for s in stats]
-        errors = [_interval(s["std"], n) for s in stats]
+        errors = [half_width(s["std"], n) for s in stats]
         ax.barh(
             names,
             means,
@@ -365,7 +356,7 @@ def _comparison_charts(compare: dict[str, Any]) -> str:
     ax.barh(
         list(variants),
         [d["mean"] for d in dms],
-        xerr=[_interval(d.get("std"), n) for d in dms],
+        xerr=[half_width(d.get("std"), n) for d in dms],
         capsize=4,
         color=[decision_colour.get(variants[v].get("decision", ""), "tab:grey") for v in variants],
         alpha=0.85,

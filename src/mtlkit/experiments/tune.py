@@ -38,7 +38,7 @@ from mtlkit.errors import ConfigError, MissingExtraError
 from mtlkit.experiments.compare import stl_config
 from mtlkit.experiments.run import build_run
 from mtlkit.files import atomic_write_text
-from mtlkit.tasks import delta_m
+from mtlkit.tasks import decide, delta_m, interval
 from mtlkit.weighting import WEIGHTINGS, Static, available
 
 
@@ -262,7 +262,7 @@ def run_tune(
     if best_folds and len(best_folds) == len(equal_folds):
         gain = [a - b for a, b in zip(best_folds, equal_folds, strict=True)]
         result["cv_vs_equal"] = {
-            **mean_interval(gain),
+            **interval(gain),
             "values": gain,
             "note": "best trial − first trial (equal weights / the config's options), per fold; "
             "optimistic, since the best trial was chosen on these folds",
@@ -318,33 +318,13 @@ def _baselines(
 # ---------------------------------------------------------------------------- held-out check
 
 
-def mean_interval(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and 95 % Student-t confidence interval of ``values``
-    (std and interval None for fewer than two values)."""
-    x = [float(v) for v in values]
-    n = len(x)
-    mean = sum(x) / n if n else math.nan
-    if n < 2:
-        return {"mean": mean, "std": None, "ci": None, "n": n}
-    from scipy.stats import t
-
-    std = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
-    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci": [mean - half, mean + half], "n": n}
-
-
-def decide(values: Sequence[float]) -> str:
-    """``better`` when the 95 % t-interval of the mean is above 0, ``worse`` below, ``no
-    detectable difference`` when it holds 0, ``undecided`` with fewer than two values."""
-    stats = mean_interval(values)
-    if stats["ci"] is None:
-        return "undecided"
-    lo, hi = stats["ci"]
-    return "better" if lo > 0 else "worse" if hi < 0 else "no detectable difference"
+def decide_values(values: Sequence[float]) -> str:
+    """:func:`~mtlkit.tasks.decide` on the 95 % t-interval of the mean of ``values``."""
+    return decide(interval(values)["ci"])
 
 
 def _describe(values: Sequence[float], unit: str = "%") -> str:
-    s = mean_interval(values)
+    s = interval(values)
     if s["ci"] is None:
         return f"{s['mean']:+.2f} {unit} (one seed: interval n/a)"
     lo, hi = s["ci"]
@@ -377,7 +357,7 @@ def holdout_advice(
     n = len(tuned)
 
     def loses(values: Sequence[float]) -> bool:
-        return decide(values) == "worse" if n > 1 else float(values[0]) < 0
+        return decide_values(values) == "worse" if n > 1 else float(values[0]) < 0
 
     one_seed = " One seed gives no interval: raise --holdout-seeds to confirm." if n == 1 else ""
     if tuned_is_ew:
@@ -410,7 +390,7 @@ def holdout_advice(
         )
         return head + _against_stl(ew, n) + "." + one_seed
     diff = [a - b for a, b in zip(tuned, ew, strict=True)]
-    if n > 1 and decide(diff) == "better":
+    if n > 1 and decide_values(diff) == "better":
         head = (
             f"The tuned weights beat equal weights on held-out data by {_describe(diff, 'points')}"
         )
@@ -448,7 +428,7 @@ def _against_stl(values: Sequence[float], n: int) -> str:
         "better": ", better than single-task models",
         "worse": ", worse than single-task models",
         "no detectable difference": ", no detectable difference from single-task models",
-    }[decide(values)]
+    }[decide_values(values)]
 
 
 def _holdout(
@@ -515,11 +495,9 @@ def _holdout(
             "seeds": [config.seed + i for i in range(seeds)],
             "split": "test",
             "per_seed": per_seed,
-            "delta_m": {name: {**mean_interval(v), "values": v} for name, v in dm.items()},
-            "tuned_minus_ew": mean_interval(
-                [a - b for a, b in zip(dm["tuned"], dm["ew"], strict=True)]
-            ),
-            "decision": {name: decide(v) for name, v in dm.items()},
+            "delta_m": {name: {**interval(v), "values": v} for name, v in dm.items()},
+            "tuned_minus_ew": interval([a - b for a, b in zip(dm["tuned"], dm["ew"], strict=True)]),
+            "decision": {name: decide_values(v) for name, v in dm.items()},
             "interval": "t (95 % Student t over seeds, paired by seed)",
             "advice": holdout_advice(
                 dm["tuned"], dm["ew"], tuned_is_ew=tuned_is_ew, cv_best=cv_best

@@ -1,9 +1,9 @@
 """Tasks: what a multi-task model must learn, how to check it, and how to score it.
 
 The core: :class:`Task` and :class:`TaskKind` (the checks at the boundary), the registries
-:data:`TASK_KINDS`, :data:`LOSSES` and :data:`METRICS`, and Δm (:func:`delta_m`) with
-:func:`mean_std`. One module per task family registers its kinds, losses and metrics when
-imported, and importing :mod:`mtlkit.tasks` imports them all:
+:data:`TASK_KINDS`, :data:`LOSSES` and :data:`METRICS`, and Δm (:func:`delta_m`) with its
+interval over seeds (:func:`interval`, :func:`decide`). One module per task family registers
+its kinds, losses and metrics when imported, and importing :mod:`mtlkit.tasks` imports them all:
 
 - :mod:`~mtlkit.tasks.tabular`: ``classification``, ``binary``, ``multilabel``, ``regression``;
 - :mod:`~mtlkit.tasks.tagging`: ``tagging``, ``bio_tagging`` (token accuracy, entity F1);
@@ -19,7 +19,7 @@ imports neither.
 # the task families: importing them registers their kinds, losses and metrics
 from mtlkit.tasks import dense, detection, lm, tabular, tagging
 from mtlkit.tasks._task import TASK_KINDS, Task, TaskKind, check_task_names, task_map
-from mtlkit.tasks.delta import delta_m, delta_m_per_task, mean_std
+from mtlkit.tasks.delta import decide, delta_m, delta_m_per_task, half_width, interval
 from mtlkit.tasks.dense import DenseKind
 from mtlkit.tasks.detection import DetectionKind
 from mtlkit.tasks.lm import lm_task
@@ -45,15 +45,17 @@ __all__ = [
     "better",
     "bind_labels",
     "check_task_names",
+    "decide",
     "delta_m",
     "delta_m_per_task",
     "dense",
     "detection",
     "empty_loss",
     "get_metric",
+    "half_width",
+    "interval",
     "lm",
     "lm_task",
-    "mean_std",
     "metric",
     "tabular",
     "tagging",

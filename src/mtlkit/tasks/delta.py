@@ -1,4 +1,5 @@
-"""Δm, the relative gain of a multi-task model over single-task baselines, and mean ± std.
+"""Δm, the relative gain of a multi-task model over single-task baselines, and the
+Student-t interval and decision over seeds that every verdict uses.
 
 The direction of each metric (higher or lower is better) comes from :data:`METRICS`, so Δm
 needs no more than the two result tables.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,10 +105,53 @@ def delta_m_per_task(
     return {t: delta_m({t: mtl[t]}, {t: m}) for t, m in cut.items()}
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+#: the confidence level of every interval over seeds
+CONFIDENCE = 0.95
+
+
+def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Mean, sample standard deviation and the Student-t confidence interval of the mean.
+
+    ``{"mean", "std", "ci": [lo, hi], "n"}`` with ``ci = mean ± t_{n−1, (1+c)/2} · std/√n``.
+    With one value there is no spread: ``std`` and ``ci`` are None (never 0).
+
+    >>> r = interval([1.0, 3.0])  # t_{1, 0.975} = 12.706
+    >>> [round(x, 3) for x in r["ci"]]
+    [-10.706, 14.706]
+    """
     arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    n = int(arr.size)
+    if n == 0:
+        raise ConfigError("an interval needs at least one value")
+    mean = float(arr.mean())
+    if n < 2:
+        return {"mean": mean, "std": None, "ci": None, "n": n}
+    std = float(arr.std(ddof=1))
+    half = half_width(std, n, confidence)
+    return {"mean": mean, "std": std, "ci": [mean - half, mean + half], "n": n}
 
 
-__all__ = ["delta_m", "delta_m_per_task", "mean_std"]
+def half_width(std: float | None, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half-width t_{n−1, (1+c)/2} · std/√n of the interval of a mean of ``n`` values; 0 when
+    there is no interval (one value, or no finite std)."""
+    if n < 2 or std is None or not math.isfinite(std):
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+
+
+def decide(ci: Sequence[float] | None) -> str:
+    """ "better" when the whole interval is above 0, "worse" when below, "no detectable
+    difference" when it holds 0 (a bound at exactly 0 included), "undecided" without one."""
+    if ci is None:
+        return "undecided"
+    lo, hi = ci
+    if lo > 0:
+        return "better"
+    if hi < 0:
+        return "worse"
+    return "no detectable difference"
+
+
+__all__ = ["CONFIDENCE", "decide", "delta_m", "delta_m_per_task", "half_width", "interval"]

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from mtlkit.errors import ConfigError
-from mtlkit.tasks import delta_m, delta_m_per_task
+from mtlkit.tasks import decide, delta_m, delta_m_per_task, interval
+from mtlkit.tasks.delta import CONFIDENCE
 
 __all__ = [
     "CONFIDENCE",
@@ -44,8 +43,6 @@ __all__ = [
     "verdict",
 ]
 
-#: the confidence level of every interval
-CONFIDENCE = 0.95
 #: how the interval is computed (``summary["interval"]``)
 INTERVAL = "t"
 #: decision → the words a verdict uses for it
@@ -57,43 +54,6 @@ DECISIONS = {
 }
 
 Table = dict[int, dict[str, dict[str, float]]]
-
-
-def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """Mean, sample standard deviation and the Student-t confidence interval of the mean.
-
-    ``{"mean", "std", "ci": [lo, hi], "n"}`` with ``ci = mean ± t_{n−1, (1+c)/2} · std/√n``.
-    With one value there is no spread: ``std`` and ``ci`` are None (never 0).
-
-    >>> r = interval([1.0, 3.0])  # t_{1, 0.975} = 12.706
-    >>> [round(x, 3) for x in r["ci"]]
-    [-10.706, 14.706]
-    """
-    from scipy.stats import t
-
-    arr = np.asarray(values, dtype=float)
-    n = int(arr.size)
-    if n == 0:
-        raise ConfigError("compare: an interval needs at least one value")
-    mean = float(arr.mean())
-    if n < 2:
-        return {"mean": mean, "std": None, "ci": None, "n": n}
-    std = float(arr.std(ddof=1))
-    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci": [mean - half, mean + half], "n": n}
-
-
-def decide(ci: Sequence[float] | None) -> str:
-    """ "better" when the whole interval is above 0, "worse" when below, "no detectable
-    difference" when it holds 0 (a bound at exactly 0 included), "undecided" without one."""
-    if ci is None:
-        return "undecided"
-    lo, hi = ci
-    if lo > 0:
-        return "better"
-    if hi < 0:
-        return "worse"
-    return "no detectable difference"
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
