@@ -39,7 +39,7 @@ from mtlkit.data.lm import LMLoader
 from mtlkit.data.treebank import turkish_treebank
 from mtlkit.nn import ENCODERS
 from mtlkit.nn.lm import check_lm_encoder
-from mtlkit.tasks import delta_m, mean_std
+from mtlkit.tasks import decide, delta_m, interval
 
 BILSTM = {"embedding_dim": 64, "hidden": 64, "dropout": 0.2}
 CAUSAL = {
@@ -169,8 +169,7 @@ def compare(
         runs["without"].append(without)
         runs["with"].append(with_lm)
         deltas.append(delta_m({t: with_lm[t] for t in without}, without))
-    mean, std = mean_std(deltas)
-    return {"runs": runs, "delta_m": deltas, "delta_m_mean": mean, "delta_m_std": std}
+    return {"runs": runs, "delta_m": deltas, "delta_m_stats": interval(deltas)}
 
 
 def report(title: str, result: dict[str, Any]) -> str:
@@ -183,12 +182,18 @@ def report(title: str, result: dict[str, Any]) -> str:
             b = [r[task][metric] for r in with_lm]
             left = f"{np.mean(a):11.4f}" if a else f"{'-':>11}"
             lines.append(f"{task:<8} {metric:<16} {left} {np.mean(b):11.4f}")
-    mean, std, n = result["delta_m_mean"], result["delta_m_std"], len(result["delta_m"])
-    verdict = "helps" if mean > 0 else "does not help"
-    lines.append(
-        f"Δm (with LM over without, tagging tasks): {mean:+.2f}% ± {std:.2f} over {n} seed(s): "
-        f"the LM task {verdict} here" + (" (one seed: treat small Δm as noise)" if n == 1 else "")
-    )
+    stats = result["delta_m_stats"]
+    mean, ci, n = stats["mean"], stats["ci"], stats["n"]
+    if ci is None:
+        spread = "one seed: no interval, so no verdict (run --seeds 3)"
+    else:
+        verdict = {
+            "better": "the LM task helps here",
+            "worse": "the LM task hurts here",
+            "no detectable difference": "no detectable difference at this budget",
+        }[decide(ci)]
+        spread = f"95 % CI {ci[0]:+.2f} … {ci[1]:+.2f}, t over {n} seeds: {verdict}"
+    lines.append(f"Δm (with LM over without, tagging tasks): {mean:+.2f} % ({spread})")
     return "\n".join(lines)
 
 

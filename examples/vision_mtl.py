@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"left out of Δm (STL baseline 0): {', '.join(skipped)}")
     print("Δm per task: " + ", ".join(f"{t} {v:+.1f}%" for t, v in per_task.items()))
     print(
-        f"Δm overall: {overall:+.1f}% ({'MTL better' if overall > 0 else 'STL better'}); "
+        f"Δm overall: {overall:+.1f}% (one seed: no interval, so no verdict; "
+        "`mtlkit compare --seeds 3` gives one); "
         f"training time: MTL {mtl_seconds:.0f} s, STL {stl_seconds:.0f} s (3 models)"
     )
     return {
