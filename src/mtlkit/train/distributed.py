@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.train.strategy import DataParallel, Distributed, GlobalLosses
-from mtlkit.weighting.base import StepContext, StepRecord, Weighting
+from mtlkit.weighting.base import StepContext, StepRecord, Weighting, Wrapper
 from mtlkit.weighting.gradient import GradientWeighting, split_parameters, task_jacobian
 
 __all__ = [
@@ -332,7 +332,7 @@ class _PendingSum:
             offset += n
 
 
-class DistributedWeighting(Weighting):
+class DistributedWeighting(Wrapper):
     """A weighting method that sees the global per-task gradients on every rank.
 
     Takes :class:`GlobalLosses` (from :meth:`Distributed.globalize`). A gradient-based method
@@ -432,20 +432,8 @@ class DistributedWeighting(Weighting):
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     @property
-    def needs_representation(self) -> bool:
-        return self.method.needs_representation
-
-    @property
-    def uses_representation(self) -> bool:
-        return self.method.uses_representation
-
-    @property
-    def needs_all_tasks(self) -> bool:
-        return self.method.needs_all_tasks
-
-    @property
-    def jacobian_mode(self) -> str | None:
-        return self.method.jacobian_mode
+    def wrapped(self) -> Weighting:
+        return self.method
 
     def backward(
         self,

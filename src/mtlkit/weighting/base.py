@@ -96,6 +96,7 @@ __all__ = [
     "StepContext",
     "StepRecord",
     "Weighting",
+    "Wrapper",
     "available",
     "for_tasks",
     "get",
@@ -565,6 +566,32 @@ class Weighting(ABC):
 
     def __str__(self) -> str:
         return type(self).__name__
+
+
+class Wrapper(Weighting):
+    """A method that runs another one: what the training loop reads of it (representation,
+    all tasks, Jacobian mode) is the wrapped method's, :attr:`wrapped`."""
+
+    @property
+    @abstractmethod
+    def wrapped(self) -> Weighting:
+        """The method whose capabilities this one reports."""
+
+    @property
+    def needs_representation(self) -> bool:
+        return self.wrapped.needs_representation
+
+    @property
+    def uses_representation(self) -> bool:
+        return self.wrapped.uses_representation
+
+    @property
+    def needs_all_tasks(self) -> bool:
+        return self.wrapped.needs_all_tasks
+
+    @property
+    def jacobian_mode(self) -> str | None:
+        return self.wrapped.jacobian_mode
 
 
 class LossWeighting(Weighting):

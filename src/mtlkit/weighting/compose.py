@@ -38,6 +38,7 @@ from mtlkit.weighting.base import (
     StepContext,
     StepRecord,
     Weighting,
+    Wrapper,
 )
 from mtlkit.weighting.gradient import GradientWeighting
 
@@ -68,7 +69,7 @@ def _from_spec(spec: Spec | Weighting, role: str) -> Weighting:
 
 
 @WEIGHTINGS.register("compose")
-class Composed(Weighting):
+class Composed(Wrapper):
     """A loss weighting followed by a gradient aggregation (see the module docstring).
 
     ``weighting`` must be loss-based (EW, static, UW, DWA, ...) and ``aggregator``
@@ -101,20 +102,8 @@ class Composed(Weighting):
         self.stateful = self.weighting.stateful or self.aggregator.stateful  # type: ignore[misc]
 
     @property
-    def needs_representation(self) -> bool:
-        return self.aggregator.needs_representation
-
-    @property
-    def uses_representation(self) -> bool:
-        return self.aggregator.uses_representation
-
-    @property
-    def needs_all_tasks(self) -> bool:
-        return self.aggregator.needs_all_tasks
-
-    @property
-    def jacobian_mode(self) -> str | None:
-        return self.aggregator.jacobian_mode
+    def wrapped(self) -> Weighting:
+        return self.aggregator
 
     def step(self, ctx: StepContext, /) -> StepRecord:
         assert self.tasks is not None

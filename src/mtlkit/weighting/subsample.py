@@ -44,12 +44,12 @@ import torch
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting._manipulation import check_seed
-from mtlkit.weighting.base import StateField, StepContext, StepRecord, Weighting
+from mtlkit.weighting.base import StateField, StepContext, StepRecord, Weighting, Wrapper
 
 __all__ = ["TaskSubsample", "subsample"]
 
 
-class TaskSubsample(Weighting):
+class TaskSubsample(Wrapper):
     """``method`` on ``tasks_per_step`` tasks drawn at random each step (module docstring)."""
 
     name = "subsample"
@@ -82,20 +82,8 @@ class TaskSubsample(Weighting):
     # ------------------------------------------------------------------ what the loop reads
 
     @property
-    def needs_representation(self) -> bool:
-        return self.method.needs_representation
-
-    @property
-    def uses_representation(self) -> bool:
-        return self.method.uses_representation
-
-    @property
-    def needs_all_tasks(self) -> bool:
-        return self.method.needs_all_tasks
-
-    @property
-    def jacobian_mode(self) -> str | None:
-        return self.method.jacobian_mode
+    def wrapped(self) -> Weighting:
+        return self.method
 
     def on_bind(self) -> None:
         assert self.tasks is not None
