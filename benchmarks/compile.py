@@ -30,20 +30,9 @@ from typing import Any
 
 import torch
 import torch._functorch.config
-from torch import nn
 
-from mtlkit.experiments.bench import build_bench_model
+from mtlkit.experiments.bench import build_bench_model, mtlkit_step
 from mtlkit.weighting import get
-
-
-def _step(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        model.zero_grad(set_to_none=True)
-        outs, rep = model.forward_with_representation(x)  # type: ignore[operator]
-        losses = {t: nn.functional.cross_entropy(o, y[i]) for i, (t, o) in enumerate(outs.items())}
-        method.backward(losses, model, representation=rep)
-
-    return run
 
 
 def _method(name: str, mode: str) -> Any:
@@ -62,7 +51,7 @@ def _cell(args: argparse.Namespace, kind: str, tasks: int) -> list[dict[str, Any
     for name, mode in configs:
         for side, model in (("eager", eager), ("compiled", compiled)):
             key = (name, mode, side)
-            steps[key] = _step(_method(name, mode), model, x, y)
+            steps[key] = mtlkit_step(_method(name, mode), model, x, y)
             started = time.perf_counter()
             steps[key]()  # compiles on the compiled side's first step
             first[key] = time.perf_counter() - started

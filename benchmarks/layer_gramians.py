@@ -26,9 +26,9 @@ import torch
 from mtlkit.experiments.bench import (
     MODELS,
     TORCHJD_AGGREGATORS,
-    _mtlkit_step,
     _torchjd_step,
     build_bench_model,
+    mtlkit_step,
 )
 
 
@@ -41,7 +41,7 @@ def _step(kind: str, t: int, name: str) -> Callable[[], None]:
     from mtlkit.weighting import WEIGHTINGS
 
     method = WEIGHTINGS.build(name) if name == "ew" else WEIGHTINGS.build(name, jacobian="shared")
-    return _mtlkit_step(method, model, x, y)
+    return mtlkit_step(method, model, x, y)
 
 
 def _status_mib(key: str) -> float:

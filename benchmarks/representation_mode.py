@@ -20,10 +20,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 import mtlkit.weighting as weighting
-from mtlkit.experiments.bench import build_bench_model
+from mtlkit.experiments.bench import build_bench_model, mtlkit_step
 
 METHODS = [
     "upgrad",
@@ -46,14 +45,7 @@ METHODS = [
 def _step(name: str, t: int) -> Callable[[], None]:
     model, x, y = build_bench_model("mlp", t)
     method = weighting.get(name) if name == "ew" else weighting.get(name, jacobian="representation")
-
-    def run() -> None:
-        model.zero_grad(set_to_none=True)
-        outs, rep = model.forward_with_representation(x)  # type: ignore[operator]
-        losses = {k: nn.functional.cross_entropy(o, y[i]) for i, (k, o) in enumerate(outs.items())}
-        method.backward(losses, model, representation=rep)
-
-    return run
+    return mtlkit_step(method, model, x, y)
 
 
 def main() -> None:

@@ -85,7 +85,10 @@ def build_bench_model(kind: str, tasks: int, seed: int = 0) -> tuple[nn.Module, 
     return _BenchHPS(enc, width, tasks), x, targets
 
 
-def _mtlkit_step(method: Any, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
+def mtlkit_step(method: Any, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
+    """One training step of ``method`` on a bench model (cross-entropy per task), as a
+    closure to time."""
+
     def run() -> None:
         model.zero_grad(set_to_none=True)
         outs, rep = model.forward_with_representation(x)  # type: ignore[operator]
@@ -243,7 +246,7 @@ def _bench_cell(
         except Exception as err:  # a method that cannot run here is reported, not fatal
             print(f"bench: skipping {name} ({mode}): {err}")
             continue
-        make = _torchjd_step if mode == "torchjd" else _mtlkit_step
+        make = _torchjd_step if mode == "torchjd" else mtlkit_step
         steps.append((name, mode, make(method, model, x, y)))
     times: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _ in steps}
     cpu: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _ in steps}

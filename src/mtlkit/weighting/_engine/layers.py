@@ -202,6 +202,32 @@ def _conv_spec(m: Any) -> dict[str, Any]:
     }
 
 
+def _conv_backward(
+    grad: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    spec: dict[str, Any],
+    mask: list[bool],
+    bias_sizes: list[int] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``aten.convolution_backward`` of a (non-transposed) convolution with ``spec``'s stride,
+    padding, dilation and groups; ``mask`` picks (input, weight, bias) gradients."""
+    out: tuple[Tensor, Tensor, Tensor] = torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        bias_sizes,
+        spec["stride"],
+        spec["padding"],
+        spec["dilation"],
+        False,
+        [0] * len(spec["stride"]),
+        spec["groups"],
+        mask,
+    )
+    return out
+
+
 def conv_task_grads(
     x: Tensor, deltas: Tensor, weight_shape: Sequence[int], spec: dict[str, Any], bias: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -224,18 +250,8 @@ def conv_task_grads(
         .reshape(b, g * t * c_out // g, *spatial)
     )
     shape = (g * t * (c_out // g), *weight_shape[1:])
-    (_, gw, _) = torch.ops.aten.convolution_backward(
-        folded,
-        x,
-        x.new_zeros(()).expand(*shape),
-        None,
-        spec["stride"],
-        spec["padding"],
-        spec["dilation"],
-        False,
-        [0] * len(spatial),
-        g,
-        [False, True, False],
+    (_, gw, _) = _conv_backward(
+        folded, x, x.new_zeros(()).expand(*shape), spec, [False, True, False]
     )
     weight = gw.reshape(g, t, c_out // g, *weight_shape[1:]).transpose(0, 1)
     weight = weight.reshape(t, *weight_shape)
@@ -281,19 +297,8 @@ def _conv_input_grads(deltas: Tensor, x: Tensor, weight: Tensor, spec: dict[str,
         placeholder = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     else:
         placeholder = x.new_zeros(()).expand(*shape)
-    (dx, _, _) = torch.ops.aten.convolution_backward(
-        folded,
-        placeholder,  # only its shape is read for the input gradient
-        weight,
-        None,
-        spec["stride"],
-        spec["padding"],
-        spec["dilation"],
-        False,
-        [0] * len(spec["stride"]),
-        spec["groups"],
-        [True, False, False],
-    )
+    # only the placeholder's shape is read for the input gradient
+    (dx, _, _) = _conv_backward(folded, placeholder, weight, spec, [True, False, False])
     out: Tensor = dx.reshape(t, *x.shape).contiguous()  # the next backward ops run fastest on it
     return out
 
@@ -320,21 +325,19 @@ class ConvOutput(torch.autograd.Function):
         dtype = grad.dtype
         xd, wd = x.to(dtype), weight.to(dtype)
         spec = ctx.spec
+        dx: Tensor | None
+        dw: Tensor | None
+        db: Tensor | None
         with torch.autocast(grad.device.type, enabled=False):
             level = _batch_level(grad)
             if level is None:
-                dx, dw, db = torch.ops.aten.convolution_backward(
+                dx, dw, db = _conv_backward(
                     grad,
                     xd,
                     wd,
-                    [grad.shape[1]] if need_b else None,
-                    spec["stride"],
-                    spec["padding"],
-                    spec["dilation"],
-                    False,
-                    [0] * len(spec["stride"]),
-                    spec["groups"],
+                    spec,
                     [need_x, bool(need_w), bool(need_b)],
+                    [grad.shape[1]] if need_b else None,
                 )
             else:
                 rows = _unbatch(grad, level)
