@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from mtlkit.allocator import retain_freed_memory
 from mtlkit.experiments.bench import (
     MODELS,
     TORCHJD_AGGREGATORS,
@@ -77,6 +78,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 5, 10, 40])
     parser.add_argument("--methods", nargs="+", default=["upgrad", "mgda"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "retain"],
+        default="default",
+        help="retain: keep freed memory for reuse (mtlkit.allocator, what the mtlkit command does)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--memory", action="store_true")
@@ -88,6 +95,8 @@ def main() -> None:
         kind, t, name = args.child
         _memory_child(kind, int(t), name)
         return
+    if args.malloc == "retain" and not retain_freed_memory():
+        parser.error("--malloc retain needs glibc")
     names = ["ew", *args.methods]
     if not args.no_torchjd:
         try:
@@ -96,7 +105,7 @@ def main() -> None:
             print("TorchJD is not installed: pip install 'mtlkit[bench]' to compare")
         else:
             names += [f"torchjd:{m}" for m in ["ew", *args.methods] if m in TORCHJD_AGGREGATORS]
-    print(f"threads {args.threads}; load average {os.getloadavg()}")
+    print(f"threads {args.threads}; malloc {args.malloc}; load average {os.getloadavg()}")
     header = (
         f"{'model':5} {'T':>3} {'config':16} {'cpu ms':>8} {'cpu x':>6} "
         f"{'wall ms':>8} {'wall x':>6}"

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtlkit.allocator import retain_freed_memory
 from mtlkit.experiments.bench import MODELS, run_bench
 
 
@@ -29,12 +30,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=["shared", "representation"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "retain"],
+        default="default",
+        help="retain: keep freed memory for reuse (mtlkit.allocator, what the mtlkit command does)",
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-torchjd", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
     parser.add_argument("--json", type=Path, default=None, help="write the whole table here")
     args = parser.parse_args()
+    if args.malloc == "retain" and not retain_freed_memory():
+        parser.error("--malloc retain needs glibc")
     command = " ".join(["python", *sys.argv])
     started, started_cpu = time.perf_counter(), time.process_time()
     rows = run_bench(
@@ -51,6 +60,7 @@ def main() -> None:
     run: dict[str, Any] = {
         "command": command,
         "threads": args.threads,
+        "malloc": args.malloc,
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "load_average_end": list(os.getloadavg()),
@@ -58,7 +68,7 @@ def main() -> None:
         "cpu_s": time.process_time() - started_cpu,
     }
     print(
-        f"{command}: threads {args.threads}, load average "
+        f"{command}: threads {args.threads}, malloc {args.malloc}, load average "
         f"{', '.join(f'{v:.2f}' for v in run['load_average_end'])}, "
         f"wall {run['wall_s']:.0f} s, CPU {run['cpu_s']:.0f} s"
     )

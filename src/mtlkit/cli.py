@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mtlkit.allocator import retain_freed_memory
 from mtlkit.errors import MtlkitError
 
 app = typer.Typer(
@@ -532,7 +533,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the process keeps freed memory for reuse
+    (:func:`mtlkit.allocator.retain_freed_memory`), then runs the command."""
+    retain_freed_memory()
     sys.exit(main())
 
 
