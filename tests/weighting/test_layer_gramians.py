@@ -142,6 +142,17 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
         ),
         torch.randn(4, 3, 9, 9),
     ),
+    "conv-batchnorm-fused-grouped": lambda: (
+        Pooled(
+            nn.Sequential(
+                nn.Conv2d(4, 6, 3, groups=2, stride=2, bias=False),
+                nn.BatchNorm2d(6),
+                nn.ReLU(),
+                nn.Conv2d(6, 5, 1),
+            )
+        ),
+        torch.randn(4, 4, 9, 9),
+    ),
     "batchnorm1d-train": lambda: (
         nn.Sequential(nn.Linear(6, 7), nn.BatchNorm1d(7), nn.Tanh(), nn.Linear(7, 5)),
         torch.randn(8, 6),
@@ -263,16 +274,22 @@ def test_layer_gramian_and_update_equal_the_explicit_jacobian(
         release_hooks(model)
 
 
-@pytest.mark.parametrize("case", ["conv2d-grouped", "conv1d", "batchnorm2d-train"])
-def test_routed_layers_keep_the_ordinary_backward(case: str) -> None:
-    """With the hooks in place, a plain backward (parameters and input) is unchanged."""
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input-grad", "data"])
+@pytest.mark.parametrize(
+    "case", ["conv2d-grouped", "conv1d", "batchnorm2d-train", "conv-batchnorm-fused-grouped"]
+)
+def test_routed_layers_keep_the_ordinary_backward(case: str, input_grad: bool) -> None:
+    """With the hooks in place, a plain backward (parameters, and the input when it needs
+    one; without, a convolution on the data and its batch norm share one fused backward) is
+    unchanged."""
     model, x = _model(case)
-    x = x.clone().requires_grad_()
-    reference = torch.autograd.grad(_losses(model, x).sum(), [x, *model.parameters()])
+    x = x.clone().requires_grad_(input_grad)
+    wrt = [x, *model.parameters()] if input_grad else list(model.parameters())
+    reference = torch.autograd.grad(_losses(model, x).sum(), wrt)
     shared = model.shared_parameters()
     gramian(_losses(model, x), model, shared)  # installs the hooks
     try:
-        routed = torch.autograd.grad(_losses(model, x).sum(), [x, *model.parameters()])
+        routed = torch.autograd.grad(_losses(model, x).sum(), wrt)
         for a, b in zip(routed, reference, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     finally:
@@ -300,8 +317,38 @@ def test_convolutions_and_batch_norms_fold_the_tasks(monkeypatch: pytest.MonkeyP
         release_hooks(model)
 
 
-def test_batchnorm_in_eval_mode_uses_the_running_statistics() -> None:
-    model, x = _model("batchnorm2d-train")
+@pytest.mark.parametrize("case", ["batchnorm2d-train", "batchnorm1d-sequence"])
+def test_a_convolution_on_the_data_and_its_batch_norm_are_fused(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first convolution's per-task gradients come from the batch norm's task rows
+    (no T-sized input gradient of the batch norm), and G is still JJᵀ."""
+    calls: list[int] = []
+    original = layers_mod._fused_conv_grads
+
+    def spy(x0: Tensor, weight: Tensor, rows: Tensor, *args: object) -> object:
+        calls.append(rows.shape[0])
+        return original(x0, weight, rows, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layers_mod, "_fused_conv_grads", spy)
+    model, x = _model(case)
+    shared = model.shared_parameters()
+    losses = _losses(model, x)
+    jac = _explicit_jacobian(losses, shared)
+    gramian(losses, model, shared)
+    try:
+        calls.clear()
+        result = gramian(_losses(model, x), model, shared)
+        assert calls == [TASKS]
+        scale = jac.abs().max().item()
+        torch.testing.assert_close(result.matrix, jac @ jac.T, rtol=1e-9, atol=1e-9 * scale**2)
+    finally:
+        release_hooks(model)
+
+
+@pytest.mark.parametrize("case", ["batchnorm2d-train", "conv-batchnorm-fused-grouped"])
+def test_batchnorm_in_eval_mode_uses_the_running_statistics(case: str) -> None:
+    model, x = _model(case)
     for _ in range(2):
         with torch.no_grad():
             model(x + 1.0)  # moves the running statistics away from the batch's

@@ -28,6 +28,7 @@ from mtlkit.weighting._engine.layers import (
     BATCH_NORMS,
     CONVS,
     batch_norm_output,
+    conv_batch_norm_output,
     conv_output,
     kind_of,
     linear_output,
@@ -53,6 +54,8 @@ class Recorder:
     calls: dict[int, list[tuple[Tensor, Tensor, int, int, object]]] = field(default_factory=dict)
     handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
     overflow: bool = False
+    #: the latest recorded convolution call: (routed output, module, input)
+    last_conv: tuple[Tensor, nn.Module, Tensor] | None = None
 
     def hook(self, module: nn.Module, args: tuple[object, ...], output: object) -> Tensor | None:
         if not torch.is_grad_enabled():
@@ -69,8 +72,14 @@ class Recorder:
             replaced = linear_output(module, x, output)
         elif isinstance(module, CONVS):
             replaced = conv_output(module, x, output)
+            self.last_conv = (replaced, module, x)
         elif isinstance(module, BATCH_NORMS):
-            replaced, aux = batch_norm_output(module, x, output)
+            conv = self.last_conv
+            if conv is not None and x is conv[0] and not conv[2].requires_grad:
+                # a convolution on the data, then this batch norm: one fused backward
+                replaced, aux = conv_batch_norm_output(conv[1], conv[2], module, x, output)
+            else:
+                replaced, aux = batch_norm_output(module, x, output)
         y = output if replaced is None else replaced
         records = self.calls.setdefault(id(module), [])
         if len(records) >= MAX_RECORDS:
@@ -82,6 +91,7 @@ class Recorder:
     def clear(self) -> None:
         self.calls.clear()
         self.overflow = False
+        self.last_conv = None
 
     def remove(self) -> None:
         for h in self.handles:

@@ -592,3 +592,152 @@ def embedding_task_grads(indices: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]
     out = rows.new_zeros(rows.shape[0], unique.shape[0], rows.shape[2])
     out.index_add_(1, inverse, rows)
     return unique, out
+
+
+# ------------------------------------------------------------ convolution then batch norm
+
+
+class ConvBatchNormOutput(torch.autograd.Function):
+    """The output of a batch norm whose input is a recorded convolution's output, as a
+    function of the convolution's input (which needs no gradient: a first layer on the data)
+    and of both layers' parameters.
+
+    With the task rows, the batch norm's input gradient (T × the activation, two passes over
+    it) is never formed: with s = γ/σ, a_i = mean(g_i) and e_i = mean(g_i x̂) per channel,
+    task i's input gradient is s (g_i − a_i − x̂ e_i), and the convolution's weight gradient
+    W(·) is linear in it and acts on each output channel alone, so
+
+        ∂L_i/∂K = s · (W(g_i) − a_i W(1) − e_i W(x̂)),   ∂L_i/∂b = −s · e_i Σ x̂,
+
+    W(g_i) from the T rows g_i as they come, W(1) and W(x̂) once for all tasks."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x0: Tensor,
+        conv_weight: Tensor,
+        conv_bias: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        x1: Tensor,
+        out: Tensor,
+        stats: tuple[Tensor, Tensor],
+        batch_stats: bool,
+        spec: dict[str, Any],
+    ) -> Tensor:
+        mean, invstd = stats
+        ctx.save_for_backward(x0, conv_weight, weight, x1, mean, invstd)
+        ctx.batch_stats, ctx.spec = batch_stats, spec
+        ctx.has_conv_bias = conv_bias is not None
+        ctx.ids = (id(conv_weight), id(conv_bias), id(weight), id(bias))
+        return _alias(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x0, conv_weight, weight, x1, mean, invstd = ctx.saved_tensors
+        req = _REQUESTED
+        needs = [
+            ctx.needs_input_grad[k] and (req is None or ctx.ids[j] in req)
+            for j, k in enumerate((1, 2, 3, 4))
+        ]
+        need_k, need_kb = needs[0], needs[1] and ctx.has_conv_bias
+        need_w, need_b = needs[2], needs[3]
+        spec = ctx.spec
+        with torch.autocast(grad.device.type, enabled=False):
+            level = _batch_level(grad)
+            g = grad if level is None else _unbatch(grad, level)
+            lead = g.dim() - x1.dim()  # 1 with the task rows, else 0
+            dtype = mean.dtype
+            g = g.to(dtype)
+            n = x1.dim()
+            inv = _channel_view(invstd, n)
+            xhat = (x1.to(dtype) - _channel_view(mean, n)) * inv
+            g_sum, gx_sum = _channel_sums(g, xhat, lead)
+            scale = inv if weight is None else inv * _channel_view(weight.to(dtype), n)
+            count = x1.numel() // x1.shape[1]
+            dk = dkb = None
+            if (need_k or need_kb) and level is None:  # one row: the input gradient as usual
+                if ctx.batch_stats:
+                    dx1 = torch.addcmul(-scale * g_sum / count, g, scale)
+                    dx1.addcmul_(xhat, -scale * gx_sum / count)
+                else:
+                    dx1 = scale * g
+                sizes = [dx1.shape[1]] if need_kb else None
+                xd, kd = x0.to(dtype), conv_weight.to(dtype)
+                _, dk, dkb = _conv_backward(dx1, xd, kd, spec, [False, need_k, need_kb], sizes)
+            elif need_k or need_kb:
+                dk, dkb = _fused_conv_grads(x0, conv_weight, g, xhat, scale, g_sum, gx_sum, ctx)
+            dw = db = None
+            if need_w:
+                dw = gx_sum.reshape(gx_sum.shape[: lead + 2]).flatten(lead)
+            if need_b:
+                db = g_sum.reshape(g_sum.shape[: lead + 2]).flatten(lead)
+        grads = [dk, dkb, dw, db]
+        if level is not None:
+            grads = [_rebatch(v, level) for v in grads]
+        params = (conv_weight, conv_weight, weight, weight)
+        out = [
+            None if v is None or not need else v.to(p.dtype)
+            for v, need, p in zip(grads, (need_k, need_kb, need_w, need_b), params, strict=True)
+        ]
+        return (None, *out, None, None, None, None, None)
+
+
+def _fused_conv_grads(
+    x0: Tensor,
+    conv_weight: Tensor,
+    rows: Tensor,
+    xhat: Tensor,
+    scale: Tensor,
+    g_sum: Tensor,
+    gx_sum: Tensor,
+    ctx: Any,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Per-task (T × weight shape, T × C_out) convolution gradients of
+    :class:`ConvBatchNormOutput` from the batch norm's task rows (see its docstring)."""
+    t, c = rows.shape[0], rows.shape[2]
+    dtype = rows.dtype
+    xd = x0.to(dtype)
+    shape = conv_weight.shape
+    per_channel = (t, c, *([1] * (conv_weight.dim() - 1)))
+    s = scale.reshape(1, c, *([1] * (conv_weight.dim() - 1)))
+    count = xhat.numel() // xhat.shape[1]
+    gw, _ = conv_task_grads(xd, rows, shape, ctx.spec, False)  # W(g_i): T × weight shape
+    dk: Tensor = gw
+    if ctx.batch_stats:
+        # W(1) and W(x̂), once: the two "tasks" 1 and x̂
+        shared = torch.stack([torch.ones_like(xhat), xhat])
+        base, _ = conv_task_grads(xd, shared, shape, ctx.spec, False)
+        a = (g_sum / count).reshape(per_channel)
+        e = (gx_sum / count).reshape(per_channel)
+        dk = gw - a * base[0] - e * base[1]
+    dk = dk * s
+    dkb = None
+    if ctx.has_conv_bias:
+        if ctx.batch_stats:
+            xhat_sum = xhat.sum(dim=[0, *range(2, xhat.dim())])  # ≈ 0, kept exact
+            dkb = -scale.reshape(1, c) * (gx_sum / count).reshape(t, c) * xhat_sum
+        else:
+            dkb = scale.reshape(1, c) * g_sum.reshape(t, c)
+    return dk, dkb
+
+
+def conv_batch_norm_output(
+    conv: Any, x0: Tensor, norm: Any, x1: Tensor, out: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """A batch norm's ``out`` as :class:`ConvBatchNormOutput` of the convolution ``conv``'s
+    input ``x0`` (its output ``x1`` is the batch norm's input), and the statistics used."""
+    stats = norm_stats(norm, x1, out)
+    y: Tensor = ConvBatchNormOutput.apply(  # type: ignore[no-untyped-call]
+        x0,
+        conv.weight,
+        conv.bias,
+        norm.weight,
+        norm.bias,
+        x1.detach(),
+        out.detach(),
+        stats,
+        _bn_uses_batch_stats(norm),
+        _conv_spec(conv),
+    )
+    return y, stats
