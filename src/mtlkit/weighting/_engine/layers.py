@@ -259,13 +259,8 @@ def conv_task_grads(
     return weight, bias_grads
 
 
-def _unfolded_task_grads(
-    x: Tensor, deltas: Tensor, weight_shape: Sequence[int], spec: dict[str, Any], bias: bool
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`conv_task_grads` for an ungrouped convolution from the unfolded input patches
-    P (B × L × C·k, once) and, per task, the batched product Δ_i[b] (o × L) · P[b] summed over
-    the batch: no copy of the T output gradients (they are read in place)."""
-    t, b, c_out = deltas.shape[:3]
+def _patches(x: Tensor, weight_shape: Sequence[int], spec: dict[str, Any]) -> Tensor:
+    """The unfolded input patches P of an ungrouped 1-d or 2-d convolution, B × L × C·k."""
     two_d = len(spec["stride"]) == 2
     k = list(weight_shape[2:]) if two_d else [1, weight_shape[2]]
     pad = spec["padding"] if two_d else [0, spec["padding"][0]]
@@ -275,7 +270,23 @@ def _unfolded_task_grads(
     patches = F.unfold(
         images, tuple(k), dilation=tuple(dil), padding=tuple(pad), stride=tuple(stride)
     )  # B × C·k × L
-    patches = patches.transpose(1, 2).contiguous()  # B × L × C·k
+    return patches.transpose(1, 2).contiguous()
+
+
+def _unfolded_task_grads(
+    x: Tensor,
+    deltas: Tensor,
+    weight_shape: Sequence[int],
+    spec: dict[str, Any],
+    bias: bool,
+    patches: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`conv_task_grads` for an ungrouped convolution from the unfolded input patches
+    P (B × L × C·k, once; or given) and, per task, the batched product Δ_i[b] (o × L) · P[b]
+    summed over the batch: no copy of the T output gradients (they are read in place)."""
+    t, b, c_out = deltas.shape[:3]
+    if patches is None:
+        patches = _patches(x, weight_shape, spec)
     rows = deltas.reshape(t, b, c_out, -1)
     out = deltas.new_empty(t, c_out, patches.shape[2])
     for i in range(t):
@@ -702,15 +713,26 @@ def _fused_conv_grads(
     per_channel = (t, c, *([1] * (conv_weight.dim() - 1)))
     s = scale.reshape(1, c, *([1] * (conv_weight.dim() - 1)))
     count = xhat.numel() // xhat.shape[1]
-    gw, _ = conv_task_grads(xd, rows, shape, ctx.spec, False)  # W(g_i): T × weight shape
+    spec = ctx.spec
+    unfold = spec["groups"] == 1 and xd.dim() in (3, 4) and math.prod(shape[1:]) <= UNFOLD_PATCH
+    patches = _patches(xd, shape, spec) if unfold else None
+    if patches is not None:  # W(g_i): T × weight shape
+        gw, _ = _unfolded_task_grads(xd, rows, shape, spec, False, patches)
+    else:
+        gw, _ = conv_task_grads(xd, rows, shape, spec, False)
     dk: Tensor = gw
     if ctx.batch_stats:
-        # W(1) and W(x̂), once: the two "tasks" 1 and x̂
-        shared = torch.stack([torch.ones_like(xhat), xhat])
-        base, _ = conv_task_grads(xd, shared, shape, ctx.spec, False)
+        # W(x̂) once (one more "task"); W(1): every output channel's sum of its patches
+        if patches is not None:
+            w_xhat, _ = _unfolded_task_grads(xd, xhat.unsqueeze(0), shape, spec, False, patches)
+            w_one = patches.sum(dim=(0, 1)).reshape(1, *shape[1:])
+        else:
+            w_xhat, _ = conv_task_grads(xd, xhat.unsqueeze(0), shape, spec, False)
+            ones = torch.ones_like(xhat).unsqueeze(0)
+            w_one = conv_task_grads(xd, ones, shape, spec, False)[0][0]
         a = (g_sum / count).reshape(per_channel)
         e = (gx_sum / count).reshape(per_channel)
-        dk = gw - a * base[0] - e * base[1]
+        dk = gw - a * w_one - e * w_xhat[0]
     dk = dk * s
     dkb = None
     if ctx.has_conv_bias:
