@@ -13,6 +13,7 @@ ready for ``docs/benchmarks.md``. Runs are reused when the script is re-run with
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def main() -> None:
         if args.epochs is not None:
             raw["train"] = {**raw["train"], "epochs": args.epochs}
         config = parse_config(raw)
-        started = time.perf_counter()
+        started, started_cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()
         summary = run_compare(
             config,
             args.out / name,
@@ -88,7 +89,11 @@ def main() -> None:
         )
         print(f"### {name}\n")
         print(to_markdown(summary))
-        print(f"Wall time of this dataset: {time.perf_counter() - started:.0f} s\n")
+        print(
+            f"{name}: wall {time.perf_counter() - started:.0f} s, CPU (this process) "
+            f"{time.process_time() - started_cpu:.0f} s, threads {args.threads}, load average "
+            f"{load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n"
+        )
 
 
 if __name__ == "__main__":
