@@ -439,4 +439,5 @@ def test_both_convolution_task_gradient_forms(
     """Per-task convolution weight gradients from one folded convolution_backward or from
     the unfolded patches: the same G and update."""
     monkeypatch.setattr(layers_mod, "UNFOLD_PATCH", unfold_patch)
+    monkeypatch.setattr(layers_mod, "UNFOLD_MIN_TASKS", 1)
     test_layer_gramian_and_update_equal_the_explicit_jacobian(case, True, "kernel", monkeypatch)

@@ -44,6 +44,9 @@ NORMS = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
 #: takes its per-task weight gradients from the unfolded input (cheap to unfold: a first
 #: layer on a few channels); longer patches go through one folded convolution_backward
 UNFOLD_PATCH = 64
+#: ... and only from this many tasks on: unfolding costs about as much as 3–5 tasks' folded
+#: weight gradients (measured on the benchmark CNN's first layer, one x86 core)
+UNFOLD_MIN_TASKS = 4
 
 #: modules whose parameters' per-task gradients come from their routed output's batched
 #: backward (folded over tasks) rather than from recorded output gradients
@@ -241,7 +244,7 @@ def conv_task_grads(
     spatial = deltas.shape[3:]
     g = spec["groups"]
     patch = math.prod(weight_shape[1:])
-    if g == 1 and len(spatial) in (1, 2) and patch <= UNFOLD_PATCH:
+    if g == 1 and len(spatial) in (1, 2) and patch <= UNFOLD_PATCH and t >= UNFOLD_MIN_TASKS:
         return _unfolded_task_grads(x, deltas, weight_shape, spec, bias)
     folded = (
         deltas.reshape(t, b, g, c_out // g, *spatial)
@@ -714,7 +717,12 @@ def _fused_conv_grads(
     s = scale.reshape(1, c, *([1] * (conv_weight.dim() - 1)))
     count = xhat.numel() // xhat.shape[1]
     spec = ctx.spec
-    unfold = spec["groups"] == 1 and xd.dim() in (3, 4) and math.prod(shape[1:]) <= UNFOLD_PATCH
+    unfold = (
+        spec["groups"] == 1
+        and xd.dim() in (3, 4)
+        and math.prod(shape[1:]) <= UNFOLD_PATCH
+        and t >= UNFOLD_MIN_TASKS
+    )
     patches = _patches(xd, shape, spec) if unfold else None
     if patches is not None:  # W(g_i): T × weight shape
         gw, _ = _unfolded_task_grads(xd, rows, shape, spec, False, patches)
