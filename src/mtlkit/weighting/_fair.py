@@ -42,19 +42,28 @@ def _two_product(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accurate_residual(m: np.ndarray, x: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """``m @ x − rhs`` as accurately as if computed in twice the working precision (Ogita,
-    Rump & Oishi 2005, "Accurate sum and dot product", algorithm Dot2), then rounded once.
+    """``m @ x − rhs`` as accurately as if computed in twice the working precision, then
+    rounded once: every product is split exactly (TwoProduct) and the n + 1 terms of each row
+    are summed pairwise by TwoSum, whose rounding errors are collected and added at the end
+    (Ogita, Rump & Oishi 2005, "Accurate sum and dot product": their Dot2, with the cascade
+    over the terms replaced by a pairwise tree; the error bound keeps its form, with ⌈log₂ n⌉
+    in place of n). Each tree level is one vectorised step over all rows, ⌈log₂(n + 1)⌉ in all.
 
     Near a Pareto-stationary point the α-fair weights are large and Mx nearly cancels rhs;
     a plain product loses the digits Newton's method needs there.
     """
     prods, errs = _two_product(m, x[None, :])
-    total, comp = prods[:, 0], errs[:, 0]
-    for j in range(1, m.shape[1]):
-        total, err = _two_sum(total, prods[:, j])
-        comp = comp + err + errs[:, j]
-    head, err = _two_sum(total, -rhs)
-    return head + (err + comp)
+    terms = np.concatenate([prods, -rhs[:, None]], axis=1)
+    comp = errs.sum(axis=1)
+    while terms.shape[1] > 1:
+        half = terms.shape[1] // 2
+        total, err = _two_sum(terms[:, :half], terms[:, half : 2 * half])
+        comp = comp + err.sum(axis=1)
+        terms = (
+            np.concatenate([total, terms[:, 2 * half :]], axis=1) if terms.shape[1] % 2 else total
+        )
+    out: np.ndarray = terms[:, 0] + comp
+    return out
 
 
 def alpha_fair_weights(
