@@ -13,7 +13,7 @@ import pytest
 from scipy.optimize import minimize
 
 from mtlkit.weighting import _nnls
-from mtlkit.weighting._fair import accurate_residual, alpha_fair_weights
+from mtlkit.weighting._fair import accurate_residual, alpha_fair_weights, stationary
 from mtlkit.weighting._gram import Gram
 from mtlkit.weighting._nnls import SolverWarning, active_set_nnls, nnls_violation
 from mtlkit.weighting._qp import (
@@ -480,3 +480,37 @@ def test_accurate_residual_is_exact_to_rounding_at_every_size(n: int) -> None:
     exact = np.array([float(v - Fraction(r)) for v, r in zip(exact_mx, rhs, strict=True)])
     got = accurate_residual(m, x, rhs)
     np.testing.assert_allclose(got, exact, rtol=1e-14, atol=0.0)
+
+
+def _hull_stationary(p: Gram) -> bool:
+    """The stationarity test by the hull QP alone (the reference for the shortcut in
+    :func:`mtlkit.weighting._fair.stationary`)."""
+    n = len(p.live)
+    if n == 0:
+        return True
+    unit = Gram.of(p.cosine, p.eps)
+    hull = simplex_qp(unit)
+    return float(hull @ unit.matrix @ hull) <= 10.0 * n * p.eps
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stationary_shortcut_agrees_with_the_hull_qp(seed: int) -> None:
+    """Random, agreeing (a shared offset: the shortcut decides), conflicting (0 in the hull),
+    rank-deficient, duplicate and zero rows, T = 1: the same decision as the hull QP."""
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(2, 20))
+    offset = rng.standard_normal(12)
+    jacobians = [
+        rng.standard_normal((t, 12)),
+        rng.standard_normal((t, 12)) + 3.0 * offset,
+        np.vstack([offset, -offset, rng.standard_normal((t - 2, 12))]),
+        rng.standard_normal((t, 2)),
+        np.vstack([offset, offset, 2.0 * offset]),
+        np.vstack([rng.standard_normal((t, 12)) + 3.0 * offset, np.zeros((1, 12))]),
+        rng.standard_normal((1, 12)),
+    ]
+    for jac in jacobians:
+        p = Gram.of(jac @ jac.T)
+        assert stationary(p) == _hull_stationary(p)
+    assert not stationary(Gram.of(jacobians[1] @ jacobians[1].T))
+    assert stationary(Gram.of(jacobians[2] @ jacobians[2].T))
