@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import mtlkit.weighting.graddrop as graddrop_module
 import mtlkit.weighting.gradient as gradient_module
 from mtlkit.weighting import MGDA, UPGrad, get
 from mtlkit.weighting._engine import head_factors, head_gradients
@@ -61,6 +62,13 @@ def test_gram_combination_and_head_gradients_match_the_explicit_rows(
     torch.testing.assert_close(factors.rows(), rows)
     w = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
     torch.testing.assert_close(factors.combine(w), (w @ rows).view(N, D))
+    per_sample = rows.view(len(losses), N, D)
+    coefficients = torch.randn(len(losses), D, dtype=torch.float64)
+    expected = (per_sample * coefficients.unsqueeze(1)).sum(dim=0)
+    torch.testing.assert_close(factors.combine_features(coefficients), expected)
+    weight = torch.randn(N, D, dtype=torch.float64)
+    torch.testing.assert_close(factors.feature_sums(weight), (per_sample * weight).sum(dim=1))
+    torch.testing.assert_close(factors.inner(weight), rows @ weight.reshape(-1))
     for g, e in zip(grads, expected_grads, strict=True):
         assert g is not None
         torch.testing.assert_close(g, 4.0 * e)
@@ -123,3 +131,62 @@ def test_the_factored_path_is_taken_for_linear_heads(monkeypatch: pytest.MonkeyP
         outs, rep = model.forward_with_representation(x)
         method.backward({t: o.pow(2).mean() for t, o in outs.items()}, model, representation=rep)
     assert calls == [True, True]
+
+
+def _graddrop_steps(
+    tasks: int, factored: bool, monkeypatch: pytest.MonkeyPatch, zero_task: bool
+) -> list[tuple[dict[str, float], list[Tensor]]]:
+    """Three representation steps of GradDrop (leak 0.3 on every task, loss scale 2): the
+    records' weights and the gradients; with ``zero_task`` the last task's loss does not
+    depend on the model (a zero row)."""
+    from tests.weighting._models import mlp_model
+
+    if not factored:
+        monkeypatch.setattr(graddrop_module, "head_factors", lambda *a, **k: None)
+    model, x = mlp_model(tasks)
+    method = get("graddrop", jacobian="representation", leak=0.3, seed=4)
+    out = []
+    for step in range(3):
+        model.zero_grad()
+        outs, rep = model.forward_with_representation(x + step)
+        losses = {t: (i + 1) * o.pow(2).mean() for i, (t, o) in enumerate(outs.items())}
+        if zero_task:
+            last = list(losses)[-1]
+            losses[last] = 0.0 * losses[last]
+        record = method.backward(losses, model, representation=rep, loss_scale=2.0)
+        out.append((record.weights, [p.grad.clone() for p in model.parameters()]))
+    monkeypatch.undo()
+    return out
+
+
+@pytest.mark.parametrize(("tasks", "zero_task"), [(1, False), (4, False), (4, True)])
+def test_graddrop_representation_step_is_the_same_with_or_without_factors(
+    tasks: int, zero_task: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GradDrop's factored path draws the same masks and gives the same update and record
+    (effective weights) as the explicit rows, step after step."""
+    with_factors = _graddrop_steps(tasks, True, monkeypatch, zero_task)
+    with_rows = _graddrop_steps(tasks, False, monkeypatch, zero_task)
+    for (weights_f, grads_f), (weights_r, grads_r) in zip(with_factors, with_rows, strict=True):
+        assert weights_f == pytest.approx(weights_r, rel=1e-9, abs=1e-12)
+        for a, b in zip(grads_f, grads_r, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_graddrop_takes_the_factored_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.weighting._models import mlp_model
+
+    calls: list[bool] = []
+    original = graddrop_module.head_factors
+
+    def spy(*args: object, **kwargs: object) -> object:
+        found = original(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(graddrop_module, "head_factors", spy)
+    model, x = mlp_model(3)
+    outs, rep = model.forward_with_representation(x)
+    method = get("graddrop", jacobian="representation")
+    method.backward({t: o.pow(2).mean() for t, o in outs.items()}, model, representation=rep)
+    assert calls == [True]

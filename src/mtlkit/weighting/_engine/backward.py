@@ -228,6 +228,28 @@ class HeadFactors:
         delta, maps, owner = self._stacked
         return (delta * weights.to(delta.dtype)[owner]) @ maps
 
+    def combine_features(self, coefficients: Tensor) -> Tensor:
+        """Σ_i row_i ⊙ c_i (N × d) for per-task, per-feature coefficients c (T × d, the same
+        for every sample): Δ (M ⊙ c_task(k)), N·O·d products, the rows never formed."""
+        delta, maps, owner = self._stacked
+        return delta @ (maps * coefficients.to(delta.dtype)[owner])
+
+    def feature_sums(self, weight: Tensor) -> Tensor:
+        """Σ_n weight_n ⊙ row_i,n for every task i (T × d): each row summed over the batch with
+        the elementwise sample weights ``weight`` (N × d), from (Δᵀ weight) ⊙ M summed over each
+        task's columns."""
+        delta, maps, owner = self._stacked
+        per_column = maps * (delta.T @ weight.to(delta.dtype))  # O × d
+        return per_column.new_zeros(self.tasks, maps.shape[1]).index_add_(0, owner, per_column)
+
+    def inner(self, other: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """⟨row_i, other⟩ for every task i (length T), ``other`` N × d: J·other, computed in
+        ``dtype`` (the factors' own by default)."""
+        delta, maps, owner = self._stacked
+        dtype = dtype or delta.dtype
+        per_column = (maps.to(dtype) * (delta.to(dtype).T @ other.to(dtype))).sum(dim=1)
+        return per_column.new_zeros(self.tasks).index_add_(0, owner, per_column)
+
 
 def head_factors(
     losses: Sequence[Tensor],
