@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import mtlkit.weighting.graddrop as graddrop_module
 import mtlkit.weighting.gradient as gradient_module
 from mtlkit.weighting import MGDA, UPGrad, get
 from mtlkit.weighting._engine import head_factors, head_gradients
@@ -133,18 +132,19 @@ def test_the_factored_path_is_taken_for_linear_heads(monkeypatch: pytest.MonkeyP
     assert calls == [True, True]
 
 
-def _graddrop_steps(
-    tasks: int, factored: bool, monkeypatch: pytest.MonkeyPatch, zero_task: bool
+def _aggregator_steps(
+    name: str, tasks: int, factored: bool, monkeypatch: pytest.MonkeyPatch, zero_task: bool
 ) -> list[tuple[dict[str, float], list[Tensor]]]:
-    """Three representation steps of GradDrop (leak 0.3 on every task, loss scale 2): the
-    records' weights and the gradients; with ``zero_task`` the last task's loss does not
-    depend on the model (a zero row)."""
+    """Three representation steps of a Jacobian aggregator (GradDrop: leak 0.3 on every
+    task; loss scale 2): the records' weights and the gradients; with ``zero_task`` the last
+    task's loss does not depend on the model (a zero row)."""
     from tests.weighting._models import mlp_model
 
     if not factored:
-        monkeypatch.setattr(graddrop_module, "head_factors", lambda *a, **k: None)
+        monkeypatch.setattr(gradient_module, "head_factors", lambda *a, **k: None)
     model, x = mlp_model(tasks)
-    method = get("graddrop", jacobian="representation", leak=0.3, seed=4)
+    options = {"leak": 0.3, "seed": 4} if name == "graddrop" else {}
+    method = get(name, jacobian="representation", **options)
     out = []
     for step in range(3):
         model.zero_grad()
@@ -159,14 +159,16 @@ def _graddrop_steps(
     return out
 
 
+@pytest.mark.parametrize("name", ["graddrop", "moco"])
 @pytest.mark.parametrize(("tasks", "zero_task"), [(1, False), (4, False), (4, True)])
-def test_graddrop_representation_step_is_the_same_with_or_without_factors(
-    tasks: int, zero_task: bool, monkeypatch: pytest.MonkeyPatch
+def test_aggregator_representation_step_is_the_same_with_or_without_factors(
+    name: str, tasks: int, zero_task: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """GradDrop's factored path draws the same masks and gives the same update and record
-    (effective weights) as the explicit rows, step after step."""
-    with_factors = _graddrop_steps(tasks, True, monkeypatch, zero_task)
-    with_rows = _graddrop_steps(tasks, False, monkeypatch, zero_task)
+    """GradDrop's and MoCo's factored paths give the same update and record (effective
+    weights) as the explicit rows, step after step (GradDrop: the same masks drawn; MoCo: the
+    same tracked state)."""
+    with_factors = _aggregator_steps(name, tasks, True, monkeypatch, zero_task)
+    with_rows = _aggregator_steps(name, tasks, False, monkeypatch, zero_task)
     for (weights_f, grads_f), (weights_r, grads_r) in zip(with_factors, with_rows, strict=True):
         assert weights_f == pytest.approx(weights_r, rel=1e-9, abs=1e-12)
         for a, b in zip(grads_f, grads_r, strict=True):
@@ -177,16 +179,27 @@ def test_graddrop_takes_the_factored_path(monkeypatch: pytest.MonkeyPatch) -> No
     from tests.weighting._models import mlp_model
 
     calls: list[bool] = []
-    original = graddrop_module.head_factors
+    original = gradient_module.head_factors
 
     def spy(*args: object, **kwargs: object) -> object:
         found = original(*args, **kwargs)  # type: ignore[arg-type]
         calls.append(found is not None)
         return found
 
-    monkeypatch.setattr(graddrop_module, "head_factors", spy)
+    monkeypatch.setattr(gradient_module, "head_factors", spy)
     model, x = mlp_model(3)
     outs, rep = model.forward_with_representation(x)
     method = get("graddrop", jacobian="representation")
     method.backward({t: o.pow(2).mean() for t, o in outs.items()}, model, representation=rep)
     assert calls == [True]
+
+
+@pytest.mark.parametrize("widths", [(3, 3, 3), (2, 4, 3)], ids=["equal", "unequal"])
+def test_rows_with_one_map_per_task_match_the_explicit_rows(widths: tuple[int, ...]) -> None:
+    """One linear map per task: equal widths take the batched product, unequal ones the loop;
+    both are the explicit rows."""
+    heads, r, losses = _setup(widths, double=False)
+    found = head_factors(losses, r, list(heads.parameters()))
+    assert found is not None
+    rows = head_gradients(losses, r).reshape(len(losses), -1)
+    torch.testing.assert_close(found[0].rows(), rows)

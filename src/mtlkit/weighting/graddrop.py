@@ -6,17 +6,17 @@ Deep Multitask Models with Gradient Sign Dropout". NeurIPS 2020.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
-from mtlkit.weighting._engine import head_factors
+from mtlkit.weighting._engine import HeadFactors
 from mtlkit.weighting._manipulation import check_real, check_seed
 from mtlkit.weighting.base import WEIGHTINGS, StateField, StepContext, StepRecord
-from mtlkit.weighting.gradient import JacobianAggregator, _accumulate_each
+from mtlkit.weighting.gradient import JacobianAggregator
 
 
 @WEIGHTINGS.register("graddrop")
@@ -137,32 +137,14 @@ class GradDrop(JacobianAggregator):
         leak = leak.view(t, *([1] * (signed.dim() - 1)))
         return leak + (1.0 - leak) * keep.to(signed.dtype)
 
-    def _partial_step(
-        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """Mode 'representation' with heads that read r (N × d) through linear maps: the rows
-        stay in factored form (:class:`~mtlkit.weighting._engine.backward.HeadFactors`), since
-        every quantity of the algorithm is linear in them once the masks are known: the
-        signed gradients Σ_n sgn(A_n) ⊙ row_i,n, the update Σ_i row_i ⊙ (ℓ_i + (1 − ℓ_i) M_i),
-        G, and J·update for the effective weights; N·O·d and O²(N + d) products (O the heads'
-        output width) instead of T·N·d for the rows and T²·N·d for G. The same draws and the
-        same update as the explicit rows; otherwise as every gradient method."""
-        representation = ctx.representation
-        if self.jacobian != "representation" or representation is None:
-            return super()._partial_step(ctx, own, shared)
-        found = head_factors(self._per_task, representation, own, scale=ctx.loss_scale)
-        if found is None:
-            return super()._partial_step(ctx, own, shared)
-        factors, grads = found
-        _accumulate_each(own, grads, 1.0)
+    def factored_update(self, factors: HeadFactors, representation: Tensor) -> Tensor | None:
+        """With heads that read r (N × d) through linear maps, every quantity of the algorithm
+        is linear in the rows once the masks are known: the signed gradients
+        Σ_n sgn(A_n) ⊙ row_i,n and the update Σ_i row_i ⊙ (ℓ_i + (1 − ℓ_i) M_i) come from the
+        factors with N·O·d products (O the heads' output width), not T·N·d for the rows. The
+        same draws and the same update as the explicit rows."""
         signed = factors.feature_sums(representation.detach().sign())  # T × d
-        update = factors.combine_features(self._coefficients(signed))  # N × d
-        gram = factors.gram()
-        jacobian_update = factors.inner(update, torch.float64).unsqueeze(1)
-        weights = (torch.linalg.pinv(gram.double(), hermitian=True) @ jacobian_update)[:, 0]
-        seed = update * ctx.loss_scale
-        representation.backward(seed.to(representation.dtype), inputs=list(shared))
-        return weights, gram
+        return factors.combine_features(self._coefficients(signed))  # N × d
 
     def step(self, ctx: StepContext, /) -> StepRecord:
         """As for every gradient method; in ``"representation"`` mode the representation's

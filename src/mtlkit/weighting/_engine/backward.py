@@ -215,6 +215,12 @@ class HeadFactors:
     def rows(self) -> Tensor:
         """The rows themselves, T × (N·d)."""
         delta, maps, _ = self._stacked
+        widths = {d.shape[1] for d in self.deltas}
+        if self.owners == list(range(self.tasks)) and len(widths) == 1:
+            # one map per task, all of one width o: one batched product, no zero fill
+            n, o = delta.shape[0], widths.pop()
+            per_task = delta.view(n, self.tasks, o).transpose(0, 1)  # T × N × o
+            return torch.bmm(per_task, maps.view(self.tasks, o, -1)).reshape(self.tasks, -1)
         out = delta.new_zeros(self.tasks, delta.shape[0], maps.shape[1])
         start = 0
         for k, task in enumerate(self.owners):
