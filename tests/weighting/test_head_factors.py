@@ -46,11 +46,16 @@ def _setup(widths: tuple[int, ...], double: bool = True) -> tuple[_Heads, Tensor
 
 # O = Σ o_k maps' outputs (+2 for the second map): narrow, O²(N + D) = 350 < T²ND = 405, takes
 # the factored Gram; wide, O = 107, forms the rows first
-@pytest.mark.parametrize("widths", [(1, 1, 1), (30, 40, 35)], ids=["narrow", "wide"])
+# uniform: one map per task, all of width 1 (sums over a task's columns are reshapes)
+@pytest.mark.parametrize(
+    ("widths", "double"),
+    [((1, 1, 1), True), ((30, 40, 35), True), ((1, 1, 1), False)],
+    ids=["narrow", "wide", "uniform"],
+)
 def test_gram_combination_and_head_gradients_match_the_explicit_rows(
-    widths: tuple[int, ...],
+    widths: tuple[int, ...], double: bool
 ) -> None:
-    heads, r, losses = _setup(widths)
+    heads, r, losses = _setup(widths, double)
     params = list(heads.parameters())
     rows = head_gradients(losses, r).reshape(len(losses), -1)
     expected_grads = torch.autograd.grad(sum(losses), params, retain_graph=True)
