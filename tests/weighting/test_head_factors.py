@@ -208,3 +208,25 @@ def test_rows_with_one_map_per_task_match_the_explicit_rows(widths: tuple[int, .
     assert found is not None
     rows = head_gradients(losses, r).reshape(len(losses), -1)
     torch.testing.assert_close(found[0].rows(), rows)
+
+
+@pytest.mark.parametrize(
+    ("widths", "double"), [((3, 3, 3), False), ((2, 4, 3), True)], ids=["uniform", "general"]
+)
+def test_blend_into_is_the_convex_combination_with_the_rows(
+    widths: tuple[int, ...], double: bool
+) -> None:
+    """target ← (1 − w)·target + w·rows in place, by the batched product or through the rows;
+    a target of another dtype or shape is refused."""
+    heads, r, losses = _setup(widths, double)
+    found = head_factors(losses, r, list(heads.parameters()))
+    assert found is not None
+    factors = found[0]
+    rows = head_gradients(losses, r).reshape(len(losses), -1)
+    target = torch.randn(rows.shape, dtype=torch.float64)
+    expected = 0.7 * target + 0.3 * rows
+    assert factors.blends_into(target)
+    factors.blend_into(target, 0.3)
+    torch.testing.assert_close(target, expected)
+    assert not factors.blends_into(target.float())
+    assert not factors.blends_into(target[:, :-1])

@@ -100,6 +100,12 @@ class MoCo(JacobianAggregator):
                 self._y = torch.where(y.isnan(), h, y - beta_t * (y - h))
             else:  # Y ← Y + β_t (H − Y), in place: one pass over T × P, no temporaries
                 self._y = y.lerp_(h, beta_t)
+        return self._lambda_step(t, h)
+
+    def _lambda_step(self, t: int, like: Tensor) -> Tensor:
+        """λ ← Π_Δ(λ − γ_t (Y Yᵀ + ρI) λ) on the tracked Y, and the update T·Yᵀλ (``like``'s
+        dtype and device)."""
+        assert self._y is not None
         if self._lambda is None:
             self._lambda = torch.full((t,), 1.0 / t, dtype=torch.float64)
         elif bool(self._lambda.isnan().any()):  # tasks first seen now, after partial steps
@@ -109,13 +115,25 @@ class MoCo(JacobianAggregator):
         gram = _gram64(self._y).cpu() + self.rho * torch.eye(t, dtype=torch.float64)
         self._lambda = project_simplex(self._lambda - gamma_t * gram @ self._lambda)
         weights = t * self._lambda
-        return weights.to(device=h.device, dtype=h.dtype) @ self._y
+        return weights.to(device=like.device, dtype=like.dtype) @ self._y
 
     def factored_update(self, factors: HeadFactors, representation: Tensor) -> Tensor | None:
-        """The tracked gradients need the rows themselves: they are formed from the factors
-        (N·O·d products), and the record's G and J·update come from the factors, not from
-        T²·N·d and T·N·d products on the rows."""
-        return self.aggregate(factors.rows()).view_as(representation)
+        """The tracked gradients need rows, but not this step's: Y ← (1 − β_t)Y + β_t H is
+        written into Y from the factors (one batched product added in place,
+        :meth:`~mtlkit.weighting._engine.backward.HeadFactors.blend_into`), H never formed;
+        the record's G and J·update come from the factors, not from T²·N·d and T·N·d products
+        on the rows. The first step, and a step after tasks were missing, form H."""
+        y, t = self._y, factors.tasks
+        if (
+            y is None
+            or y.shape != (t, representation.numel())
+            or not factors.blends_into(y)
+            or bool(y.sum().isnan())
+        ):
+            return self.aggregate(factors.rows()).view_as(representation)
+        self._iteration += 1
+        factors.blend_into(y, self.beta / self._iteration**self.beta_sigma)
+        return self._lambda_step(t, y).view_as(representation)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -140,7 +158,10 @@ def _gram64(y: Tensor) -> Tensor:
         y64 = y.double()
         return y64 @ y64.T
     gram = torch.zeros(y.shape[0], y.shape[0], dtype=torch.float64, device=y.device)
+    buffer = torch.empty(y.shape[0], GRAM_BLOCK, dtype=torch.float64, device=y.device)
     for start in range(0, y.shape[1], GRAM_BLOCK):
-        block = y[:, start : start + GRAM_BLOCK].double()
+        width = min(GRAM_BLOCK, y.shape[1] - start)
+        block = buffer[:, :width]
+        block.copy_(y[:, start : start + width])  # into one reused buffer: no allocation
         gram.addmm_(block, block.T)
     return gram

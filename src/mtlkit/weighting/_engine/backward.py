@@ -255,6 +255,32 @@ class HeadFactors:
             start += width_k
         return out.reshape(self.tasks, -1)
 
+    def blends_into(self, target: Tensor) -> bool:
+        """Whether :meth:`blend_into` can write into ``target`` in place (the factors' dtype and
+        device, contiguous, T × (N·d))."""
+        delta, maps = self._stacked
+        return (
+            target.dtype == delta.dtype
+            and target.device == delta.device
+            and target.is_contiguous()
+            and target.shape == (self.tasks, delta.shape[0] * maps.shape[1])
+        )
+
+    def blend_into(self, target: Tensor, weight: float) -> None:
+        """target ← (1 − weight)·target + weight·rows, in place (T × (N·d), see
+        :meth:`blends_into`): one batched product added into ``target`` when every task has one
+        map of one width, so the rows are never formed; else through :meth:`rows`."""
+        delta, maps = self._stacked
+        width = self._width
+        if width is None:
+            target.mul_(1.0 - weight).add_(self.rows(), alpha=weight)
+            return
+        per_task = delta.view(delta.shape[0], self.tasks, width).transpose(0, 1)  # T × N × o
+        blended = target.view(self.tasks, delta.shape[0], maps.shape[1])
+        blended.baddbmm_(
+            per_task, maps.view(self.tasks, width, -1), beta=1.0 - weight, alpha=weight
+        )
+
     def combine(self, weights: Tensor) -> Tensor:
         """Σ_i w_i row_i (N × d): the seed of one backward pass through the encoder."""
         delta, maps = self._stacked
