@@ -1,5 +1,7 @@
 """Non-negative least squares, verified: scipy's Lawson–Hanson first, this module's own
-active-set implementation when its answer fails the KKT check, a warning if both fail.
+active-set implementation when its answer fails the KKT check, a warning if both fail. Many
+problems on one matrix (:func:`verified_nnls_many`) are first solved together by a batched
+primal-dual active-set method (:func:`batched_nnls`), each answer verified the same way.
 """
 
 from __future__ import annotations

@@ -38,8 +38,11 @@ class CAGrad(GramianWeighting):
 
     The dual is solved exactly rather than by the paper's few SLSQP steps: with
     √s = min_{r>0} (s/(2r) + r/2), w* is the simplex QP min ½(w + (r/√φ)·1/T)ᵀG(w + (r/√φ)·1/T)
-    at the r* where r = ‖g_w(r)‖, a monotone scalar equation solved by Brent's method to machine
-    precision (each evaluation an exact QP, see :mod:`mtlkit.weighting._qp`). When the optimal
+    at the r* where r = ‖g_w(r)‖, a monotone scalar equation solved to machine precision (each
+    evaluation an exact QP, see :mod:`mtlkit.weighting._qp`): on each piece where the QP's
+    support is fixed, w is affine in r and the equation a quadratic, so an active-set iteration
+    (:func:`_active_set_root`) usually lands on r* with two or three QPs; Brent's method is the
+    fallback (zero-gradient tasks, a support that does not settle). When the optimal
     g_w* is 0 (up to √(10·T·eps) of the largest gradient norm, the rounding level of norms
     computed from G, about 1e-7 in float64; possible only when 0 is in the convex hull),
     Algorithm 1's step is undefined; every primal optimum then has Jd ≥ 0, and the one closest
