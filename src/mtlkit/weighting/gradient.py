@@ -510,7 +510,7 @@ class JacobianAggregator(GradientWeighting):
         """Mode 'representation' with heads that read r through linear maps, for a method
         that implements :meth:`factored_update`: one pass through the heads for the factors,
         the update from them, G from them (O²(N + d) products), the effective weights
-        G⁺(J·update) with J·update from them in float64, and one pass through the encoder;
+        G⁺(J·update) with J·update from them, and one pass through the encoder;
         otherwise as every gradient method."""
         representation = ctx.representation
         if (
@@ -528,7 +528,9 @@ class JacobianAggregator(GradientWeighting):
             update = self.aggregate(factors.rows()).view_as(representation)
         _accumulate_each(own, grads, 1.0)
         gram = factors.gram()
-        jacobian_update = factors.inner(update, torch.float64).unsqueeze(1)
+        # J·update in the factors' dtype, the precision G itself has (float32 for float32
+        # heads): the record's effective weights G⁺(J·update) are no more accurate than G
+        jacobian_update = factors.inner(update).double().unsqueeze(1)
         weights = (torch.linalg.pinv(gram.double(), hermitian=True) @ jacobian_update)[:, 0]
         seed = update * ctx.loss_scale
         representation.backward(seed.to(representation.dtype), inputs=list(shared))
