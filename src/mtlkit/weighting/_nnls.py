@@ -123,14 +123,15 @@ def batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> n
     set strategy as a semismooth Newton method", SIAM J. Optim.) on the normal equations
     C x = q_k, C = AᵀA, q_k = Aᵀb_k, all K problems advancing together.
 
-    Each iteration solves, for every k, the equations of its free set F_k (C_FF x_F = q_F,
-    x = 0 elsewhere) as one batched solve of K n × n systems (identity rows on the bound
-    variables), then takes F_k = {x_i > 0 in F_k} ∪ {λ_i < 0 off F_k} with λ = Cx − q; a
-    problem whose free set repeats satisfies the KKT conditions and stops. One step of
-    iterative refinement on the final free sets recovers the digits of the normal equations.
-    Starts from LH's first free set (λ at x = 0). Returns n × K; a column that did not settle
-    within ``max_iter`` (2n + 10 by default) holds NaN. Needs C_FF non-singular (A of full
-    column rank): a singular batch raises ``numpy.linalg.LinAlgError``. Nothing here is
+    Each iteration solves, for every problem k still moving, the equations of its free set F_k
+    (C_FF x_F = q_F, x = 0 elsewhere) as one batched solve (the free sets gathered, padded to
+    the largest with identity rows), then takes F_k = {x_i > 0 in F_k} ∪ {λ_i < 0 off F_k}
+    with λ = Cx − q; a problem whose free set repeats satisfies the KKT conditions and stops.
+    One step of iterative refinement on the final free sets recovers the digits of the normal
+    equations. Starts from LH's first free set (λ at x = 0). Returns n × K; a column that did
+    not settle within ``max_iter`` (min(2n + 10, 40) by default) holds NaN. Needs C_FF
+    non-singular (A of full column rank): a singular batch raises
+    ``numpy.linalg.LinAlgError``. Nothing here is
     verified: :func:`verified_nnls_many` checks every column's KKT conditions.
     """
     n, k = a.shape[1], b.shape[1]
@@ -145,7 +146,7 @@ def batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> n
         each free set gathered first and padded with identity rows."""
         counts = free.sum(axis=0)
         size = int(counts.max(initial=0))
-        out = np.zeros((n, k))
+        out = np.zeros(free.shape)
         if size == 0:
             return out
         order = np.argsort(~free, axis=0, kind="stable")[:size]  # s × K: F_k first
@@ -158,14 +159,19 @@ def batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> n
         np.put_along_axis(out, order, z.T, axis=0)
         return out
 
-    for _ in range(max_iter or 2 * n + 10):
-        x = solve(free, q)
-        lam = c @ x - q
-        new_free = (free & (x > 0)) | (~free & (lam < 0))
-        settled = np.all(new_free == free, axis=0)
-        if settled.all():
+    todo = np.arange(k)  # the columns still moving: only they are solved again
+    for _ in range(max_iter or min(2 * n + 10, 40)):
+        x_todo = solve(free[:, todo], q[:, todo])
+        lam = c @ x_todo - q[:, todo]
+        was = free[:, todo]
+        now = (was & (x_todo > 0)) | (~was & (lam < 0))
+        done = np.all(now == was, axis=0)
+        x[:, todo] = x_todo
+        settled[todo[done]] = True
+        free[:, todo] = now
+        todo = todo[~done]
+        if not len(todo):
             break
-        free = np.where(settled[None, :], free, new_free)
     x = x + solve(free, q - c @ x)  # one step of iterative refinement on the free sets
     x[:, ~settled] = np.nan
     return x
