@@ -12,7 +12,7 @@ from scipy.optimize import brentq, minimize
 from torch import Tensor
 
 from mtlkit.weighting import MGDA, CAGrad
-from mtlkit.weighting._gram import RANK_RTOL, Gram
+from mtlkit.weighting._gram import RANK_RTOL, Gram, gram_to_numpy
 from mtlkit.weighting._qp import lower_bounded_qp, simplex_qp
 from mtlkit.weighting.cagrad import _active_set_root
 from tests.weighting.samplers import HARD, HARD_CASES
@@ -187,3 +187,19 @@ def test_active_set_root_settles_on_generic_problems() -> None:
             root = math.sqrt(float(w @ g @ w))
             np.testing.assert_allclose(inner(root), w, atol=1e-8)
     assert settled >= 30
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cagrad_matches_the_brent_reference_on_float32_grams(seed: int) -> None:
+    """A float32 G (the engine's usual) is prepared with float32's precision (its rounding-level
+    eigenvalues truncated); the active-set root still gives Brent's answer."""
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(3, 30))
+    jac = rng.standard_normal((t, int(rng.integers(2, 50)))).astype(np.float32)
+    gram = torch.from_numpy(jac @ jac.T)
+    p = gram_to_numpy(gram, "test")
+    method = CAGrad(c=0.5)
+    new, ref = method.dual_weights(p), brent_dual_weights(method, p)
+    scale = float(np.linalg.norm(jac, axis=1).max()) / math.sqrt(p.scale)
+    update = (new - ref) @ jac.astype(np.float64)
+    assert np.linalg.norm(update) <= 1e-9 * scale * max(1.0, float(np.abs(ref).sum()))
