@@ -1,5 +1,7 @@
 """Non-negative least squares, verified: scipy's Lawson–Hanson first, this module's own
-active-set implementation when its answer fails the KKT check, a warning if both fail.
+active-set implementation when its answer fails the KKT check, a warning if both fail. Many
+problems on one matrix (:func:`verified_nnls_many`) are first solved together by a batched
+primal-dual active-set method (:func:`batched_nnls`), each answer verified the same way.
 """
 
 from __future__ import annotations
@@ -115,21 +117,102 @@ def active_set_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -
     return x
 
 
+def batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """``argmin_{x ≥ 0} ‖Ax − b_k‖`` for every column b_k of ``b`` (m × K) at once, by the
+    primal-dual active-set method (Hintermüller, Ito & Kunisch 2002, "The primal-dual active
+    set strategy as a semismooth Newton method", SIAM J. Optim.) on the normal equations
+    C x = q_k, C = AᵀA, q_k = Aᵀb_k, all K problems advancing together.
+
+    Each iteration solves, for every problem k still moving, the equations of its free set F_k
+    (C_FF x_F = q_F, x = 0 elsewhere) as one batched solve (the free sets gathered, padded to
+    the largest with identity rows), then takes F_k = {x_i > 0 in F_k} ∪ {λ_i < 0 off F_k}
+    with λ = Cx − q; a problem whose free set repeats satisfies the KKT conditions and stops.
+    One step of iterative refinement on the final free sets recovers the digits of the normal
+    equations. Starts from LH's first free set (λ at x = 0). Returns n × K; a column that did
+    not settle within ``max_iter`` (min(2n + 10, 40) by default) holds NaN. Needs C_FF
+    non-singular (A of full column rank): a singular batch raises
+    ``numpy.linalg.LinAlgError``. Nothing here is
+    verified: :func:`verified_nnls_many` checks every column's KKT conditions.
+    """
+    n, k = a.shape[1], b.shape[1]
+    c = a.T @ a
+    q = a.T @ b  # n × K
+    free = q > 0  # λ = −q at x = 0
+    x = np.zeros((n, k))
+    settled = np.zeros(k, dtype=bool)
+
+    def solve(free: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        """x_F = C_FF⁻¹ rhs_F per column, 0 off F: K systems of the largest free-set size s,
+        each free set gathered first and padded with identity rows."""
+        counts = free.sum(axis=0)
+        size = int(counts.max(initial=0))
+        out = np.zeros(free.shape)
+        if size == 0:
+            return out
+        order = np.argsort(~free, axis=0, kind="stable")[:size]  # s × K: F_k first
+        valid = (np.arange(size)[:, None] < counts[None, :]).T.astype(np.float64)  # K × s
+        index = order.T  # K × s
+        systems = c[index[:, :, None], index[:, None, :]] * valid[:, :, None] * valid[:, None, :]
+        systems += np.eye(size)[None, :, :] * (1.0 - valid)[:, :, None]
+        gathered = np.take_along_axis(rhs, order, axis=0).T * valid  # K × s
+        z = np.linalg.solve(systems, gathered[:, :, None])[:, :, 0] * valid
+        np.put_along_axis(out, order, z.T, axis=0)
+        return out
+
+    todo = np.arange(k)  # the columns still moving: only they are solved again
+    for _ in range(max_iter or min(2 * n + 10, 40)):
+        x_todo = solve(free[:, todo], q[:, todo])
+        lam = c @ x_todo - q[:, todo]
+        was = free[:, todo]
+        now = (was & (x_todo > 0)) | (~was & (lam < 0))
+        done = np.all(now == was, axis=0)
+        x[:, todo] = x_todo
+        settled[todo[done]] = True
+        free[:, todo] = now
+        todo = todo[~done]
+        if not len(todo):
+            break
+    x = x + solve(free, q - c @ x)  # one step of iterative refinement on the free sets
+    x[:, ~settled] = np.nan
+    return x
+
+
+#: K at and above which :func:`verified_nnls_many` tries :func:`batched_nnls` first (below,
+#: scipy's per-call overhead is small)
+BATCHED_FROM = 8
+
+
 def verified_nnls_many(a: np.ndarray, b: np.ndarray, what: str = "NNLS") -> np.ndarray:
-    """:func:`verified_nnls` for each column of ``b`` (m × K), one A for all: scipy solves
-    each, one batched KKT check verifies them all, and only a column that fails it goes
-    through :func:`verified_nnls`' fallback. Returns n × K."""
+    """:func:`verified_nnls` for each column of ``b`` (m × K), one A for all: the K problems
+    are solved together by :func:`batched_nnls` (when K ≥ BATCHED_FROM and A has at least as
+    many rows as columns), one batched KKT check verifies them all, a column that fails it is
+    solved by scipy, checked again, and only a column that fails both goes through
+    :func:`verified_nnls`' fallback. Returns n × K."""
     k = b.shape[1]
     x = np.zeros((a.shape[1], k))
     solved = np.zeros(k, dtype=bool)
-    for j in range(k):
+    if k >= BATCHED_FROM and a.shape[0] >= a.shape[1] > 0:
+        try:
+            batch = batched_nnls(a, b)
+        except np.linalg.LinAlgError:  # a singular free set: A is rank-deficient
+            batch = np.full_like(x, np.nan)
+        finite = np.all(np.isfinite(batch), axis=0)
+        x[:, finite] = np.clip(batch[:, finite], 0.0, None)
+        solved = finite & (nnls_violations(a, b, x) <= KKT_RTOL)
+    for j in np.flatnonzero(~solved).tolist():
         column = _scipy_nnls(a, b[:, j])
         if column is not None and np.all(np.isfinite(column)):
             x[:, j] = np.clip(column, 0.0, None)
-            solved[j] = True
+        else:
+            x[:, j] = np.nan  # no answer yet: the fallback below
     if k:
-        passed = solved & (nnls_violations(a, b, x) <= KKT_RTOL)
-        for failed in np.flatnonzero(~passed).tolist():
+        todo = ~solved
+        passed = np.zeros(k, dtype=bool)
+        if todo.any():
+            finite = np.all(np.isfinite(x), axis=0)
+            checked = np.where(finite, x, 0.0)
+            passed = finite & (nnls_violations(a, b, checked) <= KKT_RTOL)
+        for failed in np.flatnonzero(todo & ~passed).tolist():
             x[:, failed] = verified_nnls(a, b[:, failed], what)
     return x
 

@@ -39,7 +39,10 @@ and needs no positive definiteness:
   least-distance trick); y* = β*/(1 + ‖Cβ*‖²), so β* = y*/wᵀy* exactly.
 
 Every NNLS answer is verified against its KKT conditions (the natural residual
-max_j |min(x_j, ∇_j)|, relative to the problem's scale). scipy's ``nnls`` is tried first; an
+max_j |min(x_j, ∇_j)|, relative to the problem's scale). scipy's ``nnls`` is tried first
+(for many problems on one factor, UPGrad's T dual-cone problems, a batched primal-dual
+active-set method, :func:`~mtlkit.weighting._nnls.batched_nnls`, before it, one batched KKT
+check for all, scipy only for a problem that fails it); an
 answer that fails the check is solved again by mtlkit's own Lawson–Hanson implementation
 (:func:`~mtlkit.weighting._nnls.active_set_nnls`), which is correct for every T; if that fails
 too (never seen), the better of the two is returned with a

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
+from mtlkit.weighting._engine import HeadFactors
 from mtlkit.weighting._manipulation import check_real, check_seed
 from mtlkit.weighting.base import WEIGHTINGS, StateField, StepContext, StepRecord
 from mtlkit.weighting.gradient import JacobianAggregator
@@ -115,6 +116,16 @@ class GradDrop(JacobianAggregator):
         else:
             grads = jacobian
             signed = jacobian
+        coefficients = self._coefficients(signed)
+        if act is not None:
+            coefficients = coefficients.unsqueeze(1)  # the same mask for every sample
+        update = (grads * coefficients.to(grads.dtype)).sum(dim=0)
+        return update.reshape(-1)
+
+    def _coefficients(self, signed: Tensor) -> Tensor:
+        """ℓ_i + (1 − ℓ_i) M_i (T × features) from the signed gradients G_i: the sign purity,
+        one draw of U per feature, and the masks M_i (the algorithm in the class docstring)."""
+        t = signed.shape[0]
         total = signed.sum(dim=0)
         mass = signed.abs().sum(dim=0)
         ratio = torch.where(mass > 0, total / mass.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
@@ -122,12 +133,18 @@ class GradDrop(JacobianAggregator):
         u = torch.rand(purity.shape, generator=self._generator, dtype=torch.float64)
         u = u.to(purity.device)
         keep = ((purity > u) & (signed > 0)) | ((purity < u) & (signed < 0))  # T × features
-        if act is not None:
-            keep = keep.unsqueeze(1)  # the same mask for every sample of the batch
-        leak = self.leak_vector(t).to(device=jacobian.device, dtype=jacobian.dtype)
-        leak = leak.view(t, *([1] * (grads.dim() - 1)))
-        update = (grads * (leak + (1.0 - leak) * keep.to(grads.dtype))).sum(dim=0)
-        return update.reshape(-1)
+        leak = self.leak_vector(t).to(device=signed.device, dtype=signed.dtype)
+        leak = leak.view(t, *([1] * (signed.dim() - 1)))
+        return leak + (1.0 - leak) * keep.to(signed.dtype)
+
+    def factored_update(self, factors: HeadFactors, representation: Tensor) -> Tensor | None:
+        """With heads that read r (N × d) through linear maps, every quantity of the algorithm
+        is linear in the rows once the masks are known: the signed gradients
+        Σ_n sgn(A_n) ⊙ row_i,n and the update Σ_i row_i ⊙ (ℓ_i + (1 − ℓ_i) M_i) come from the
+        factors with N·O·d products (O the heads' output width), not T·N·d for the rows. The
+        same draws and the same update as the explicit rows."""
+        signed = factors.feature_sums(representation.detach().sign())  # T × d
+        return factors.combine_features(self._coefficients(signed))  # N × d
 
     def step(self, ctx: StepContext, /) -> StepRecord:
         """As for every gradient method; in ``"representation"`` mode the representation's

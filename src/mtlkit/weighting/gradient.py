@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting._engine import (
+    HeadFactors,
     effective_weights,
     gram_statistics,
     gramian,
@@ -495,3 +496,42 @@ class JacobianAggregator(GradientWeighting):
     """A gradient method that needs the Jacobian itself, not only its Gram matrix."""
 
     gives_weights = False
+
+    def factored_update(self, factors: HeadFactors, representation: Tensor) -> Tensor | None:
+        """The update on the representation r (r's shape) computed from the heads' rows in
+        factored form (:class:`~mtlkit.weighting._engine.backward.HeadFactors`), for a method
+        whose algorithm can use them without forming the rows; None (the default): the rows
+        are formed."""
+        return None
+
+    def _partial_step(
+        self, ctx: StepContext, own: Sequence[Tensor], shared: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Mode 'representation' with heads that read r through linear maps, for a method
+        that implements :meth:`factored_update`: one pass through the heads for the factors,
+        the update from them, G from them (O²(N + d) products), the effective weights
+        G⁺(J·update) with J·update from them, and one pass through the encoder;
+        otherwise as every gradient method."""
+        representation = ctx.representation
+        if (
+            self.jacobian != "representation"
+            or representation is None
+            or type(self).factored_update is JacobianAggregator.factored_update
+        ):
+            return super()._partial_step(ctx, own, shared)
+        found = head_factors(self._per_task, representation, own, scale=ctx.loss_scale)
+        if found is None:
+            return super()._partial_step(ctx, own, shared)
+        factors, grads = found
+        update = self.factored_update(factors, representation)
+        if update is None:  # the method declines these factors: the rows, from the factors
+            update = self.aggregate(factors.rows()).view_as(representation)
+        _accumulate_each(own, grads, 1.0)
+        gram = factors.gram()
+        # J·update in the factors' dtype, the precision G itself has (float32 for float32
+        # heads): the record's effective weights G⁺(J·update) are no more accurate than G
+        jacobian_update = factors.inner(update).double().unsqueeze(1)
+        weights = (torch.linalg.pinv(gram.double(), hermitian=True) @ jacobian_update)[:, 0]
+        seed = update * ctx.loss_scale
+        representation.backward(seed.to(representation.dtype), inputs=list(shared))
+        return weights, gram

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.errors import TaskDataError
+from mtlkit.weighting._engine import HeadFactors
 from mtlkit.weighting._manipulation import check_real, project_simplex
 from mtlkit.weighting.base import WEIGHTINGS, StateField
 from mtlkit.weighting.gradient import JacobianAggregator
@@ -93,18 +94,46 @@ class MoCo(JacobianAggregator):
         else:
             beta_t = self.beta / self._iteration**self.beta_sigma
             y = self._y.to(h)
-            self._y = torch.where(y.isnan(), h, y - beta_t * (y - h))
+            # a NaN entry makes the sum NaN (one read of Y, no T × P mask): only then is the
+            # mask needed
+            if bool(y.sum().isnan()):  # tasks first seen now: their rows start at H
+                self._y = torch.where(y.isnan(), h, y - beta_t * (y - h))
+            else:  # Y ← Y + β_t (H − Y), in place: one pass over T × P, no temporaries
+                self._y = y.lerp_(h, beta_t)
+        return self._lambda_step(t, h)
+
+    def _lambda_step(self, t: int, like: Tensor) -> Tensor:
+        """λ ← Π_Δ(λ − γ_t (Y Yᵀ + ρI) λ) on the tracked Y, and the update T·Yᵀλ (``like``'s
+        dtype and device)."""
+        assert self._y is not None
         if self._lambda is None:
             self._lambda = torch.full((t,), 1.0 / t, dtype=torch.float64)
         elif bool(self._lambda.isnan().any()):  # tasks first seen now, after partial steps
             lam = torch.where(self._lambda.isnan(), 1.0 / t, self._lambda)
             self._lambda = lam / lam.sum()
         gamma_t = self.gamma / self._iteration**self.gamma_sigma
-        y64 = self._y.double()
-        gram = (y64 @ y64.T).cpu() + self.rho * torch.eye(t, dtype=torch.float64)
+        gram = _gram64(self._y).cpu() + self.rho * torch.eye(t, dtype=torch.float64)
         self._lambda = project_simplex(self._lambda - gamma_t * gram @ self._lambda)
         weights = t * self._lambda
-        return weights.to(device=h.device, dtype=h.dtype) @ self._y
+        return weights.to(device=like.device, dtype=like.dtype) @ self._y
+
+    def factored_update(self, factors: HeadFactors, representation: Tensor) -> Tensor | None:
+        """The tracked gradients need rows, but not this step's: Y ← (1 − β_t)Y + β_t H is
+        written into Y from the factors (one batched product added in place,
+        :meth:`~mtlkit.weighting._engine.backward.HeadFactors.blend_into`), H never formed;
+        the record's G and J·update come from the factors, not from T²·N·d and T·N·d products
+        on the rows. The first step, and a step after tasks were missing, form H."""
+        y, t = self._y, factors.tasks
+        if (
+            y is None
+            or y.shape != (t, representation.numel())
+            or not factors.blends_into(y)
+            or bool(y.sum().isnan())
+        ):
+            return self.aggregate(factors.rows()).view_as(representation)
+        self._iteration += 1
+        factors.blend_into(y, self.beta / self._iteration**self.beta_sigma)
+        return self._lambda_step(t, y).view_as(representation)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -115,3 +144,24 @@ class MoCo(JacobianAggregator):
             "rho": self.rho,
             **super().hyperparameters(),
         }
+
+
+#: columns of Y per float64 block of :func:`_gram64` (T × 4096 doubles stay in cache)
+GRAM_BLOCK = 4096
+
+
+def _gram64(y: Tensor) -> Tensor:
+    """Y Yᵀ in float64 for a T × P tensor Y of any floating dtype: Σ over column blocks of
+    Y_b Y_bᵀ, each block converted to float64 on its own, so that no T × P float64 copy of Y is
+    made (for a float32 Y of T = 40 rows of 131 072 values, 42 MB written and read each step)."""
+    if y.dtype == torch.float64 or y.shape[1] <= GRAM_BLOCK:
+        y64 = y.double()
+        return y64 @ y64.T
+    gram = torch.zeros(y.shape[0], y.shape[0], dtype=torch.float64, device=y.device)
+    buffer = torch.empty(y.shape[0], GRAM_BLOCK, dtype=torch.float64, device=y.device)
+    for start in range(0, y.shape[1], GRAM_BLOCK):
+        width = min(GRAM_BLOCK, y.shape[1] - start)
+        block = buffer[:, :width]
+        block.copy_(y[:, start : start + width])  # into one reused buffer: no allocation
+        gram.addmm_(block, block.T)
+    return gram

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 from torch import Tensor
 
 from mtlkit.weighting import MGDA, CAGrad
+from mtlkit.weighting._gram import RANK_RTOL, Gram, gram_to_numpy
+from mtlkit.weighting._qp import lower_bounded_qp, simplex_qp
+from mtlkit.weighting.cagrad import _active_set_root
 from tests.weighting.samplers import HARD, HARD_CASES
 
 
@@ -85,3 +91,115 @@ def test_cagrad_rescale_divides_the_update() -> None:
     raw = CAGrad(c=0.5, rescale=0).aggregate(jac)
     torch.testing.assert_close(CAGrad(c=0.5, rescale=1).aggregate(jac), raw / 1.25)
     torch.testing.assert_close(CAGrad(c=0.5, rescale=2).aggregate(jac), raw / 1.5)
+
+
+def brent_dual_weights(method: CAGrad, p: Gram) -> np.ndarray:
+    """CAGrad's dual weights with the root of the slope found by Brent's method alone (the
+    solver before the active-set iteration): the reference for :func:`_active_set_root`."""
+    g, t = p.matrix, p.size
+    mean = np.full(t, 1.0 / t)
+    radius = method.c * math.sqrt(max(float(mean @ g @ mean), 0.0))
+    top = math.sqrt(max(float(np.max(np.diag(g))), 0.0))
+    if radius <= 1e-15 * top:
+        return mean
+
+    def inner(r: float) -> np.ndarray:
+        return simplex_qp(p, shift=(r / radius) * mean)
+
+    def slope(r: float) -> float:
+        w = inner(r)
+        return 1.0 - float(w @ g @ w) / r**2
+
+    floor = math.sqrt(RANK_RTOL * t * p.eps) * top
+    w_min = simplex_qp(p)
+    low = max(math.sqrt(max(float(w_min @ g @ w_min), 0.0)), floor)
+    if slope(low) >= 0:
+        w = inner(low)
+    elif slope(top) <= 0:
+        w = inner(top)
+    else:
+        w = inner(brentq(slope, low, top, xtol=1e-15 * top, rtol=4 * np.finfo(float).eps))
+    norm = math.sqrt(max(float(w @ g @ w), 0.0))
+    if norm <= 1.01 * floor:
+        return lower_bounded_qp(p, mean)
+    return mean + (radius / norm) * w
+
+
+def degenerate_jacobians() -> list[tuple[str, np.ndarray]]:
+    """Random, rank-deficient (T > P), duplicate rows, a zero row, a shared offset (all tasks
+    agree), nearly collinear, T = 1 and T = 2."""
+    rng = np.random.default_rng(5)
+    out = []
+    for k in range(12):
+        t = int(rng.integers(3, 25))
+        out.append((f"random{k}", rng.standard_normal((t, 30))))
+        out.append((f"rank{k}", rng.standard_normal((t, max(1, t // 3)))))
+        dup = rng.standard_normal((t, 20))
+        dup[1] = dup[0]
+        dup[2] = 3.0 * dup[0]
+        out.append((f"duplicate{k}", dup))
+        zero = rng.standard_normal((t, 20))
+        zero[-1] = 0.0
+        out.append((f"zero{k}", zero))
+        out.append((f"agree{k}", rng.standard_normal((t, 20)) + 2.0 * rng.standard_normal(20)))
+        out.append((f"collinear{k}", np.outer(rng.random(t) + 0.5, rng.standard_normal(20))))
+        out.append((f"one{k}", rng.standard_normal((1, 7))))
+        out.append((f"two{k}", rng.standard_normal((2, 7))))
+    return out
+
+
+@pytest.mark.parametrize("c", [0.1, 0.4, 2.0])
+@pytest.mark.parametrize(("name", "jac"), degenerate_jacobians())
+def test_cagrad_matches_the_brent_reference(c: float, name: str, jac: np.ndarray) -> None:
+    """The active-set root gives Brent's answer: the same update Jᵀw to 1e-9 of the largest
+    gradient norm (the roots agree to rounding; the QP at the root is the same exact QP)."""
+    p = Gram.of(jac @ jac.T)
+    method = CAGrad(c=c)
+    new, ref = method.dual_weights(p), brent_dual_weights(method, p)
+    scale = float(np.linalg.norm(jac, axis=1).max()) / math.sqrt(p.scale)
+    assert np.linalg.norm((new - ref) @ jac) <= 1e-9 * scale * max(1.0, float(np.abs(ref).sum()))
+
+
+def test_active_set_root_settles_on_generic_problems() -> None:
+    """On generic Gram matrices the active-set iteration finds the root itself (Brent's method
+    is the fallback, not the rule), and the slope there is zero to rounding."""
+    rng = np.random.default_rng(2)
+    settled = 0
+    for _ in range(40):
+        t = int(rng.integers(2, 30))
+        jac = rng.standard_normal((t, 40))
+        p = Gram.of(jac @ jac.T)
+        g, mean = p.matrix, np.full(t, 1.0 / t)
+        radius = 0.4 * math.sqrt(float(mean @ g @ mean))
+        top = math.sqrt(float(np.max(np.diag(g))))
+        w_min = simplex_qp(p)
+        low = math.sqrt(float(w_min @ g @ w_min))
+
+        def inner(r: float, radius: float = radius, p: Gram = p, mean: np.ndarray = mean) -> Any:
+            return simplex_qp(p, shift=(r / radius) * mean)
+
+        w_low = inner(low)
+        if 1.0 - float(w_low @ g @ w_low) / low**2 >= 0:
+            continue
+        w = _active_set_root(p, radius, low, top, w_low, inner)
+        if w is not None:
+            settled += 1
+            root = math.sqrt(float(w @ g @ w))
+            np.testing.assert_allclose(inner(root), w, atol=1e-8)
+    assert settled >= 30
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cagrad_matches_the_brent_reference_on_float32_grams(seed: int) -> None:
+    """A float32 G (the engine's usual) is prepared with float32's precision (its rounding-level
+    eigenvalues truncated); the active-set root still gives Brent's answer."""
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(3, 30))
+    jac = rng.standard_normal((t, int(rng.integers(2, 50)))).astype(np.float32)
+    gram = torch.from_numpy(jac @ jac.T)
+    p = gram_to_numpy(gram, "test")
+    method = CAGrad(c=0.5)
+    new, ref = method.dual_weights(p), brent_dual_weights(method, p)
+    scale = float(np.linalg.norm(jac, axis=1).max()) / math.sqrt(p.scale)
+    update = (new - ref) @ jac.astype(np.float64)
+    assert np.linalg.norm(update) <= 1e-9 * scale * max(1.0, float(np.abs(ref).sum()))

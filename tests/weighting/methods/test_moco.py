@@ -8,6 +8,7 @@ import torch
 from mtlkit.errors import TaskDataError
 from mtlkit.weighting import MoCo
 from mtlkit.weighting._manipulation import project_simplex
+from mtlkit.weighting.moco import GRAM_BLOCK, _gram64
 from tests.weighting.projection_helpers import conflicting_pair
 from tests.weighting.samplers import random_jacobian
 
@@ -64,3 +65,13 @@ def test_shape_change_is_an_error() -> None:
     method.aggregate(random_jacobian(2, 5))
     with pytest.raises(TaskDataError, match="MoCo"):
         method.aggregate(random_jacobian(2, 6))
+
+
+@pytest.mark.parametrize("columns", [5, GRAM_BLOCK, 2 * GRAM_BLOCK + 3])
+def test_gram64_is_the_float64_gram(columns: int) -> None:
+    """Y Yᵀ by float64 column blocks equals the product of the float64 copy, to float64
+    rounding (a float32 product would be off by about 1e-7)."""
+    y = torch.randn(5, columns, generator=torch.Generator().manual_seed(columns))
+    expected = y.double() @ y.double().T
+    torch.testing.assert_close(_gram64(y), expected, rtol=1e-13, atol=1e-13 * columns)
+    assert _gram64(y).dtype == torch.float64

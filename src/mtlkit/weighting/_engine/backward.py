@@ -192,41 +192,119 @@ class HeadFactors:
     tasks: int
 
     @cached_property
-    def _stacked(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Δ (N × O), M (O × d), and the task of each of the O columns (computed once)."""
+    def _stacked(self) -> tuple[Tensor, Tensor]:
+        """Δ (N × O) and M (O × d), computed once."""
         dtype = torch.promote_types(self.deltas[0].dtype, torch.float32)
         delta = torch.cat([d.to(dtype) for d in self.deltas], dim=1)  # N × O
         maps = torch.cat([m.to(dtype) for m in self.maps], dim=0)  # O × d
-        sizes = torch.tensor([d.shape[1] for d in self.deltas], device=delta.device)
-        owner = torch.repeat_interleave(torch.tensor(self.owners, device=delta.device), sizes)
-        return delta, maps, owner
+        return delta, maps
+
+    @cached_property
+    def _width(self) -> int | None:
+        """o when every task has exactly one map, all of width o, in task order (the columns
+        of task i are then i·o … (i + 1)·o − 1, and a sum over a task's columns is a reshape);
+        None otherwise."""
+        widths = {d.shape[1] for d in self.deltas}
+        if self.owners != list(range(self.tasks)) or len(widths) != 1:
+            return None
+        return widths.pop()
+
+    @cached_property
+    def _owner(self) -> Tensor:
+        """The task of each of the O columns."""
+        device = self.deltas[0].device
+        sizes = torch.tensor([d.shape[1] for d in self.deltas], device=device)
+        return torch.repeat_interleave(torch.tensor(self.owners, device=device), sizes)
+
+    def _per_column(self, values: Tensor) -> Tensor:
+        """``values`` (T × …) repeated for each column of its task (O × …)."""
+        width = self._width
+        if width is None:
+            return values[self._owner]
+        return values.repeat_interleave(width, dim=0)
+
+    def _task_sums(self, per_column: Tensor) -> Tensor:
+        """Σ over each task's columns of ``per_column`` (O × …): T × …."""
+        width = self._width
+        if width is not None:
+            return per_column.view(self.tasks, width, *per_column.shape[1:]).sum(dim=1)
+        out = per_column.new_zeros(self.tasks, *per_column.shape[1:])
+        return out.index_add_(0, self._owner, per_column)
 
     def gram(self) -> Tensor:
         """G = R Rᵀ of the rows R (T × T), from the factors."""
-        delta, maps, owner = self._stacked
+        delta, maps = self._stacked
         n, d, o = delta.shape[0], maps.shape[1], delta.shape[1]
         if o * o * (n + d) > self.tasks * self.tasks * n * d:  # wide maps: the rows are cheaper
             return row_gram(self.rows())
         products = (delta.T @ delta) * (maps @ maps.T)  # O × O
-        select = torch.zeros(self.tasks, o, dtype=delta.dtype, device=delta.device)
-        select[owner, torch.arange(o, device=delta.device)] = 1.0
-        return select @ products @ select.T
+        return self._task_sums(self._task_sums(products).T)  # symmetric: Σ over rows, columns
 
     def rows(self) -> Tensor:
         """The rows themselves, T × (N·d)."""
-        delta, maps, _ = self._stacked
+        delta, maps = self._stacked
+        width = self._width
+        if width is not None:  # one batched product, no zero fill
+            per_task = delta.view(delta.shape[0], self.tasks, width).transpose(0, 1)  # T × N × o
+            return torch.bmm(per_task, maps.view(self.tasks, width, -1)).reshape(self.tasks, -1)
         out = delta.new_zeros(self.tasks, delta.shape[0], maps.shape[1])
         start = 0
         for k, task in enumerate(self.owners):
-            width = self.deltas[k].shape[1]
-            out[task] += delta[:, start : start + width] @ maps[start : start + width]
-            start += width
+            width_k = self.deltas[k].shape[1]
+            out[task] += delta[:, start : start + width_k] @ maps[start : start + width_k]
+            start += width_k
         return out.reshape(self.tasks, -1)
+
+    def blends_into(self, target: Tensor) -> bool:
+        """Whether :meth:`blend_into` can write into ``target`` in place (the factors' dtype and
+        device, contiguous, T × (N·d))."""
+        delta, maps = self._stacked
+        return (
+            target.dtype == delta.dtype
+            and target.device == delta.device
+            and target.is_contiguous()
+            and target.shape == (self.tasks, delta.shape[0] * maps.shape[1])
+        )
+
+    def blend_into(self, target: Tensor, weight: float) -> None:
+        """target ← (1 − weight)·target + weight·rows, in place (T × (N·d), see
+        :meth:`blends_into`): one batched product added into ``target`` when every task has one
+        map of one width, so the rows are never formed; else through :meth:`rows`."""
+        delta, maps = self._stacked
+        width = self._width
+        if width is None:
+            target.mul_(1.0 - weight).add_(self.rows(), alpha=weight)
+            return
+        per_task = delta.view(delta.shape[0], self.tasks, width).transpose(0, 1)  # T × N × o
+        blended = target.view(self.tasks, delta.shape[0], maps.shape[1])
+        blended.baddbmm_(
+            per_task, maps.view(self.tasks, width, -1), beta=1.0 - weight, alpha=weight
+        )
 
     def combine(self, weights: Tensor) -> Tensor:
         """Σ_i w_i row_i (N × d): the seed of one backward pass through the encoder."""
-        delta, maps, owner = self._stacked
-        return (delta * weights.to(delta.dtype)[owner]) @ maps
+        delta, maps = self._stacked
+        return (delta * self._per_column(weights.to(delta.dtype))) @ maps
+
+    def combine_features(self, coefficients: Tensor) -> Tensor:
+        """Σ_i row_i ⊙ c_i (N × d) for per-task, per-feature coefficients c (T × d, the same
+        for every sample): Δ (M ⊙ c_task(k)), N·O·d products, the rows never formed."""
+        delta, maps = self._stacked
+        return delta @ (maps * self._per_column(coefficients.to(delta.dtype)))
+
+    def feature_sums(self, weight: Tensor) -> Tensor:
+        """Σ_n weight_n ⊙ row_i,n for every task i (T × d): each row summed over the batch with
+        the elementwise sample weights ``weight`` (N × d), from (Δᵀ weight) ⊙ M summed over each
+        task's columns."""
+        delta, maps = self._stacked
+        return self._task_sums(maps * (delta.T @ weight.to(delta.dtype)))
+
+    def inner(self, other: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """⟨row_i, other⟩ for every task i (length T), ``other`` N × d: J·other, computed in
+        ``dtype`` (the factors' own by default)."""
+        delta, maps = self._stacked
+        dtype = dtype or delta.dtype
+        return self._task_sums((maps.to(dtype) * (delta.to(dtype).T @ other.to(dtype))).sum(dim=1))
 
 
 def head_factors(

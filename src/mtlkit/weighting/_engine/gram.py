@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -409,11 +410,14 @@ def _reaches(losses: Tensor, params: Sequence[Tensor]) -> bool:
 def gram_statistics(
     gram: Tensor, tasks: Sequence[str]
 ) -> tuple[dict[str, float], list[list[float]]]:
-    """Task-gradient norms and pairwise cosines from the Gram matrix G = J Jᵀ."""
-    g = gram.detach().double()
-    norms = g.diagonal().clamp_min(0).sqrt()
-    denom = torch.outer(norms, norms)
-    cos = torch.where(denom > 0, g / denom.clamp_min(1e-300), torch.zeros_like(g))
+    """Task-gradient norms and pairwise cosines from the Gram matrix G = J Jᵀ (in float64,
+    with numpy: a T × T matrix is a few microseconds there, where each torch call costs
+    more than the arithmetic)."""
+    g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
+    norms = np.sqrt(np.clip(np.diagonal(g), 0.0, None))
+    denom = np.outer(norms, norms)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(denom > 0, g / np.maximum(denom, 1e-300), 0.0)
     return dict(zip(tasks, norms.tolist(), strict=True)), cos.tolist()
 
 
