@@ -102,7 +102,18 @@ class CAGrad(GramianWeighting):
             else:
                 from scipy.optimize import brentq  # here: scipy.optimize is slow to import
 
-                root = brentq(slope, low, top, xtol=1e-15 * top, rtol=4 * np.finfo(float).eps)
+                # the slope is evaluated through QP solutions, so near the root its sign is
+                # rounding noise and Brent may not settle within its tolerance: the last
+                # bracket then holds the root to that noise, and its estimate is kept
+                root = brentq(
+                    slope,
+                    low,
+                    top,
+                    xtol=1e-15 * top,
+                    rtol=4 * np.finfo(float).eps,
+                    maxiter=200,
+                    disp=False,
+                )
                 w = inner(root)
         norm = math.sqrt(max(float(w @ g @ w), 0.0))
         if norm <= 1.01 * floor:
