@@ -92,7 +92,7 @@ def test_multi_input_tasks_are_those_of_the_targets() -> None:
 def test_a_shape_error_still_names_the_task() -> None:
     outputs, targets = _batch(4)
     outputs["a"] = outputs["a"][:, :4]
-    with pytest.raises(TaskDataError, match="task 'a'.*does not fit head output"):
+    with pytest.raises(TaskDataError, match=r"task 'a'.*does not fit head output"):
         checked_losses(TASKS, outputs, targets, True)
 
 
