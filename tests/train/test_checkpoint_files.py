@@ -182,3 +182,19 @@ def test_model_tensors_is_a_copy_that_training_does_not_change() -> None:
         assert tensor.is_contiguous() and torch.equal(tensor, before[name])
     transposed = model_tensors({"t": torch.randn(3, 4).t()})["t"]
     assert transposed.is_contiguous()
+
+
+def test_state_sequences_of_scalars_come_back_as_they_were() -> None:
+    from mtlkit.train.state import join_state, split_state
+
+    state = {
+        "python": (3, tuple(range(625)), None),
+        "flags": [True, None, 1.5, "x"],
+        "mixed": (1, torch.arange(3), [2, (3, 4)]),
+    }
+    skeleton, tensors = split_state(state)
+    back = join_state(json.loads(json.dumps(skeleton)), tensors)
+    assert back["python"] == state["python"] and isinstance(back["python"][1], tuple)
+    assert back["flags"] == state["flags"] and isinstance(back["flags"], list)
+    assert back["mixed"][0] == 1 and torch.equal(back["mixed"][1], torch.arange(3))
+    assert back["mixed"][2] == [2, (3, 4)]
