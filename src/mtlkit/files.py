@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -77,15 +77,33 @@ class HashingWriter:
         return self.digest.hexdigest()
 
 
-def write_synced(path: Path, write: Callable[[HashingWriter], Any]) -> str:
-    """Create ``path`` through ``write(writer)`` (``writer.write(bytes)``), fsync it, and
-    return the SHA-256 of the bytes written (what :func:`sha256_file` would read back)."""
+def write_hashed(path: Path, write: Callable[[HashingWriter], Any], sync: bool = False) -> str:
+    """Create ``path`` through ``write(writer)`` (``writer.write(bytes)``) and return the
+    SHA-256 of the bytes written (what :func:`sha256_file` would read back); ``sync``: fsync
+    it too (else :func:`fsync_files` it before the rename that publishes it)."""
     with open(path, "wb") as handle:
         writer = HashingWriter(handle)
         write(writer)
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
     return writer.hexdigest()
+
+
+def write_synced(path: Path, write: Callable[[HashingWriter], Any]) -> str:
+    """:func:`write_hashed`, fsynced."""
+    return write_hashed(path, write, sync=True)
+
+
+def fsync_files(paths: Iterable[Path]) -> None:
+    """fsync files written before, one after the other: after several files are written, the
+    first fsync usually commits them all, and the others find little left to do."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_stream(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -339,9 +357,11 @@ __all__ = [
     "atomic_write_with",
     "decode_text",
     "fsync_dir",
+    "fsync_files",
     "read_text",
     "sha256_file",
     "tensor_bytes",
+    "write_hashed",
     "write_safetensors",
     "write_synced",
 ]

@@ -198,3 +198,38 @@ def test_state_sequences_of_scalars_come_back_as_they_were() -> None:
     assert back["flags"] == state["flags"] and isinstance(back["flags"], list)
     assert back["mixed"][0] == 1 and torch.equal(back["mixed"][1], torch.arange(3))
     assert back["mixed"][2] == [2, (3, 4)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_every_checkpoint_file_is_fsynced_before_the_folder_is_swapped_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(tmp_path / "checkpoint", torch.nn.Linear(3, 2), _state())
+    swap = events.index(("replace", str(tmp_path / ".checkpoint.tmp")))
+    synced = {Path(path).name for kind, path in events[:swap] if kind == "fsync"}
+    files = {"model.safetensors", "state.safetensors", "state.json", "manifest.json"}
+    assert files | {".checkpoint.tmp"} <= synced  # the files, and the folder holding them
+    assert ("fsync", str(tmp_path)) in events[swap:]  # the rename, once done
+    manifest = max(
+        i
+        for i, e in enumerate(events)
+        if e == ("fsync", str(tmp_path / ".checkpoint.tmp" / "manifest.json"))
+    )
+    for name in files - {"manifest.json"}:
+        first = events.index(("fsync", str(tmp_path / ".checkpoint.tmp" / name)))
+        assert first < manifest, name

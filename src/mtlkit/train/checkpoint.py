@@ -55,8 +55,10 @@ from mtlkit.files import (
     HashingWriter,
     atomic_write_stream,
     fsync_dir,
+    fsync_files,
     sha256_file,
     tensor_bytes,
+    write_hashed,
     write_safetensors,
     write_synced,
 )
@@ -108,7 +110,7 @@ def save_checkpoint(
     tmp = _fresh_tmp(folder)
     weights = model if isinstance(model, Mapping) else model.state_dict()
     try:
-        digest = write_synced(tmp / MODEL_FILE, lambda w: write_tensors(w, weights))
+        digest = write_hashed(tmp / MODEL_FILE, lambda w: write_tensors(w, weights))
         _write_state(tmp, state, {MODEL_FILE: digest})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -126,12 +128,16 @@ def _fresh_tmp(folder: Path) -> Path:
 def _write_state(tmp: Path, state: dict[str, Any], written: Mapping[str, str]) -> None:
     """``state.safetensors``, ``state.json``, then the manifest of every file in ``tmp``:
     the SHA-256 of each file written here and in ``written`` (name → SHA-256, from the bytes
-    as they were written), files that others wrote in ``tmp`` (the shards) read back."""
+    as they were written; those files are fsynced here), files that others wrote in ``tmp``
+    (the shards, already durable) read back."""
     skeleton, tensors = split_state(state)
     sums = dict(written)
-    sums[TENSORS_FILE] = write_synced(tmp / TENSORS_FILE, lambda w: write_tensors(w, tensors))
+    sums[TENSORS_FILE] = write_hashed(tmp / TENSORS_FILE, lambda w: write_tensors(w, tensors))
     text = json.dumps(skeleton).encode("utf-8")
-    sums[JSON_FILE] = write_synced(tmp / JSON_FILE, lambda w: w.write(text))
+    sums[JSON_FILE] = write_hashed(tmp / JSON_FILE, lambda w: w.write(text))
+    # every file durable before the manifest that vouches for them (fsynced together: the
+    # first commit usually carries them all)
+    fsync_files(tmp / name for name in sums)
     for f in tmp.rglob("*"):
         name = str(f.relative_to(tmp))
         if name not in sums and f.is_file() and f.name != MANIFEST_FILE:
