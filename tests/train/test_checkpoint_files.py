@@ -47,6 +47,9 @@ def _tensors() -> dict[str, torch.Tensor]:
         "i16": torch.arange(3, dtype=torch.int16),
         "i32": torch.arange(3, dtype=torch.int32).reshape(3, 1),
         "c64": torch.randn(2, generator=g, dtype=torch.complex64),
+        "f8": torch.randn(3, generator=g).to(torch.float8_e4m3fn),
+        "f8b": torch.randn(2, generator=g).to(torch.float8_e5m2),
+        "f8c": torch.randn(2, generator=g).to(torch.float8_e4m3fnuz),
         "empty": torch.empty(0, 3),
     }
 
