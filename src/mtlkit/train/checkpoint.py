@@ -6,10 +6,11 @@ A checkpoint is a folder with ``model.safetensors`` (the model's weights),
 the weighting method's state), ``state.json`` (everything else, with references to those
 tensors) and ``manifest.json`` (the SHA-256 of those three files, written last).
 
-Writing: a new checkpoint is written (each file fsynced) to a temporary folder and swapped in
-with renames; the one it replaces is kept as ``checkpoint.prev``. A crash at any point leaves
+Writing: a new checkpoint is written to a temporary folder (every file fsynced before the
+manifest is written, the manifest and the folder fsynced before the swap) and swapped in with
+renames; the one it replaces is kept as ``checkpoint.prev``. A crash at any point leaves
 either folder complete. Each file's SHA-256 is computed from the bytes as they are written
-(:func:`mtlkit.files.write_synced`), and tensors go to the file straight from their memory
+(:func:`mtlkit.files.write_hashed`), and tensors go to the file straight from their memory
 (:func:`mtlkit.files.write_safetensors`): no copy of the weights, no second read of the files.
 
 Reading (:func:`read_checkpoint`): every file is checked against the manifest and parsed
@@ -128,8 +129,8 @@ def _fresh_tmp(folder: Path) -> Path:
 def _write_state(tmp: Path, state: dict[str, Any], written: Mapping[str, str]) -> None:
     """``state.safetensors``, ``state.json``, then the manifest of every file in ``tmp``:
     the SHA-256 of each file written here and in ``written`` (name → SHA-256, from the bytes
-    as they were written; those files are fsynced here), files that others wrote in ``tmp``
-    (the shards, already durable) read back."""
+    as they were written; those files are fsynced here), and of the files others wrote in
+    ``tmp`` (the shards), read back."""
     skeleton, tensors = split_state(state)
     sums = dict(written)
     sums[TENSORS_FILE] = write_hashed(tmp / TENSORS_FILE, lambda w: write_tensors(w, tensors))
