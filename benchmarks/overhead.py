@@ -3,7 +3,9 @@
 python benchmarks/overhead.py --threads 1 --repeats 30 [--json PATH]
 
 Both ratios come from the same run, each configuration timed interleaved with its plain
-counterpart (one repeat of each in turn), medians of wall and CPU (process) time:
+counterpart (one repeat of each in turn), medians of wall and CPU (process) time; the
+``paired`` ratios are the medians of each repeat's own ratio (mtlkit / the plain run just
+before it), which a load that drifts during the run moves less:
 
 - step: ``Trainer.train_step`` with equal weighting (forward, checked losses, the method's
   backward, optimiser step, the step record) against a hand-written step on an identical model
@@ -147,10 +149,16 @@ def _timed(
             if r >= warmup:
                 wall[name].append(time.perf_counter() - w)
                 cpu[name].append(time.process_time() - c)
-    return {
+    result: dict[str, dict[str, float]] = {
         k: {"wall_ms": 1e3 * statistics.median(wall[k]), "cpu_ms": 1e3 * statistics.median(cpu[k])}
         for k in runs
     }
+    first, second = list(runs)[:2]
+    result["paired"] = {
+        f"ratio_{kind}": statistics.median(b / a for a, b in zip(t[first], t[second], strict=True))
+        for kind, t in (("wall", wall), ("cpu", cpu))
+    }
+    return result
 
 
 def measure(
@@ -202,7 +210,7 @@ def measure(
 
     try:
         epochs = _timed(
-            {"plain": plain_epoch, "mtlkit": mtlkit_epoch}, max(3, repeats // 5), warmup=1
+            {"plain": plain_epoch, "mtlkit": mtlkit_epoch}, max(3, repeats // 5), warmup=2
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -240,6 +248,7 @@ def main() -> None:
             f"{part:5s}  plain {f['plain']['wall_ms']:8.2f} ms (cpu {f['plain']['cpu_ms']:8.2f})"
             f"  mtlkit {f['mtlkit']['wall_ms']:8.2f} ms (cpu {f['mtlkit']['cpu_ms']:8.2f})"
             f"  ratio {f['ratio_wall']:.3f} (cpu {f['ratio_cpu']:.3f})"
+            f"  paired {f['paired']['ratio_wall']:.3f} (cpu {f['paired']['ratio_cpu']:.3f})"
         )
     run = result["run"]
     print(

@@ -5,19 +5,26 @@ same folder, is flushed and fsynced, then renamed over the target (``os.replace`
 POSIX and Windows), and the folder is fsynced so the rename survives a power cut. A write that
 fails (a full disk) removes its temporary file and leaves the old file as it was.
 
+Checksums: :func:`write_synced` and :func:`atomic_write_hashed` return the SHA-256 of the
+bytes they wrote, hashed from the same buffers as they go to the file (a checkpoint's manifest
+needs no second read of what it just wrote); :func:`write_safetensors` streams tensors into
+such a writer straight from their memory, without the copy a serialised buffer would take.
+:func:`sha256_file` re-reads a file to check it.
+
 Reading: :func:`read_text` turns a file that is not UTF-8 into a :class:`~mtlkit.errors.MtlkitError`
-naming the file and the byte at fault; :func:`sha256_file` gives the checksums that checkpoints
-keep of their own files.
+naming the file and the byte at fault.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from mtlkit.errors import MtlkitError
 
@@ -55,12 +62,70 @@ def _replacing(path: Path) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, an fsync and a rename."""
+class HashingWriter:
+    """A binary file handle's ``write`` that also feeds every byte written to a SHA-256."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def write_hashed(path: Path, write: Callable[[HashingWriter], Any], sync: bool = False) -> str:
+    """Create ``path`` through ``write(writer)`` (``writer.write(bytes)``) and return the
+    SHA-256 of the bytes written (what :func:`sha256_file` would read back); ``sync``: fsync
+    it too (else :func:`fsync_files` it before the rename that publishes it)."""
+    with open(path, "wb") as handle:
+        writer = HashingWriter(handle)
+        write(writer)
+        handle.flush()
+        if sync:
+            os.fsync(handle.fileno())
+    return writer.hexdigest()
+
+
+def write_synced(path: Path, write: Callable[[HashingWriter], Any]) -> str:
+    """:func:`write_hashed`, fsynced."""
+    return write_hashed(path, write, sync=True)
+
+
+def fsync_files(paths: Iterable[Path]) -> None:
+    """fsync files written before, one after the other: after several files are written, the
+    first fsync usually commits them all, and the others find little left to do."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_stream(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Let ``write(handle)`` write a file (a binary handle), fsync it and rename it over
+    ``path``; nothing hashed (:func:`atomic_write_hashed` gives the SHA-256)."""
     with _replacing(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def atomic_write_hashed(path: Path, write: Callable[[HashingWriter], Any]) -> str:
+    """:func:`write_synced` through a temporary file and a rename (see the module
+    docstring): ``path`` is the old file or the new one, never a part of it."""
+    with _replacing(path) as tmp:
+        return write_synced(tmp, write)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` through a temporary file, an fsync and a rename; the
+    SHA-256 of ``data``."""
+    return atomic_write_hashed(path, lambda writer: writer.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -76,11 +141,97 @@ def atomic_write_with(path: Path, write: Callable[[Path], Any]) -> None:
             os.fsync(handle.fileno())
 
 
-def atomic_save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
-    """Save tensors as safetensors at ``path``, atomically."""
-    from safetensors.torch import save_file
+def atomic_save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> str:
+    """Save tensors as safetensors at ``path``, atomically; the file's SHA-256."""
+    return atomic_write_hashed(path, lambda writer: write_safetensors(writer, tensors))
 
-    atomic_write_with(path, lambda tmp: save_file(dict(tensors), str(tmp)))
+
+#: torch dtype → safetensors' name, in safetensors' order of dtypes (its writer puts the
+#: tensors of the last first; https://github.com/huggingface/safetensors, format and Dtype)
+_SAFETENSORS_DTYPES = {
+    name: (code, rank)
+    for rank, (name, code) in enumerate(
+        [
+            ("bool", "BOOL"),
+            ("uint8", "U8"),
+            ("int8", "I8"),
+            ("float8_e5m2", "F8_E5M2"),
+            ("float8_e4m3fn", "F8_E4M3"),
+            ("float8_e8m0fnu", "F8_E8M0"),
+            ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+            ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+            ("int16", "I16"),
+            ("uint16", "U16"),
+            ("float16", "F16"),
+            ("bfloat16", "BF16"),
+            ("int32", "I32"),
+            ("uint32", "U32"),
+            ("float32", "F32"),
+            ("complex64", "C64"),
+            ("float64", "F64"),
+            ("int64", "I64"),
+            ("uint64", "U64"),
+        ]
+    )
+}
+
+
+def tensor_bytes(tensor: Tensor) -> memoryview:
+    """The bytes of a tensor in row-major order, little-endian: a view of its memory when it
+    is a contiguous CPU tensor (no copy), else of a contiguous CPU copy."""
+    import torch
+
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def write_safetensors(
+    writer: HashingWriter | IO[bytes],
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``tensors`` (name → tensor) in the safetensors format to ``writer``, each
+    tensor's bytes straight from its memory (a copy only of a tensor that is not a
+    contiguous CPU tensor).
+
+    The bytes are those of ``safetensors.torch.save`` (8-byte little-endian header length, a
+    compact JSON header padded with spaces to a multiple of 8 bytes, then the tensors' bytes
+    in safetensors' dtype order, larger items first, by name within a dtype, so that every
+    tensor starts aligned to its item size); tensors that share memory are stored each on
+    its own.
+    """
+    if sys.byteorder != "little":  # safetensors is little-endian: let the library swap
+        from safetensors.torch import save
+
+        copies = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        writer.write(save(copies, metadata=dict(metadata) if metadata is not None else None))
+        return
+    entries = []
+    for name, tensor in tensors.items():
+        known = _SAFETENSORS_DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+        if known is None:
+            raise TypeError(
+                f"tensor '{name}': dtype {tensor.dtype} cannot be stored as safetensors"
+            )
+        entries.append((-known[1], name, known[0], tensor))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    start = 0
+    for _, name, kind, tensor in entries:
+        end = start + tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": kind, "shape": list(tensor.shape), "data_offsets": [start, end]}
+        start = end
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    writer.write(len(text).to_bytes(8, "little") + text)
+    for _, _, _, tensor in entries:
+        data = tensor_bytes(tensor)
+        if len(data):
+            writer.write(data)
 
 
 def sha256_file(path: Path) -> str:
@@ -199,13 +350,21 @@ def _alive(pid: Any) -> bool:
 
 
 __all__ = [
+    "HashingWriter",
     "RunLock",
     "atomic_save_tensors",
     "atomic_write_bytes",
+    "atomic_write_hashed",
+    "atomic_write_stream",
     "atomic_write_text",
     "atomic_write_with",
     "decode_text",
     "fsync_dir",
+    "fsync_files",
     "read_text",
     "sha256_file",
+    "tensor_bytes",
+    "write_hashed",
+    "write_safetensors",
+    "write_synced",
 ]

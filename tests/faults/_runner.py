@@ -1,7 +1,8 @@
 """Run ``mtlkit`` in this process, killing it with SIGKILL at a chosen point of a checkpoint
 write: ``python -m tests.faults._runner POINT N -- mtlkit args...``.
 
-POINT is ``save_file`` (the N-th safetensors file written), ``replace`` (the N-th rename of
+POINT is ``save_file`` (the N-th safetensors file written, ``checkpoint.write_tensors``:
+the best weights, then the checkpoint's model and state), ``replace`` (the N-th rename of
 the checkpoint swap) or ``none``.
 """
 
@@ -39,7 +40,7 @@ def main() -> int:
         return wrapper
 
     if point == "save_file":
-        checkpoint.save_file = killing(checkpoint.save_file)
+        checkpoint.write_tensors = killing(checkpoint.write_tensors)
     elif point == "replace":
         os.replace = killing(os.replace)
     return cli(args)

@@ -121,20 +121,21 @@ def test_full_disk_leaves_the_old_checkpoint_and_no_temporary_files(
     from mtlkit.train import checkpoint
 
     before = snapshot(run / "checkpoint")
-    real = checkpoint.save_file
+    real = checkpoint.write_tensors
 
-    def full(tensors, filename, metadata=None):
-        if "state.safetensors" in str(filename):
+    def full(writer, tensors, metadata=None):
+        if "state.safetensors" in str(getattr(writer, "handle", writer).name):
+            writer.write(b"partial")  # a part is on disk when the disk fills
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, filename, metadata=metadata)
+        return real(writer, tensors, metadata)
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint, "write_tensors", full)
     with pytest.raises(OSError, match="No space left"):
         main(["train", str(trained[0]), "--resume", str(run)])
     assert snapshot(run / "checkpoint") == before
     assert not list(run.glob(".*.tmp")) and not list((run / "best").glob(".*.tmp"))
     assert not (run / ".lock").exists()
-    monkeypatch.setattr(checkpoint, "save_file", real)
+    monkeypatch.setattr(checkpoint, "write_tensors", real)
     assert main(["train", str(trained[0]), "--resume", str(run)]) == 0
 
 

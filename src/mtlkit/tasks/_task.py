@@ -143,8 +143,9 @@ class Task:
 
     # ------------------------------------------------------------------ checks at the boundary
 
-    def check(self, output: Tensor, target: Tensor) -> None:
-        """Raise :class:`TaskDataError` when ``output`` or ``target`` does not fit this task."""
+    def check(self, output: Tensor, target: Tensor, *, labels: bool = True) -> None:
+        """Raise :class:`TaskDataError` when ``output`` or ``target`` does not fit this task
+        (``labels``: also check the label values, :meth:`check_labels`)."""
         where = f"task '{self.name}'"
         if not isinstance(target, Tensor):
             raise TaskDataError(f"{where}: target is a {type(target).__name__}, not a tensor")
@@ -171,6 +172,31 @@ class Task:
                 f"{where}: target shape {tuple(target.shape)} does not fit head output "
                 f"{tuple(output.shape)} (expected output {expected})"
             )
+        if labels:
+            self.check_labels(target)
+
+    def label_bounds(self, target: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The smallest and the largest label of an integer target (one reduction, no
+        read-back), for :meth:`labels_plain`; None for other targets."""
+        if not self.spec.integer_targets or self.spec.binary_targets or not target.numel():
+            return None
+        low, high = torch.aminmax(target)
+        return low, high
+
+    def labels_plain(self, low: int, high: int) -> bool:
+        """Whether labels between ``low`` and ``high`` are all in range and none is an ignore
+        value: then every entry is labelled and valid (:meth:`check_labels` passes and
+        :meth:`label_mask` is all true); False says nothing (check those two)."""
+        return (
+            low >= 0
+            and high < self.num_outputs
+            and not any(low <= i <= high for i in self.spec.ignore_labels)
+        )
+
+    def check_labels(self, target: Tensor) -> None:
+        """Raise :class:`TaskDataError` when a label of ``target`` is outside the task's
+        classes (integer targets; ignore values aside) or a binary target is not 0 or 1."""
+        where = f"task '{self.name}'"
         if self.spec.integer_targets and target.numel():
             # one reduction and one read-back per batch; the details only on an error
             outside = ((target < 0) | (target >= self.num_outputs)) & self.label_mask(target)

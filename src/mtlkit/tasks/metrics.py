@@ -80,6 +80,11 @@ class Sums(Accumulator):
             if old is None:
                 self.sums[key] = value.clone()
                 continue
+            if old.shape == value.shape and old.dtype == torch.promote_types(
+                old.dtype, value.dtype
+            ):
+                old.add_(value)  # the running sum is this accumulator's own tensor
+                continue
             if old.shape != value.shape:  # pad both to the larger shape
                 shape = [max(a, b) for a, b in zip(old.shape, value.shape, strict=True)]
                 old, value = _pad(old, shape), _pad(value, shape)

@@ -125,16 +125,24 @@ def class_predictions(output: Tensor, target: Tensor) -> Tensor:
     the target, else the last one (per-token ``(B, L, C)``); a layout that fits neither is an
     error rather than a silently wrong score.
     """
+    dim = _class_dim(output, target)
+    if dim is None:
+        return (output.reshape(target.shape) > 0).long()
+    return output.argmax(dim=dim)
+
+
+def _class_dim(output: Tensor, target: Tensor) -> int | None:
+    """The class dimension of ``output`` (see :func:`class_predictions`); None: binary."""
     if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
         if output.shape[0] == target.shape[0] and output.shape[2:] == target.shape[1:]:
-            return output.argmax(dim=1)
+            return 1
         if output.shape[:-1] == target.shape:
-            return output.argmax(dim=-1)
+            return -1
         raise TaskDataError(
             f"output shape {tuple(output.shape)} has no class dimension that fits "
             f"target shape {tuple(target.shape)}"
         )
-    return (output.reshape(target.shape) > 0).long()
+    return None
 
 
 def _valid(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
@@ -179,12 +187,61 @@ def class_counts(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
     }
 
 
+def _labelled_predictions(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The predicted labels, the labels (int64) and which entries are labelled (not
+    :data:`IGNORE_INDEX`), all of the target's shape: no indexing, so no read-back."""
+    tgt = target.long()
+    return class_predictions(output, target), tgt, tgt != IGNORE_INDEX
+
+
+def _num_classes(output: Tensor, target: Tensor) -> int:
+    """The number of classes ``output`` scores (2 for binary logits)."""
+    dim = _class_dim(output, target)
+    return 2 if dim is None else int(output.shape[dim])
+
+
+#: up to this many classes, :func:`masked_class_counts` counts through a confusion matrix
+CONFUSION_CLASSES = 64
+
+
+def masked_class_counts(
+    pred: Tensor, target: Tensor, keep: Tensor, classes: int = 0
+) -> dict[str, Tensor]:
+    """:func:`class_counts` of the entries ``keep`` selects, without selecting them (no
+    read-back); the three counts have one length, at least ``classes``.
+
+    With at most :data:`CONFUSION_CLASSES` classes, one bincount of ``target · classes +
+    pred`` gives the confusion matrix, whose diagonal, column and row sums are the counts;
+    a label at or above ``classes`` (unchecked data) shows in the bincount's length, known
+    without a read-back, and the counts then come from three bincounts of the label plus one
+    (0 for the entries left out, its bin dropped)."""
+    if 0 < classes <= CONFUSION_CLASSES:
+        cells = torch.bincount(
+            torch.where(keep, target * classes + pred + 1, 0).reshape(-1),
+            minlength=classes * classes + 1,
+        )
+        if cells.shape[0] == classes * classes + 1:
+            confusion = cells[1:].view(classes, classes)  # gold label × prediction
+            return {"tp": confusion.diagonal(), "pred": confusion.sum(0), "gold": confusion.sum(1)}
+    hit = keep & (pred == target)
+
+    def count(labels: Tensor, selected: Tensor) -> Tensor:
+        shifted = torch.where(selected, labels + 1, 0).reshape(-1)
+        return torch.bincount(shifted, minlength=classes + 1)[1:]
+
+    counts = {"tp": count(target, hit), "pred": count(pred, keep), "gold": count(target, keep)}
+    size = max(c.shape[0] for c in counts.values())
+    return {
+        k: F.pad(c, (0, size - c.shape[0])) if c.shape[0] < size else c for k, c in counts.items()
+    }
+
+
 class AccuracySums(Sums):
     """``accuracy`` batch by batch: correct predictions and labelled samples."""
 
     def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        pred, tgt = _valid(class_predictions(output, target), target.long())
-        return {"correct": (pred == tgt).sum(), "count": torch.tensor(tgt.numel())}
+        pred, tgt, keep = _labelled_predictions(output, target)
+        return {"correct": (keep & (pred == tgt)).sum(), "count": keep.sum()}
 
     def value(self, sums: dict[str, Tensor]) -> float:
         return ratio(sums, "correct")
@@ -194,8 +251,8 @@ class MacroF1Sums(Sums):
     """``macro_f1`` batch by batch: per-class true positives, predictions and labels."""
 
     def stats(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        pred, tgt = _valid(class_predictions(output, target), target.long())
-        return class_counts(pred, tgt)
+        pred, tgt, keep = _labelled_predictions(output, target)
+        return masked_class_counts(pred, tgt, keep, _num_classes(output, target))
 
     def value(self, sums: dict[str, Tensor]) -> float:
         return class_f1(sums)
@@ -466,6 +523,7 @@ __all__ = [
     "macro_f1",
     "macro_f1_multilabel",
     "mae",
+    "masked_class_counts",
     "mse",
     "multilabel_map",
     "r2",

@@ -173,8 +173,49 @@ def task_losses(
     ``every_task``: the batch is joint and must carry a target for every task; otherwise
     (multi-input) the tasks are those of ``targets``, in its order.
     """
-    if not every_task:
-        return {t: tasks[t].compute_loss(outputs[t], y, check) for t, y in targets.items()}
+    return checked_losses(tasks, outputs, targets, check, every_task=every_task)[0]
+
+
+def checked_losses(
+    tasks: Mapping[str, Task],
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    check: bool,
+    *,
+    every_task: bool = True,
+) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """:func:`task_losses`, and the number of labels of each task's target where the check
+    found it on the way (every entry a valid label: its size; see :func:`labelled_losses`).
+
+    The checks read back one small tensor for all the tasks, not one per task: each integer
+    target's smallest and largest label (:meth:`~mtlkit.tasks.Task.label_bounds`). A target
+    whose bounds do not show every entry a valid label (an ignore value, or a label out of
+    range) gets the exact check, which names the task and the label.
+    """
+    names = _joint_names(tasks, outputs, targets) if every_task else list(targets)
+    known: dict[str, int] = {}
+    if check:
+        for name in names:
+            tasks[name].check(outputs[name], targets[name], labels=False)
+        bounds = {name: tasks[name].label_bounds(targets[name]) for name in names}
+        found = {name: b for name, b in bounds.items() if b is not None}
+        flat = [bound.long() for pair in found.values() for bound in pair]
+        values = torch.stack(flat).tolist() if flat else []
+        for i, name in enumerate(found):
+            if tasks[name].labels_plain(values[2 * i], values[2 * i + 1]):
+                known[name] = targets[name].numel()
+        for name in names:
+            if name not in known:
+                tasks[name].check_labels(targets[name])
+    losses = {name: tasks[name].compute_loss(outputs[name], targets[name], False) for name in names}
+    return losses, known
+
+
+def _joint_names(
+    tasks: Mapping[str, Task], outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+) -> list[str]:
+    """Every task's name, after checking a joint batch has its target and the model its
+    output."""
     if not isinstance(targets, Mapping):
         raise TaskDataError(
             f"a batch's targets must be a dict task → tensor, got {type(targets).__name__}"
@@ -185,8 +226,7 @@ def task_losses(
             f"the batch has targets for unknown task(s) {', '.join(unknown)}; "
             f"the tasks are {', '.join(tasks)}"
         )
-    losses = {}
-    for name, task in tasks.items():
+    for name in tasks:
         if name not in targets:
             raise TaskDataError(
                 f"task '{name}': the batch has no target for it "
@@ -194,20 +234,25 @@ def task_losses(
             )
         if name not in outputs:
             raise TaskDataError(f"task '{name}': the model produced no output for it")
-        losses[name] = task.compute_loss(outputs[name], targets[name], check)
-    return losses
+    return list(tasks)
 
 
 def labelled_losses(
-    tasks: Mapping[str, Task], losses: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    tasks: Mapping[str, Task],
+    losses: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    known: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Tensor | None], dict[str, int]]:
     """Every task's loss, None for a task absent from the batch or whose target has no label
     (:meth:`~mtlkit.tasks.Task.label_mask`); and the number of labels of each task's target,
-    which its (masked mean) loss averages over."""
-    names = list(losses)
+    which its (masked mean) loss averages over (``known``: counts already found, by
+    :func:`checked_losses`)."""
+    known = known or {}
+    names = [t for t in losses if t not in known]
     sums = [tasks[t].label_mask(targets[t]).sum() for t in names]
     # one read-back for every task (a device sync each otherwise)
-    counts = dict(zip(names, torch.stack(sums).tolist() if sums else [], strict=True))
+    counted = dict(zip(names, torch.stack(sums).tolist() if sums else [], strict=True))
+    counts = {t: known[t] if t in known else counted[t] for t in losses}
     present = {t: loss for t, loss in losses.items() if counts[t] > 0}
     if len(present) == len(tasks):
         return dict(present), counts

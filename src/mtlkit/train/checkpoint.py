@@ -6,9 +6,12 @@ A checkpoint is a folder with ``model.safetensors`` (the model's weights),
 the weighting method's state), ``state.json`` (everything else, with references to those
 tensors) and ``manifest.json`` (the SHA-256 of those three files, written last).
 
-Writing: a new checkpoint is written (each file fsynced) to a temporary folder and swapped in
-with renames; the one it replaces is kept as ``checkpoint.prev``. A crash at any point leaves
-either folder complete.
+Writing: a new checkpoint is written to a temporary folder (every file fsynced before the
+manifest is written, the manifest and the folder fsynced before the swap) and swapped in with
+renames; the one it replaces is kept as ``checkpoint.prev``. A crash at any point leaves
+either folder complete. Each file's SHA-256 is computed from the bytes as they are written
+(:func:`mtlkit.files.write_hashed`), and tensors go to the file straight from their memory
+(:func:`mtlkit.files.write_safetensors`): no copy of the weights, no second read of the files.
 
 Reading (:func:`read_checkpoint`): every file is checked against the manifest and parsed
 before anything is applied; a damaged checkpoint is an error naming the file, and
@@ -41,15 +44,25 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 
 from mtlkit.errors import MtlkitError
-from mtlkit.files import atomic_write_with, fsync_dir, sha256_file
+from mtlkit.files import (
+    HashingWriter,
+    atomic_write_stream,
+    fsync_dir,
+    fsync_files,
+    sha256_file,
+    tensor_bytes,
+    write_hashed,
+    write_safetensors,
+    write_synced,
+)
 from mtlkit.train.state import join_state, split_state
 
 MODEL_FILE, TENSORS_FILE, JSON_FILE = "model.safetensors", "state.safetensors", "state.json"
@@ -66,16 +79,22 @@ class CheckpointError(MtlkitError):
 
 
 def model_tensors(model: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
-    """The model's state dict (or a state dict) as contiguous CPU tensors (safetensors needs
-    no aliasing)."""
+    """A copy of the model's state dict (or of a state dict) as contiguous CPU tensors, that
+    later steps do not change (the best epoch's weights)."""
     state = model if isinstance(model, Mapping) else model.state_dict()
-    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    return {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for k, v in state.items()
+    }
 
 
-def _write_synced(path: Path, write: Any) -> None:
-    write(path)
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+def write_tensors(
+    writer: HashingWriter | IO[bytes],
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Tensors as safetensors into ``writer`` (:func:`mtlkit.files.write_safetensors`)."""
+    write_safetensors(writer, tensors, metadata)
 
 
 def previous(folder: Path) -> Path:
@@ -90,9 +109,10 @@ def save_checkpoint(
     replacing it atomically and keeping the checkpoint it replaces as ``<folder>.prev``."""
     folder = Path(folder)
     tmp = _fresh_tmp(folder)
+    weights = model if isinstance(model, Mapping) else model.state_dict()
     try:
-        _write_synced(tmp / MODEL_FILE, lambda p: save_file(model_tensors(model), str(p)))
-        _write_state(tmp, state)
+        digest = write_hashed(tmp / MODEL_FILE, lambda w: write_tensors(w, weights))
+        _write_state(tmp, state, {MODEL_FILE: digest})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -106,17 +126,25 @@ def _fresh_tmp(folder: Path) -> Path:
     return tmp
 
 
-def _write_state(tmp: Path, state: dict[str, Any]) -> None:
-    """``state.safetensors``, ``state.json``, then the manifest of every file in ``tmp``."""
+def _write_state(tmp: Path, state: dict[str, Any], written: Mapping[str, str]) -> None:
+    """``state.safetensors``, ``state.json``, then the manifest of every file in ``tmp``:
+    the SHA-256 of each file written here and in ``written`` (name → SHA-256, from the bytes
+    as they were written; those files are fsynced here), and of the files others wrote in
+    ``tmp`` (the shards), read back."""
     skeleton, tensors = split_state(state)
-    _write_synced(tmp / TENSORS_FILE, lambda p: save_file(tensors, str(p)))
-    _write_synced(tmp / JSON_FILE, lambda p: p.write_text(json.dumps(skeleton), "utf-8"))
-    names = sorted(
-        str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file() and f.name != MANIFEST_FILE
-    )
-    sums = {name: sha256_file(tmp / name) for name in names}
-    manifest = json.dumps({"format": 1, "sha256": sums})
-    _write_synced(tmp / MANIFEST_FILE, lambda p: p.write_text(manifest, "utf-8"))
+    sums = dict(written)
+    sums[TENSORS_FILE] = write_hashed(tmp / TENSORS_FILE, lambda w: write_tensors(w, tensors))
+    text = json.dumps(skeleton).encode("utf-8")
+    sums[JSON_FILE] = write_hashed(tmp / JSON_FILE, lambda w: w.write(text))
+    # every file durable before the manifest that vouches for them (fsynced together: the
+    # first commit usually carries them all)
+    fsync_files(tmp / name for name in sums)
+    for f in tmp.rglob("*"):
+        name = str(f.relative_to(tmp))
+        if name not in sums and f.is_file() and f.name != MANIFEST_FILE:
+            sums[name] = sha256_file(f)
+    manifest = json.dumps({"format": 1, "sha256": dict(sorted(sums.items()))}).encode("utf-8")
+    write_synced(tmp / MANIFEST_FILE, lambda w: w.write(manifest))
     if (tmp / SHARDS_DIR).is_dir():
         fsync_dir(tmp / SHARDS_DIR)
     fsync_dir(tmp)
@@ -247,7 +275,7 @@ def save_sharded_checkpoint(
             )
         barrier()  # every rank's shard file is on disk
         if is_main:
-            _write_state(tmp, {**state, "optimizer": optimizer})
+            _write_state(tmp, {**state, "optimizer": optimizer}, {})
     except BaseException:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -458,24 +486,25 @@ def _weights_name(weights: Mapping[str, Tensor] | ShardedTensors) -> str:
 
 
 def _digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 of the tensors: each one's name, dtype, shape and bytes, in name order (read
+    from the tensors' memory, copied only when not contiguous on the CPU)."""
     digest = hashlib.sha256()
     for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
+        t = tensors[key]
         digest.update(key.encode("utf-8"))
         digest.update(str(t.dtype).encode())
         digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor_bytes(t))
     return digest.hexdigest()
 
 
 def save_weights(path: Path, weights: Mapping[str, Tensor], epoch: int | None = None) -> None:
     """Weights as one safetensors file, written atomically, with the SHA-256 of the tensors
     (and the epoch) in its metadata."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    meta = {"sha256": _digest(tensors)}
+    meta = {"sha256": _digest(weights)}
     if epoch is not None:
         meta["epoch"] = str(epoch)
-    atomic_write_with(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write_stream(Path(path), lambda handle: write_tensors(handle, weights, meta))
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:

@@ -121,6 +121,7 @@ class Evaluator:
         accumulators = {name: task.accumulators() for name, task in self.tasks.items()}
         # loss sums stay on the device (one read-back at the end, not one per task and batch)
         loss_sums: dict[str, Tensor | float] = dict.fromkeys(self.tasks, 0.0)
+        joint: Tensor | None = None  # joint batches: the loss sums in task order
         count = 0
         task_counts = dict.fromkeys(self.tasks, 0)  # multi-input data: examples per task
         batches = 0
@@ -148,13 +149,17 @@ class Evaluator:
             tgt = to_device(batch[1], self.device)
             losses = task_losses(self.tasks, out, tgt, self.check)
             size = next(iter(tgt.values())).shape[0]
-            for name, loss in losses.items():
-                loss_sums[name] = loss_sums[name] + loss.detach().double() * size
+            # every task's loss sum in one vector: a few operations per batch, not per task
+            sums = torch.stack([losses[name].detach() for name in self.tasks]).double() * size
+            joint = sums if joint is None else joint.add_(sums)
             count += size
             for name in self.tasks:
                 update(name, out[name], tgt[name])
             del out, tgt, losses
         steps.finish(self.precision.autocast)
+        if joint is not None:
+            for name, total in zip(self.tasks, joint, strict=True):
+                loss_sums[name] = loss_sums[name] + total
         totals = torch.stack(
             [
                 torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 TENSOR, TUPLE = "__tensor__", "__tuple__"
+#: the JSON scalars a sequence may hold to be stored as it is (Python's RNG state: 625 ints)
+_SCALARS = frozenset({type(None), bool, int, float, str})
 
 
 def split_state(state: Any, prefix: str = "s") -> tuple[Any, dict[str, Tensor]]:
@@ -37,10 +39,12 @@ def split_state(state: Any, prefix: str = "s") -> tuple[Any, dict[str, Tensor]]:
                     raise TypeError(f"state key {k!r} at {path} is neither str nor int")
                 out[f"{type(k).__name__[0]}:{k}"] = walk(v, f"{path}.{k}")
             return out
-        if isinstance(obj, tuple):
-            return {TUPLE: [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
-        if isinstance(obj, list):
-            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple | list):
+            if all(type(v) in _SCALARS for v in obj):  # nothing to walk into
+                items = list(obj)
+            else:
+                items = [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+            return {TUPLE: items} if isinstance(obj, tuple) else items
         if obj is None or isinstance(obj, bool | int | float | str):
             return obj
         raise TypeError(f"cannot store {type(obj).__name__} at {path} in a checkpoint")

@@ -36,15 +36,16 @@ from torch import Tensor, nn
 
 from mtlkit.data.multi import TaskBatches
 from mtlkit.errors import ConfigError, DatasetError, NonFiniteLossError
+from mtlkit.nn.architectures.base import MTLModel
 from mtlkit.tasks import Task, task_map
 from mtlkit.train.batches import (
     Batch,
     Forward,
     check_step_mode,
+    checked_losses,
     forward_batch,
     labelled_losses,
     resolve_device,
-    task_losses,
 )
 from mtlkit.train.callbacks import Callback, StepLog, as_callback, batch_size
 from mtlkit.train.checkpoint import CheckpointError, load_checkpoint, load_weights, model_tensors
@@ -59,6 +60,18 @@ from mtlkit.train.strategy import DataParallel, SingleProcess, Strategy
 from mtlkit.weighting import EW, StepRecord, Weighting, for_tasks
 
 __all__ = ["FitResult", "Trainer", "resolve_device"]
+
+
+def regularizer(model: nn.Module) -> Callable[[], Any] | None:
+    """The model's ``regularization()``, or None when it has none that can matter: an
+    :class:`~mtlkit.nn.MTLModel` that keeps the default (an exact zero without a graph) is
+    not asked every step for a new zero."""
+    function = getattr(model, "regularization", None)
+    if not callable(function):
+        return None
+    if getattr(type(model), "regularization", None) is MTLModel.regularization:
+        return None
+    return function  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -194,6 +207,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._listeners: list[Callback] = list(self.callbacks)  # fit() adds its loggers
         self._last_step = time.perf_counter()
+        self._regularization = regularizer(self.model)
 
     # ------------------------------------------------------------------ one step
 
@@ -223,10 +237,10 @@ class Trainer:
         self, outputs: dict[str, Tensor], targets: dict[str, Tensor], every_task: bool
     ) -> Mapping[str, Tensor | None]:
         """Every task's loss over the global batch; None for a task with no label in it."""
-        computed = task_losses(
+        computed, known = checked_losses(
             self.tasks, outputs, targets, self.check_inputs, every_task=every_task
         )
-        losses, counts = labelled_losses(self.tasks, computed, targets)
+        losses, counts = labelled_losses(self.tasks, computed, targets, known)
         # data-parallel: the global values, with this rank's share of the gradient
         return self.strategy.globalize(losses, counts)
 
@@ -248,9 +262,8 @@ class Trainer:
         regulariser (if it has one), then the weighting method's combination of the losses."""
         self.optimizer.zero_grad(set_to_none=True)
         scale = self.precision.loss_scale()
-        regularization = getattr(self.model, "regularization", None)
-        if callable(regularization):
-            extra = regularization()
+        if self._regularization is not None:
+            extra = self._regularization()
             if isinstance(extra, Tensor) and extra.requires_grad:
                 (self.strategy.share(extra) * scale).backward(retain_graph=True)
         return self.weighting.backward(
