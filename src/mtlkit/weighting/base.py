@@ -613,7 +613,7 @@ class LossWeighting(Weighting):
 
     def step(self, ctx: StepContext, /) -> StepRecord:
         total, w = self.combine(ctx.stacked)
-        (total * ctx.loss_scale).backward()
+        (total if ctx.loss_scale == 1.0 else total * ctx.loss_scale).backward()
         assert self.tasks is not None
         return StepRecord(weights=dict(zip(self.tasks, w.detach().tolist(), strict=True)))
 

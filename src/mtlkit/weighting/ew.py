@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting
+from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StepContext, StepRecord
 
 
 @WEIGHTINGS.register("ew")
@@ -18,3 +18,11 @@ class EW(LossWeighting):
 
     def weights(self, losses: Tensor) -> Tensor:
         return torch.ones_like(losses)
+
+    def step(self, ctx: StepContext, /) -> StepRecord:
+        """Σ_i L_i, back-propagated: no weight vector, and the record's weights are known
+        without reading anything back from the device."""
+        total = ctx.stacked.sum()
+        (total if ctx.loss_scale == 1.0 else total * ctx.loss_scale).backward()
+        assert self.tasks is not None
+        return StepRecord(weights=dict.fromkeys(self.tasks, 1.0))
