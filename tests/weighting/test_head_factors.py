@@ -118,7 +118,8 @@ def test_a_representation_step_is_the_same_with_or_without_factors(
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_the_factored_path_is_taken_for_linear_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+def _spy_head_factors(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each call of ``head_factors`` found factors (the factored path was taken)."""
     calls: list[bool] = []
     original = gradient_module.head_factors
 
@@ -128,6 +129,11 @@ def test_the_factored_path_is_taken_for_linear_heads(monkeypatch: pytest.MonkeyP
         return found
 
     monkeypatch.setattr(gradient_module, "head_factors", spy)
+    return calls
+
+
+def test_the_factored_path_is_taken_for_linear_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_head_factors(monkeypatch)
     for method in (UPGrad(jacobian="representation"), MGDA(jacobian="representation")):
         from tests.weighting._models import mlp_model
 
@@ -183,15 +189,7 @@ def test_aggregator_representation_step_is_the_same_with_or_without_factors(
 def test_graddrop_takes_the_factored_path(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.weighting._models import mlp_model
 
-    calls: list[bool] = []
-    original = gradient_module.head_factors
-
-    def spy(*args: object, **kwargs: object) -> object:
-        found = original(*args, **kwargs)  # type: ignore[arg-type]
-        calls.append(found is not None)
-        return found
-
-    monkeypatch.setattr(gradient_module, "head_factors", spy)
+    calls = _spy_head_factors(monkeypatch)
     model, x = mlp_model(3)
     outs, rep = model.forward_with_representation(x)
     method = get("graddrop", jacobian="representation")

@@ -482,6 +482,20 @@ def _channel_sums(g: Tensor, xhat: Tensor, lead: int) -> tuple[Tensor, Tensor]:
     return g_sum, gx.T.reshape(g_sum.shape)
 
 
+def _norm_rows(
+    grad: Tensor, x: Tensor, mean: Tensor, invstd: Tensor
+) -> tuple[int | None, Tensor, int, Tensor, Tensor]:
+    """A batch norm's backward inputs: the vmap level of ``grad`` (None when unbatched), its
+    rows in the statistics' dtype, the number of leading task dimensions (1 or 0), x̂, and
+    1/σ shaped for broadcasting."""
+    level = _batch_level(grad)
+    g = grad if level is None else _unbatch(grad, level)
+    n = x.dim()
+    inv = _channel_view(invstd, n)
+    xhat = (x.to(mean.dtype) - _channel_view(mean, n)) * inv
+    return level, g.to(mean.dtype), g.dim() - n, xhat, inv
+
+
 class BatchNormOutput(torch.autograd.Function):
     """The output of a recorded batch norm, with a backward written in batched tensor ops."""
 
@@ -509,14 +523,8 @@ class BatchNormOutput(torch.autograd.Function):
         need_w = ctx.needs_input_grad[1] and (req is None or ctx.ids[0] in req)
         need_b = ctx.needs_input_grad[2] and (req is None or ctx.ids[1] in req)
         with torch.autocast(grad.device.type, enabled=False):
-            level = _batch_level(grad)
-            g = grad if level is None else _unbatch(grad, level)
-            lead = g.dim() - x.dim()  # 1 with the task rows, else 0
-            dtype = mean.dtype
-            g = g.to(dtype)
-            n = x.dim()
-            mu, inv = _channel_view(mean, n), _channel_view(invstd, n)
-            xhat = (x.to(dtype) - mu) * inv
+            level, g, lead, xhat, inv = _norm_rows(grad, x, mean, invstd)
+            dtype, n = g.dtype, x.dim()
             dx = dw = db = None
             g_sum, gx_sum = _channel_sums(g, xhat, lead)
             if need_x:
@@ -658,14 +666,8 @@ class ConvBatchNormOutput(torch.autograd.Function):
         need_w, need_b = needs[2], needs[3]
         spec = ctx.spec
         with torch.autocast(grad.device.type, enabled=False):
-            level = _batch_level(grad)
-            g = grad if level is None else _unbatch(grad, level)
-            lead = g.dim() - x1.dim()  # 1 with the task rows, else 0
-            dtype = mean.dtype
-            g = g.to(dtype)
-            n = x1.dim()
-            inv = _channel_view(invstd, n)
-            xhat = (x1.to(dtype) - _channel_view(mean, n)) * inv
+            level, g, lead, xhat, inv = _norm_rows(grad, x1, mean, invstd)
+            dtype, n = g.dtype, x1.dim()
             g_sum, gx_sum = _channel_sums(g, xhat, lead)
             scale = inv if weight is None else inv * _channel_view(weight.to(dtype), n)
             count = x1.numel() // x1.shape[1]
