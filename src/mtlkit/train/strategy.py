@@ -289,10 +289,12 @@ class DataParallel(Strategy):
         self.all_reduce(flat, op)
         offset = 0
         sizes = [p.numel() for p in params]
-        flags_out = flat[sum(sizes) :]
-        for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
-            if flags_out[i] > 0:
-                p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+        present = (flat[sum(sizes) :] > 0).tolist()  # one read-back for every parameter
+        for p, n, has in zip(params, sizes, present, strict=True):
+            if has:
+                # a view of the reduced buffer (fresh each call; disjoint per parameter), as
+                # DDP's gradient_as_bucket_view: no copy unless the dtype differs
+                p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
             offset += n
 
     # ------------------------------------------------------------------ evaluation
