@@ -49,7 +49,7 @@ from torch import Tensor
 
 from mtlkit.errors import TaskDataError
 from mtlkit.tasks._task import TASK_KINDS, TaskKind
-from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
+from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss, masked_cross_entropy
 from mtlkit.tasks.metrics import Accumulator, Sums, metric
 
 SEGMENTATION_IGNORE: tuple[int, ...] = (IGNORE_INDEX, -1, 255)
@@ -121,10 +121,8 @@ def segmentation_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     """Pixel-wise cross-entropy over dim 1, mean over pixels not labelled 255, −1 or −100."""
     _fit(output, target, (target.shape[0], output.shape[1], *target.shape[1:]), "segmentation")
     keep = segmentation_valid(target)
-    if not bool(keep.any()):
-        return empty_loss(output)
     labels = torch.where(keep, target.long(), torch.full_like(target.long(), IGNORE_INDEX))
-    return F.cross_entropy(output.float(), labels, ignore_index=IGNORE_INDEX)
+    return masked_cross_entropy(output, labels)  # no read-back; 0 without a valid pixel
 
 
 def confusion_matrix(output: Tensor, target: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.registry import Registry
@@ -26,4 +27,15 @@ def empty_loss(output: Tensor) -> Tensor:
     return output.sum() * 0.0
 
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "LossFn", "empty_loss"]
+def masked_cross_entropy(output: Tensor, labels: Tensor) -> Tensor:
+    """Softmax cross-entropy over dim 1, mean over the entries of ``labels`` that are not
+    :data:`IGNORE_INDEX`; exactly 0 (still depending on ``output``) when there is none.
+
+    The mean is the sum over the count (at least 1), both on the device: no host
+    synchronisation per call (``F.cross_entropy``'s own mean would be 0/0 without labels, and
+    testing for that first reads a flag back from the device)."""
+    total = F.cross_entropy(output.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+__all__ = ["IGNORE_INDEX", "LOSSES", "LossFn", "empty_loss", "masked_cross_entropy"]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.tasks._task import TASK_KINDS, TaskKind
-from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss
+from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss, masked_cross_entropy
 from mtlkit.tasks.metrics import Accumulator, Sums, metric
 
 CLASSIFICATION = TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True)
@@ -57,10 +57,10 @@ for _kind in (CLASSIFICATION, BINARY, MULTILABEL, REGRESSION):
 
 @LOSSES.register("cross_entropy")
 def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
-    """Softmax cross-entropy over dim 1 (works per sample, per token and per pixel)."""
-    if not bool((target != IGNORE_INDEX).any()):
-        return empty_loss(output)
-    return F.cross_entropy(output.float(), target.long(), ignore_index=IGNORE_INDEX)
+    """Softmax cross-entropy over dim 1 (works per sample, per token and per pixel), mean over
+    the labelled entries; exactly 0 (still depending on ``output``) when none is labelled.
+    Nothing is read back from the device: the mean is the sum over the count, at least 1."""
+    return masked_cross_entropy(output, target.long())
 
 
 def _masked_float(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
