@@ -23,11 +23,12 @@ from collections.abc import Callable
 
 import torch
 
-from mtlkit.allocator import retain_freed_memory
 from mtlkit.experiments.bench import (
     MODELS,
     TORCHJD_AGGREGATORS,
     _torchjd_step,
+    add_malloc_option,
+    apply_malloc_option,
     build_bench_model,
     mtlkit_step,
 )
@@ -78,12 +79,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 5, 10, 40])
     parser.add_argument("--methods", nargs="+", default=["upgrad", "mgda"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--malloc",
-        choices=["default", "retain"],
-        default="default",
-        help="retain: keep freed memory for reuse (mtlkit.allocator, what the mtlkit command does)",
-    )
+    add_malloc_option(parser)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--memory", action="store_true")
@@ -95,8 +91,7 @@ def main() -> None:
         kind, t, name = args.child
         _memory_child(kind, int(t), name)
         return
-    if args.malloc == "retain" and not retain_freed_memory():
-        parser.error("--malloc retain needs glibc")
+    apply_malloc_option(parser, args)
     names = ["ew", *args.methods]
     if not args.no_torchjd:
         try:

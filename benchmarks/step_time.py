@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtlkit.allocator import retain_freed_memory
-from mtlkit.experiments.bench import MODELS, run_bench
+from mtlkit.experiments.bench import MODELS, add_malloc_option, apply_malloc_option, run_bench
 
 
 def main() -> None:
@@ -30,20 +29,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=["shared", "representation"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--malloc",
-        choices=["default", "retain"],
-        default="default",
-        help="retain: keep freed memory for reuse (mtlkit.allocator, what the mtlkit command does)",
-    )
+    add_malloc_option(parser)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-torchjd", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
     parser.add_argument("--json", type=Path, default=None, help="write the whole table here")
     args = parser.parse_args()
-    if args.malloc == "retain" and not retain_freed_memory():
-        parser.error("--malloc retain needs glibc")
+    apply_malloc_option(parser, args)
     command = " ".join(["python", *sys.argv])
     started, started_cpu = time.perf_counter(), time.process_time()
     rows = run_bench(

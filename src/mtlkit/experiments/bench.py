@@ -14,6 +14,7 @@ MGDA, Mean) when ``torchjd`` is installed (``pip install 'mtlkit[bench]'``).
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import statistics
@@ -24,7 +25,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlkit.allocator import retain_freed_memory
 from mtlkit.errors import ConfigError, MissingExtraError
+
+
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmark scripts' ``--malloc {default,retain}``: glibc's default, or freed memory
+    kept for reuse as the ``mtlkit`` command does (:func:`apply_malloc_option`)."""
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "retain"],
+        default="default",
+        help="retain: keep freed memory for reuse (mtlkit.allocator, what the mtlkit command does)",
+    )
+
+
+def apply_malloc_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Act on ``--malloc``: ``retain`` calls :func:`~mtlkit.allocator.retain_freed_memory`
+    (a usage error where it cannot apply)."""
+    if args.malloc == "retain" and not retain_freed_memory():
+        parser.error("--malloc retain needs glibc")
+
 
 #: mtlkit method → TorchJD aggregator class name
 TORCHJD_AGGREGATORS = {"upgrad": "UPGrad", "mgda": "MGDA", "ew": "Mean", "imtl_g": "IMTLG"}

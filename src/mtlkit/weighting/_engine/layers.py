@@ -243,8 +243,7 @@ def conv_task_grads(
     t, b, c_out = deltas.shape[:3]
     spatial = deltas.shape[3:]
     g = spec["groups"]
-    patch = math.prod(weight_shape[1:])
-    if g == 1 and len(spatial) in (1, 2) and patch <= UNFOLD_PATCH and t >= UNFOLD_MIN_TASKS:
+    if _unfold_pays(spec, weight_shape, t):
         return _unfolded_task_grads(x, deltas, weight_shape, spec, bias)
     folded = (
         deltas.reshape(t, b, g, c_out // g, *spatial)
@@ -260,6 +259,18 @@ def conv_task_grads(
     weight = weight.reshape(t, *weight_shape)
     bias_grads = deltas.sum(dim=(1, *range(3, deltas.dim()))) if bias else None
     return weight, bias_grads
+
+
+def _unfold_pays(spec: dict[str, Any], weight_shape: Sequence[int], tasks: int) -> bool:
+    """Whether ``tasks`` per-task weight gradients of a convolution come cheaper from its
+    unfolded input patches than from one folded ``convolution_backward``: an ungrouped 1-d or
+    2-d convolution with short patches, and enough tasks to pay for the unfolding."""
+    return (
+        spec["groups"] == 1
+        and len(spec["stride"]) in (1, 2)
+        and math.prod(weight_shape[1:]) <= UNFOLD_PATCH
+        and tasks >= UNFOLD_MIN_TASKS
+    )
 
 
 def _patches(x: Tensor, weight_shape: Sequence[int], spec: dict[str, Any]) -> Tensor:
@@ -482,6 +493,23 @@ def _channel_sums(g: Tensor, xhat: Tensor, lead: int) -> tuple[Tensor, Tensor]:
     return g_sum, gx.T.reshape(g_sum.shape)
 
 
+def _norm_scale(inv: Tensor, weight: Tensor | None, ndim: int) -> Tensor:
+    """γ/σ per channel, shaped for broadcasting (1/σ without an affine weight)."""
+    return inv if weight is None else inv * _channel_view(weight.to(inv.dtype), ndim)
+
+
+def _norm_input_grad(
+    g: Tensor, xhat: Tensor, scale: Tensor, g_sum: Tensor, gx_sum: Tensor, batch_stats: bool
+) -> Tensor:
+    """A batch norm's input gradient from its (task) rows ``g``: with batch statistics
+    scale · (g − mean(g) − x̂ · mean(g x̂)), in two passes over the rows; else scale · g."""
+    if not batch_stats:
+        return scale * g
+    count = xhat.numel() // xhat.shape[1]
+    dx = torch.addcmul(-scale * g_sum / count, g, scale)
+    return dx.addcmul_(xhat, -scale * gx_sum / count)
+
+
 def _norm_rows(
     grad: Tensor, x: Tensor, mean: Tensor, invstd: Tensor
 ) -> tuple[int | None, Tensor, int, Tensor, Tensor]:
@@ -524,20 +552,13 @@ class BatchNormOutput(torch.autograd.Function):
         need_b = ctx.needs_input_grad[2] and (req is None or ctx.ids[1] in req)
         with torch.autocast(grad.device.type, enabled=False):
             level, g, lead, xhat, inv = _norm_rows(grad, x, mean, invstd)
-            dtype, n = g.dtype, x.dim()
+            n = x.dim()
             dx = dw = db = None
             g_sum, gx_sum = _channel_sums(g, xhat, lead)
             if need_x:
-                assert g_sum is not None and gx_sum is not None
-                scale = inv if weight is None else inv * _channel_view(weight.to(dtype), n)
-                if ctx.batch_stats:
-                    # scale · (g − mean(g) − x̂ · mean(g x̂)), in two passes over the rows
-                    count = g[0].numel() // g.shape[lead + 1] if lead else g.numel() // g.shape[1]
-                    dx = torch.addcmul(-scale * g_sum / count, g, scale)
-                    dx.addcmul_(xhat, -scale * gx_sum / count)
-                    dx = dx.to(x.dtype)
-                else:
-                    dx = (scale * g).to(x.dtype)
+                scale = _norm_scale(inv, weight, n)
+                dx = _norm_input_grad(g, xhat, scale, g_sum, gx_sum, ctx.batch_stats)
+                dx = dx.to(x.dtype)
             if need_w:
                 assert gx_sum is not None
                 dw = gx_sum.reshape(gx_sum.shape[: lead + 2]).flatten(lead).to(weight.dtype)
@@ -658,31 +679,27 @@ class ConvBatchNormOutput(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x0, conv_weight, weight, x1, mean, invstd = ctx.saved_tensors
         req = _REQUESTED
-        needs = [
-            ctx.needs_input_grad[k] and (req is None or ctx.ids[j] in req)
-            for j, k in enumerate((1, 2, 3, 4))
-        ]
-        need_k, need_kb = needs[0], needs[1] and ctx.has_conv_bias
-        need_w, need_b = needs[2], needs[3]
-        spec = ctx.spec
+        ids, has_kb = ctx.ids, ctx.has_conv_bias
+        need_k = ctx.needs_input_grad[1] and (req is None or ids[0] in req)
+        need_kb = has_kb and ctx.needs_input_grad[2] and (req is None or ids[1] in req)
+        need_w = ctx.needs_input_grad[3] and (req is None or ids[2] in req)
+        need_b = ctx.needs_input_grad[4] and (req is None or ids[3] in req)
+        spec, batch_stats = ctx.spec, ctx.batch_stats
         with torch.autocast(grad.device.type, enabled=False):
             level, g, lead, xhat, inv = _norm_rows(grad, x1, mean, invstd)
             dtype, n = g.dtype, x1.dim()
             g_sum, gx_sum = _channel_sums(g, xhat, lead)
-            scale = inv if weight is None else inv * _channel_view(weight.to(dtype), n)
-            count = x1.numel() // x1.shape[1]
+            scale = _norm_scale(inv, weight, n)
             dk = dkb = None
             if (need_k or need_kb) and level is None:  # one row: the input gradient as usual
-                if ctx.batch_stats:
-                    dx1 = torch.addcmul(-scale * g_sum / count, g, scale)
-                    dx1.addcmul_(xhat, -scale * gx_sum / count)
-                else:
-                    dx1 = scale * g
+                dx1 = _norm_input_grad(g, xhat, scale, g_sum, gx_sum, batch_stats)
                 sizes = [dx1.shape[1]] if need_kb else None
                 xd, kd = x0.to(dtype), conv_weight.to(dtype)
                 _, dk, dkb = _conv_backward(dx1, xd, kd, spec, [False, need_k, need_kb], sizes)
             elif need_k or need_kb:
-                dk, dkb = _fused_conv_grads(x0, conv_weight, g, xhat, scale, g_sum, gx_sum, ctx)
+                dk, dkb = _fused_conv_grads(
+                    x0, conv_weight, g, xhat, scale, (g_sum, gx_sum), spec, batch_stats, has_kb
+                )
             dw = db = None
             if need_w:
                 dw = gx_sum.reshape(gx_sum.shape[: lead + 2]).flatten(lead)
@@ -705,12 +722,15 @@ def _fused_conv_grads(
     rows: Tensor,
     xhat: Tensor,
     scale: Tensor,
-    g_sum: Tensor,
-    gx_sum: Tensor,
-    ctx: Any,
-) -> tuple[Tensor | None, Tensor | None]:
+    sums: tuple[Tensor, Tensor],
+    spec: dict[str, Any],
+    batch_stats: bool,
+    has_bias: bool,
+) -> tuple[Tensor, Tensor | None]:
     """Per-task (T × weight shape, T × C_out) convolution gradients of
-    :class:`ConvBatchNormOutput` from the batch norm's task rows (see its docstring)."""
+    :class:`ConvBatchNormOutput` from the batch norm's task rows and their channel sums
+    (Σ g, Σ g x̂; see its docstring)."""
+    g_sum, gx_sum = sums
     t, c = rows.shape[0], rows.shape[2]
     dtype = rows.dtype
     xd = x0.to(dtype)
@@ -718,20 +738,13 @@ def _fused_conv_grads(
     per_channel = (t, c, *([1] * (conv_weight.dim() - 1)))
     s = scale.reshape(1, c, *([1] * (conv_weight.dim() - 1)))
     count = xhat.numel() // xhat.shape[1]
-    spec = ctx.spec
-    unfold = (
-        spec["groups"] == 1
-        and xd.dim() in (3, 4)
-        and math.prod(shape[1:]) <= UNFOLD_PATCH
-        and t >= UNFOLD_MIN_TASKS
-    )
-    patches = _patches(xd, shape, spec) if unfold else None
+    patches = _patches(xd, shape, spec) if _unfold_pays(spec, shape, t) else None
     if patches is not None:  # W(g_i): T × weight shape
         gw, _ = _unfolded_task_grads(xd, rows, shape, spec, False, patches)
     else:
         gw, _ = conv_task_grads(xd, rows, shape, spec, False)
     dk: Tensor = gw
-    if ctx.batch_stats:
+    if batch_stats:
         # W(x̂) once (one more "task"); W(1): every output channel's sum of its patches
         if patches is not None:
             w_xhat, _ = _unfolded_task_grads(xd, xhat.unsqueeze(0), shape, spec, False, patches)
@@ -745,8 +758,8 @@ def _fused_conv_grads(
         dk = gw - a * w_one - e * w_xhat[0]
     dk = dk * s
     dkb = None
-    if ctx.has_conv_bias:
-        if ctx.batch_stats:
+    if has_bias:
+        if batch_stats:
             xhat_sum = xhat.sum(dim=[0, *range(2, xhat.dim())])  # ≈ 0, kept exact
             dkb = -scale.reshape(1, c) * (gx_sum / count).reshape(t, c) * xhat_sum
         else:
