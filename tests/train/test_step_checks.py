@@ -55,12 +55,34 @@ def test_losses_and_counts_agree_with_the_per_task_checks(seed: int, ignore: flo
     losses, known = checked_losses(TASKS, outputs, targets, True)
     reference, counts = _reference(outputs, targets)
     for name in TASKS:
-        both_nan = torch.isnan(losses[name]) and torch.isnan(reference[name])
-        assert both_nan or torch.equal(losses[name], reference[name]), name
+        # a task known to be fully labelled takes the unmasked mean: the same value up to
+        # the order of one division
+        torch.testing.assert_close(losses[name], reference[name], rtol=1e-6, atol=0, equal_nan=True)
     assert known == ({"a": 16, "b": 16} if ignore == 0.0 else {"a": 16})
     present, got = labelled_losses(TASKS, losses, targets, known)
     assert got == counts
     assert [t for t, v in present.items() if v is not None] == [t for t in TASKS if counts[t]]
+
+
+@pytest.mark.parametrize("ignore", [0.0, 0.3])
+def test_the_unmasked_loss_is_taken_only_for_targets_the_check_found_fully_labelled(
+    ignore: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs, targets = _batch(5, ignore)
+    taken: list[str] = []
+    for name in ("a", "b"):
+        task, plain = TASKS[name], TASKS[name].labelled_loss_fn
+
+        def spy(out: torch.Tensor, tgt: torch.Tensor, name=name, plain=plain) -> torch.Tensor:
+            taken.append(name)
+            return plain(out, tgt)
+
+        monkeypatch.setattr(task, "labelled_loss_fn", spy)
+    checked_losses(TASKS, outputs, targets, True)
+    assert taken == (["a", "b"] if ignore == 0.0 else ["a"])
+    taken.clear()
+    checked_losses(TASKS, outputs, targets, False)  # unchecked: nothing is known
+    assert taken == []
 
 
 @pytest.mark.parametrize("bad", [3, 7, -1, -5, -101])

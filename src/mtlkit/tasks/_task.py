@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.registry import Registry
-from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, LossFn
+from mtlkit.tasks.losses import IGNORE_INDEX, LABELLED_LOSSES, LOSSES, LossFn
 from mtlkit.tasks.metrics import METRICS, Accumulator, Metric
 
 
@@ -120,6 +120,10 @@ class Task:
         self.loss_fn: LossFn = (
             loss if callable(loss) else _lookup(LOSSES, loss, f"{where}: field 'loss'")
         )
+        #: the loss without its mask, for a target whose every entry is a valid label
+        self.labelled_loss_fn: LossFn = self.loss_fn
+        if isinstance(loss, str) and loss in LABELLED_LOSSES:
+            self.labelled_loss_fn = LABELLED_LOSSES.lookup(loss)
         names = list(self.metrics) if self.metrics is not None else list(self.spec.metrics)
         self.metrics = names
         self.metric_fns: dict[str, Metric] = {
@@ -228,11 +232,15 @@ class Task:
             return ~torch.isin(target, torch.tensor(ignore, device=target.device))
         return ~torch.isnan(target.float())
 
-    def compute_loss(self, output: Tensor, target: Tensor, check: bool = True) -> Tensor:
-        """This task's loss on one batch, after checking shapes, dtypes and label range."""
+    def compute_loss(
+        self, output: Tensor, target: Tensor, check: bool = True, *, labelled: bool = False
+    ) -> Tensor:
+        """This task's loss on one batch, after checking shapes, dtypes and label range.
+        ``labelled``: the caller knows every entry of ``target`` is a valid label
+        (:meth:`labels_plain`), so the loss can skip its mask."""
         if check:
             self.check(output, target)
-        loss = self.loss_fn(output, target)
+        loss = (self.labelled_loss_fn if labelled else self.loss_fn)(output, target)
         if loss.dim() != 0:
             raise TaskDataError(
                 f"task '{self.name}': loss has shape {tuple(loss.shape)}, expected a scalar"

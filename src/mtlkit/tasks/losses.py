@@ -20,6 +20,9 @@ IGNORE_INDEX = -100
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES: Registry[LossFn] = Registry("loss")
+#: for a registered loss (same name): the same value for a target whose every entry is a valid
+#: label, without the mask's operations (the training step knows this from its label check)
+LABELLED_LOSSES: Registry[LossFn] = Registry("labelled loss")
 
 
 def empty_loss(output: Tensor) -> Tensor:
@@ -38,4 +41,11 @@ def masked_cross_entropy(output: Tensor, labels: Tensor) -> Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "LossFn", "empty_loss", "masked_cross_entropy"]
+__all__ = [
+    "IGNORE_INDEX",
+    "LABELLED_LOSSES",
+    "LOSSES",
+    "LossFn",
+    "empty_loss",
+    "masked_cross_entropy",
+]

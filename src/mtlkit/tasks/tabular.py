@@ -31,7 +31,13 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError, TaskDataError
 from mtlkit.tasks._task import TASK_KINDS, TaskKind
-from mtlkit.tasks.losses import IGNORE_INDEX, LOSSES, empty_loss, masked_cross_entropy
+from mtlkit.tasks.losses import (
+    IGNORE_INDEX,
+    LABELLED_LOSSES,
+    LOSSES,
+    empty_loss,
+    masked_cross_entropy,
+)
 from mtlkit.tasks.metrics import Accumulator, Sums, metric
 
 CLASSIFICATION = TaskKind("classification", "cross_entropy", ("accuracy", "macro_f1"), True, True)
@@ -61,6 +67,13 @@ def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     the labelled entries; exactly 0 (still depending on ``output``) when none is labelled.
     Nothing is read back from the device: the mean is the sum over the count, at least 1."""
     return masked_cross_entropy(output, target.long())
+
+
+@LABELLED_LOSSES.register("cross_entropy")
+def labelled_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """:func:`cross_entropy` of a target whose every entry is a valid label: the plain mean
+    (the count is the target's size; no mask to build, sum and divide by)."""
+    return F.cross_entropy(output.float(), target.long())
 
 
 def _masked_float(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -207,7 +207,10 @@ def checked_losses(
         for name in names:
             if name not in known:
                 tasks[name].check_labels(targets[name])
-    losses = {name: tasks[name].compute_loss(outputs[name], targets[name], False) for name in names}
+    losses = {
+        name: tasks[name].compute_loss(outputs[name], targets[name], False, labelled=name in known)
+        for name in names
+    }
     return losses, known
 
 

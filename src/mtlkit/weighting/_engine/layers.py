@@ -506,7 +506,8 @@ def _norm_input_grad(
     if not batch_stats:
         return scale * g
     count = xhat.numel() // xhat.shape[1]
-    dx = torch.addcmul(-scale * g_sum / count, g, scale)
+    dx = g * scale  # (an addcmul whose first operand broadcasts is ~1.6x slower on CPU)
+    dx -= scale * g_sum / count
     return dx.addcmul_(xhat, -scale * gx_sum / count)
 
 
