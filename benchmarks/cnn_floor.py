@@ -13,7 +13,9 @@ patches), with no layout copy, no batch norm, no ReLU and no Gram matrix, interl
 step, mtlkit's UPGrad step and (when installed) TorchJD's, medians of wall and CPU time. The
 floor's ratio to EW is what no implementation made of PyTorch operators goes below on this
 model; the elementwise passes (batch norm, ReLU: memory-bound, over T × the activation) come on
-top unless a generated kernel fuses them.
+top unless a generated kernel fuses them: the script also times them as PyTorch operators,
+each once and without layout copies ("floor + ReLU/BN passes": what an eager implementation
+with no wasted pass would cost).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from mtlkit.experiments.bench import (
     TORCHJD_AGGREGATORS,
@@ -77,6 +80,41 @@ def floor_kernels(t: int) -> dict[str, Callable[[], None]]:
     }
 
 
+def elementwise_passes(t: int) -> dict[str, Callable[[], None]]:
+    """The batch norms' and ReLUs' backward over the T task rows as PyTorch operators, each
+    once and in the layout it runs fastest in (no layout copy): the ReLU masks, each batch
+    norm's channel sums (Σ g and Σ g x̂, one read each) and the second batch norm's input
+    gradient (two passes: eager PyTorch has no single operator for it)."""
+    gen = torch.Generator().manual_seed(1)
+    out: dict[str, Callable[[], None]] = {}
+    for name, shape in (("layer 1", (64, 16, 32, 32)), ("layer 2", (64, 32, 16, 16))):
+        rows = torch.randn(t, *shape, generator=gen)
+        mask = torch.randn(1, *shape, generator=gen).relu()
+        xhat = torch.randn(*shape, generator=gen)
+        b, c = shape[:2]
+        scale = torch.rand(1, c, 1, 1, generator=gen)
+        shift = torch.rand(t, 1, c, 1, 1, generator=gen)
+
+        def passes(
+            rows: Tensor = rows,
+            mask: Tensor = mask,
+            xhat: Tensor = xhat,
+            scale: Tensor = scale,
+            shift: Tensor = shift,
+            bc: int = b * c,
+            second: bool = name == "layer 2",
+        ) -> None:
+            g = torch.ops.aten.threshold_backward(rows, mask, 0)
+            g.sum(dim=(1, 3, 4))
+            torch.bmm(g.reshape(t, bc, -1).transpose(0, 1), xhat.reshape(bc, -1, 1))
+            if second:
+                dx = g * scale
+                dx.addcmul_(xhat, shift)
+
+        out[f"ReLU + BN passes, {name}"] = passes
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[10])
@@ -106,6 +144,7 @@ def main() -> None:
 
         runs["forward"] = forward
         runs.update(floor_kernels(t))
+        runs.update(elementwise_passes(t))
         model, x, y = build_bench_model("cnn", t)
         runs["mtlkit UPGrad (shared)"] = mtlkit_step(
             WEIGHTINGS.build("upgrad", jacobian="shared"), model, x, y
@@ -137,6 +176,12 @@ def main() -> None:
         print(
             f"  {'floor (forward + products)':26s} {floor:8.1f} ({floor_cpu:6.1f})"
             f"   {floor / ew:5.2f} ({floor_cpu / ew_cpu:5.2f})"
+        )
+        eager = floor + sum(med[p] for p in elementwise_passes(1))
+        eager_cpu = floor_cpu + sum(med_cpu[p] for p in elementwise_passes(1))
+        print(
+            f"  {'floor + ReLU/BN passes':26s} {eager:8.1f} ({eager_cpu:6.1f})"
+            f"   {eager / ew:5.2f} ({eager_cpu / ew_cpu:5.2f})"
         )
         if "TorchJD UPGrad" in med:
             need, need_cpu = med["TorchJD UPGrad"] / 2.5, med_cpu["TorchJD UPGrad"] / 2.5

@@ -39,6 +39,7 @@ def _double() -> None:
 # ---------------------------------------------------------------------------- Gramian
 
 
+@pytest.mark.usefixtures("layerwise")
 @pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("through_rep", [False, True])
 def test_layerwise_gramian_equals_explicit(

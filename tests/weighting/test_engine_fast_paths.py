@@ -35,6 +35,7 @@ def flat(grads: list[Tensor | None], params: list[nn.Parameter]) -> Tensor:
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in pairs])
 
 
+@pytest.mark.usefixtures("layerwise")
 @pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("through_rep", [False, True])
 def test_combine_equals_weighted_jacobian_rows(kind: str, through_rep: bool) -> None:

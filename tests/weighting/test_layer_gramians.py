@@ -15,6 +15,8 @@ from mtlkit.weighting._engine import layers as layers_mod
 from tests.weighting._models import TinyHPS
 
 TASKS = 4
+#: the layer-wise rules themselves, convolutions included (conftest.py)
+pytestmark = pytest.mark.usefixtures("layerwise")
 
 
 class Pooled(nn.Module):

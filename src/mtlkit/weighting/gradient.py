@@ -57,6 +57,7 @@ from mtlkit.weighting._engine import (
     head_factors,
     head_passes,
     last_shared_parameters,
+    passes_pay,
     row_gram,
     task_jacobian,
 )
@@ -206,7 +207,10 @@ def _step_jacobian(ctx: StepContext, inputs: Sequence[Tensor], rows: Tensor | No
     losses = _scaled(ctx.stacked, scale)
     if ctx.global_jacobian is not None:
         return _unscaled(ctx.global_jacobian(losses, inputs, ctx.representation, rows), scale)
-    jac = task_jacobian(losses, inputs, representation=ctx.representation, head_rows=rows)
+    passes = passes_pay(ctx.model if ctx.model is not None else ctx.shared_module, inputs)
+    jac = task_jacobian(
+        losses, inputs, representation=ctx.representation, head_rows=rows, passes=passes
+    )
     jac = _unscaled(jac, scale)
     return jac if ctx.reduce_jacobian is None else ctx.reduce_jacobian(jac)
 

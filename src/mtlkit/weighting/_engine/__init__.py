@@ -4,8 +4,9 @@ through the encoder (private; :mod:`mtlkit.weighting.gradient` is the public sid
 With T task losses L_i and the shared parameters θ (P values), the Jacobian J is T × P
 (row i is ∇_θ L_i) and the Gramian is G = J Jᵀ (T × T).
 
-- :mod:`~mtlkit.weighting._engine.backward`: J in one vectorised backward, the heads' rows
-  ∂L_i/∂r in one pass through the heads;
+- :mod:`~mtlkit.weighting._engine.backward`: J in one vectorised backward (or, for a
+  convolutional encoder on CPU, one ordinary backward pass per task: ``passes_pay``), the
+  heads' rows ∂L_i/∂r in one pass through the heads;
 - :mod:`~mtlkit.weighting._engine.gram`: G layer by layer from recorded layer inputs and
   per-task output gradients, and the update Jᵀw from the same records
   (:meth:`Gramian.combine`);
@@ -21,6 +22,7 @@ from mtlkit.weighting._engine.backward import (
     head_gradients,
     head_passes,
     last_shared_parameters,
+    passes_pay,
     per_task_gradients,
     task_jacobian,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "head_passes",
     "last_shared_parameters",
     "layer_gramian",
+    "passes_pay",
     "per_task_gradients",
     "release_hooks",
     "row_gram",

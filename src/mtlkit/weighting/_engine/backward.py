@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting._engine.layers import row_gram
+from mtlkit.weighting._engine.layers import CONVS, row_gram
 
 
 def batched_grad(
@@ -34,52 +34,85 @@ def batched_grad(
     *,
     retain_graph: bool = True,
     chunk_size: int | None = None,
+    passes: bool = False,
 ) -> list[Tensor | None]:
     """∂⟨outputs, grad_outputs[i]⟩/∂inputs for every row i, in one vectorised backward.
 
     ``grad_outputs`` has a leading batch dimension of T rows. Rows are processed ``chunk_size``
     at a time (all at once by default) to bound memory; where vmap cannot batch the backward
     (any error of the batched pass), the rows are done one by one (same result, T passes).
+    ``passes``: one ordinary backward pass per row from the start (see :func:`passes_pay`).
     """
     t = grad_outputs.shape[0]
     size = t if chunk_size is None else max(1, int(chunk_size))
-    try:
-        parts = [
-            torch.autograd.grad(
-                outputs,
-                list(inputs),
-                grad_outputs=grad_outputs[i : i + size],
-                retain_graph=True,
-                is_grads_batched=True,
-                allow_unused=True,
-            )
-            for i in range(0, t, size)
-        ]
-    except RuntimeError:
-        # vmap cannot batch this backward (an operation without a batching rule; inductor's
-        # compiled backward, whose kernels read raw storage): the rows one by one. A real error
-        # of the graph is raised again there.
-        parts = [
-            tuple(
-                None if g is None else g.unsqueeze(0)
-                for g in torch.autograd.grad(
+    if passes:
+        parts = _row_by_row(outputs, inputs, grad_outputs)
+    else:
+        try:
+            parts = [
+                torch.autograd.grad(
                     outputs,
                     list(inputs),
-                    grad_outputs=grad_outputs[i],
+                    grad_outputs=grad_outputs[i : i + size],
                     retain_graph=True,
+                    is_grads_batched=True,
                     allow_unused=True,
                 )
-            )
-            for i in range(t)
-        ]
+                for i in range(0, t, size)
+            ]
+        except RuntimeError:
+            # vmap cannot batch this backward (an operation without a batching rule;
+            # inductor's compiled backward, whose kernels read raw storage): the rows one by
+            # one. A real error of the graph is raised again there.
+            parts = _row_by_row(outputs, inputs, grad_outputs)
     del retain_graph  # the graph is always kept: the method's own backward follows
     if len(parts) == 1:
         return list(parts[0])  # one chunk: no copy
     result: list[Tensor | None] = []
     for k in range(len(inputs)):
         chunks = [p[k] for p in parts]
-        result.append(None if chunks[0] is None else torch.cat(chunks))
+        result.append(
+            None if chunks[0] is None else torch.cat([c for c in chunks if c is not None])
+        )
     return result
+
+
+def _row_by_row(
+    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor
+) -> list[tuple[Tensor | None, ...]]:
+    """:func:`batched_grad`'s rows by one ordinary backward pass each (graph kept)."""
+    return [
+        tuple(
+            None if g is None else g.unsqueeze(0)
+            for g in torch.autograd.grad(
+                outputs,
+                list(inputs),
+                grad_outputs=grad_outputs[i],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        )
+        for i in range(grad_outputs.shape[0])
+    ]
+
+
+def passes_pay(model: nn.Module | None, inputs: Sequence[Tensor]) -> bool:
+    """Whether per-task gradients of ``inputs`` come faster from one ordinary backward pass
+    per task than from the batched (vmap) pass: on CPU, for an encoder with a shared
+    convolution.
+
+    Measured on the benchmark CNN (``benchmarks/cnn_floor.py``, one x86 core): the batched
+    pass works on T × the activations at once (42 MB per layer at T = 10), which no cache
+    holds, and needs layout copies around oneDNN's convolutions; T passes at the batch's own
+    size stay in cache and run the native kernels, 15–30 % faster at T = 2 to 40. On a GPU the
+    batched pass is kept (one launch per operator instead of T)."""
+    if model is None or not inputs or inputs[0].device.type != "cpu":
+        return False
+    ids = {id(p) for p in inputs}
+    return any(
+        isinstance(m, CONVS) and any(id(p) in ids for p in m.parameters(recurse=False))
+        for m in model.modules()
+    )
 
 
 def head_gradients(losses: Tensor | Sequence[Tensor], representation: Tensor) -> Tensor:
@@ -397,14 +430,16 @@ def per_task_gradients(
     representation: Tensor | None,
     head_rows: Tensor | None,
     chunk_size: int | None,
+    passes: bool = False,
 ) -> list[Tensor | None]:
-    """Per-task gradients of ``inputs``: through the representation when given, else directly."""
+    """Per-task gradients of ``inputs``: through the representation when given, else directly;
+    ``passes``: one backward pass per task (:func:`batched_grad`)."""
     if representation is not None:
         if head_rows is None:
             head_rows = head_gradients(losses, representation)
-        return batched_grad(representation, inputs, head_rows, chunk_size=chunk_size)
+        return batched_grad(representation, inputs, head_rows, chunk_size=chunk_size, passes=passes)
     eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
-    return batched_grad(losses, inputs, eye, chunk_size=chunk_size)
+    return batched_grad(losses, inputs, eye, chunk_size=chunk_size, passes=passes)
 
 
 def task_jacobian(
@@ -414,16 +449,17 @@ def task_jacobian(
     representation: Tensor | None = None,
     head_rows: Tensor | None = None,
     chunk_size: int | None = None,
+    passes: bool = False,
 ) -> Tensor:
     """The T × P Jacobian of the loss vector with respect to ``inputs`` (flattened, concatenated).
 
     With ``representation`` r, the losses must reach ``inputs`` only through r (true of hard
     parameter sharing): rows ∂L_i/∂r come from :func:`head_gradients` (or ``head_rows`` when
     already computed) and are pushed through the encoder in one batched pass. Unused inputs
-    give zero columns.
+    give zero columns. ``passes``: one backward pass per task instead (:func:`passes_pay`).
     """
     t = losses.shape[0]
-    grads = per_task_gradients(losses, inputs, representation, head_rows, chunk_size)
+    grads = per_task_gradients(losses, inputs, representation, head_rows, chunk_size, passes)
     rows = [
         (
             g if g is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device)

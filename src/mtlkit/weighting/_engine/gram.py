@@ -27,6 +27,11 @@ backward pass through the encoder. At many tasks, when the Linear layers' Δ wou
 backward and then dropped (memory: T × T plus one layer's Δ), and those layers' update is one
 more backward pass of Σ_i w_i L_i.
 
+An encoder with a shared convolution on CPU is not hooked: its J comes from one ordinary
+backward pass per task (:func:`~mtlkit.weighting._engine.backward.passes_pay`, faster there
+than the batched pass with these rules), unless its shared Linear, embedding and attention
+weights would take more than :data:`KEEP_ROWS_BYTES` of J.
+
 Hooks are installed on the first call for a model, so that first step uses the explicit
 Jacobian (exact, slower); from the next forward pass on, the Gramian path is used. A recorded
 output changed in place afterwards (``ReLU(inplace=True)``), a hooked module called through
@@ -46,8 +51,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting._engine.backward import head_gradients, per_task_gradients, task_jacobian
-from mtlkit.weighting._engine.hooks import compiled, recorder_for
+from mtlkit.weighting._engine.backward import (
+    head_gradients,
+    passes_pay,
+    per_task_gradients,
+    task_jacobian,
+)
+from mtlkit.weighting._engine.hooks import compiled, recorder_for, release_hooks
 from mtlkit.weighting._engine.layers import (
     FOLDED,
     embedding_rows,
@@ -180,24 +190,31 @@ def gramian(
     """:func:`compute_gramian`, returned as a :class:`Gramian` that can also apply weights.
     Without a ``model`` (no module to hook) G comes from the explicit Jacobian."""
 
-    def explicit() -> Gramian:
+    def explicit(passes: bool = False) -> Gramian:
         jac = task_jacobian(
             losses,
             shared,
             representation=representation,
             head_rows=head_rows,
             chunk_size=chunk_size,
+            passes=passes,
         )
         return Gramian(row_gram(jac), shared, jacobian=jac)
 
     if model is None or compiled(model):
         return explicit()
+    t = losses.shape[0]
+    if passes_pay(model, shared) and t * _kept_columns(model, shared) * 4 <= KEEP_ROWS_BYTES:
+        # a convolutional encoder on CPU: one backward pass per task, no hooks (the layer
+        # records would only slow the passes down), while J's columns that the layer-wise
+        # path keeps small (Linear, embedding, attention weights) stay small
+        release_hooks(model)
+        return explicit(passes=True)
     rec, existed = recorder_for(model, shared)
     calls, overflow = dict(rec.calls), rec.overflow
     rec.clear()
     if not existed or overflow:
         return explicit()
-    t = losses.shape[0]
     # lean: when the Linear layers' per-task output gradients would take more than
     # KEEP_ROWS_BYTES, each layer's block is taken as they pass by and the update is one more
     # backward pass (see Gramian.combine)
@@ -352,6 +369,19 @@ def gramian(
         replayed=replayed,
         sliced=sliced,
         replay=_replay(losses, replayed, representation, head_rows) if replayed else None,
+    )
+
+
+def _kept_columns(model: nn.Module, shared: Sequence[Tensor]) -> int:
+    """How many of J's columns belong to shared layers whose Gram block the layer-wise path
+    takes without per-task parameter gradients (Linear, embedding, attention)."""
+    ids = {id(p) for p in shared}
+    return sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.MultiheadAttention))
+        for p in m.parameters(recurse=False)
+        if id(p) in ids
     )
 
 
