@@ -80,7 +80,11 @@ def test_large_shared_linear_layers_keep_the_layerwise_path(
     the layer-wise path (which never forms them) is kept."""
     model, x = cnn_model()
     shared = model.shared_parameters()
-    monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", 3 * 5 * 5 * 4 - 1)  # T × (4·5 + 5) × 4 B
+    linear = 3 * (4 * 5 + 5) * 8  # T × the shared Linear's weight and bias, float64
+    monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", linear)
+    result = gramian(task_losses(model, x)[0], model, shared)
+    assert not _hooked(model) and result.jacobian is not None  # within the bound: the passes
+    monkeypatch.setattr(gram_mod, "KEEP_ROWS_BYTES", linear - 1)
     for _ in range(2):
         result = gramian(task_losses(model, x)[0], model, shared)
     assert _hooked(model) and result.jacobian is None

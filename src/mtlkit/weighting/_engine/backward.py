@@ -101,11 +101,12 @@ def passes_pay(model: nn.Module | None, inputs: Sequence[Tensor]) -> bool:
     per task than from the batched (vmap) pass: on CPU, for an encoder with a shared
     convolution.
 
-    Measured on the benchmark CNN (``benchmarks/cnn_floor.py``, one x86 core): the batched
-    pass works on T × the activations at once (42 MB per layer at T = 10), which no cache
-    holds, and needs layout copies around oneDNN's convolutions; T passes at the batch's own
-    size stay in cache and run the native kernels, 15–30 % faster at T = 2 to 40. On a GPU the
-    batched pass is kept (one launch per operator instead of T)."""
+    Measured on the benchmark CNN (``benchmarks/layer_gramians.py``, one x86 core;
+    docs/benchmarks.md, "One pass per task"): the batched pass works on T × the activations
+    at once (42 MB per layer at T = 10), which no cache holds, and needs layout copies around
+    oneDNN's convolutions; T passes at the batch's own size run the native kernels in cache:
+    5–27 % less CPU time at T = 2 to 40 with freed memory kept, 30–39 % with glibc's default
+    allocator. On a GPU the batched pass is kept (one launch per operator instead of T)."""
     if model is None or not inputs or inputs[0].device.type != "cpu":
         return False
     ids = {id(p) for p in inputs}

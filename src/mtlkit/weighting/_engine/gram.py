@@ -201,15 +201,17 @@ def gramian(
         )
         return Gramian(row_gram(jac), shared, jacobian=jac)
 
-    if model is None or compiled(model):
+    if model is None:
         return explicit()
     t = losses.shape[0]
-    if passes_pay(model, shared) and t * _kept_columns(model, shared) * 4 <= KEEP_ROWS_BYTES:
-        # a convolutional encoder on CPU: one backward pass per task, no hooks (the layer
-        # records would only slow the passes down), while J's columns that the layer-wise
-        # path keeps small (Linear, embedding, attention weights) stay small
+    if passes_pay(model, shared) and t * _kept_bytes(model, shared) <= KEEP_ROWS_BYTES:
+        # a convolutional encoder on CPU (compiled or not): one backward pass per task, no
+        # hooks (the layer records would only slow the passes down), while J's columns that
+        # the layer-wise path keeps small (Linear, embedding, attention weights) stay small
         release_hooks(model)
         return explicit(passes=True)
+    if compiled(model):
+        return explicit()
     rec, existed = recorder_for(model, shared)
     calls, overflow = dict(rec.calls), rec.overflow
     rec.clear()
@@ -372,12 +374,13 @@ def gramian(
     )
 
 
-def _kept_columns(model: nn.Module, shared: Sequence[Tensor]) -> int:
-    """How many of J's columns belong to shared layers whose Gram block the layer-wise path
-    takes without per-task parameter gradients (Linear, embedding, attention)."""
+def _kept_bytes(model: nn.Module, shared: Sequence[Tensor]) -> int:
+    """The bytes of one row of J (float32 at least) that belong to shared layers whose Gram
+    block the layer-wise path takes without per-task parameter gradients (Linear, embedding,
+    attention)."""
     ids = {id(p) for p in shared}
     return sum(
-        p.numel()
+        p.numel() * max(p.element_size(), 4)
         for m in model.modules()
         if isinstance(m, (nn.Linear, nn.Embedding, nn.MultiheadAttention))
         for p in m.parameters(recurse=False)
