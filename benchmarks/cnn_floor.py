@@ -37,6 +37,7 @@ from mtlkit.experiments.bench import (
     add_malloc_option,
     apply_malloc_option,
     build_bench_model,
+    interleaved,
     mtlkit_step,
 )
 
@@ -153,15 +154,7 @@ def main() -> None:
             model, x, y = build_bench_model("cnn", t)
             aggregator = getattr(agg, TORCHJD_AGGREGATORS["upgrad"])()
             runs["TorchJD UPGrad"] = _torchjd_step(aggregator, model, x, y)
-        wall: dict[str, list[float]] = {k: [] for k in runs}
-        cpu: dict[str, list[float]] = {k: [] for k in runs}
-        for r in range(args.warmup + args.repeats):
-            for name, run in runs.items():
-                w, c = time.perf_counter(), time.process_time()
-                run()
-                if r >= args.warmup:
-                    wall[name].append(time.perf_counter() - w)
-                    cpu[name].append(time.process_time() - c)
+        wall, cpu = interleaved(runs, args.repeats, args.warmup)
         med = {k: 1e3 * statistics.median(v) for k, v in wall.items()}
         med_cpu = {k: 1e3 * statistics.median(v) for k, v in cpu.items()}
         ew, ew_cpu = med["EW step"], med_cpu["EW step"]

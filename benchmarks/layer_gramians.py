@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -30,6 +29,7 @@ from mtlkit.experiments.bench import (
     add_malloc_option,
     apply_malloc_option,
     build_bench_model,
+    interleaved,
     mtlkit_step,
 )
 
@@ -109,15 +109,7 @@ def main() -> None:
     for kind in args.models:
         for t in args.tasks:
             steps = {n: _step(kind, t, n) for n in names}
-            cpu: dict[str, list[float]] = {n: [] for n in names}
-            wall: dict[str, list[float]] = {n: [] for n in names}
-            for r in range(args.warmup + args.repeats):
-                for n, run in steps.items():
-                    c0, w0 = time.process_time(), time.perf_counter()
-                    run()
-                    if r >= args.warmup:
-                        cpu[n].append(time.process_time() - c0)
-                        wall[n].append(time.perf_counter() - w0)
+            wall, cpu = interleaved(steps, args.repeats, args.warmup)
             del steps
             base_c, base_w = statistics.median(cpu["ew"]), statistics.median(wall["ew"])
             for n in names:

@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mtlkit.data.base import TensorLoader, TensorSplit
+from mtlkit.experiments.bench import interleaved
 from mtlkit.nn import build_model
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer
@@ -140,15 +141,7 @@ def _synced(path: Path, write: Callable[[Path], object]) -> None:
 def _timed(
     runs: dict[str, Callable[[], None]], repeats: int, warmup: int
 ) -> dict[str, dict[str, float]]:
-    wall: dict[str, list[float]] = {k: [] for k in runs}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(warmup + repeats):
-        for name, run in runs.items():
-            w, c = time.perf_counter(), time.process_time()
-            run()
-            if r >= warmup:
-                wall[name].append(time.perf_counter() - w)
-                cpu[name].append(time.process_time() - c)
+    wall, cpu = interleaved(runs, repeats, warmup)
     result: dict[str, dict[str, float]] = {
         k: {"wall_ms": 1e3 * statistics.median(wall[k]), "cpu_ms": 1e3 * statistics.median(cpu[k])}
         for k in runs

@@ -249,6 +249,24 @@ def run_bench(
     return rows
 
 
+def interleaved(
+    runs: dict[Any, Callable[[], object]], repeats: int, warmup: int
+) -> tuple[dict[Any, list[float]], dict[Any, list[float]]]:
+    """Each run timed ``repeats`` times after ``warmup`` untimed rounds, one step of each in
+    turn (so that load from other processes reaches all alike): the wall and process-CPU
+    seconds of every step, by run."""
+    wall: dict[Any, list[float]] = {k: [] for k in runs}
+    cpu: dict[Any, list[float]] = {k: [] for k in runs}
+    for r in range(warmup + repeats):
+        for key, run in runs.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            if r >= warmup:
+                wall[key].append(time.perf_counter() - start)
+                cpu[key].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
 def _bench_cell(
     kind: str,
     t: int,
@@ -269,15 +287,7 @@ def _bench_cell(
             continue
         make = _torchjd_step if mode == "torchjd" else mtlkit_step
         steps.append((name, mode, make(method, model, x, y)))
-    times: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _ in steps}
-    cpu: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _ in steps}
-    for r in range(warmup + repeats):
-        for name, mode, run in steps:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            if r >= warmup:
-                times[(name, mode)].append(time.perf_counter() - start)
-                cpu[(name, mode)].append(time.process_time() - start_cpu)
+    times, cpu = interleaved({(n, m): run for n, m, run in steps}, repeats, warmup)
     base = statistics.median(times[("ew", "loss")])
     base_cpu = statistics.median(cpu[("ew", "loss")])
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
