@@ -2,7 +2,9 @@
 
 python benchmarks/layer_gramians.py --models mlp cnn --tasks 2 5 10 40 --threads 1
 
-Per (model, T): EW, the chosen mtlkit methods (``jacobian='shared'``) and, when installed,
+Per (model, T): EW, the chosen mtlkit methods (``jacobian='shared'``; with ``--layerwise`` also
+each with the engine's batched layer-wise path forced, ``METHOD:layerwise``, the baseline of its
+one-pass-per-task rule for convolutional encoders) and, when installed,
 TorchJD's ``mtl_backward`` + ``jac_to_grad`` with the same aggregator, timed interleaved (one
 step each in turn), medians of process CPU time and wall time, each as a ratio to EW in the
 same cell (so load from other processes moves both). With ``--memory``, the peak resident
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from mtlkit.experiments.bench import (
+    DEFAULT_MODELS,
     MODELS,
     TORCHJD_AGGREGATORS,
     _torchjd_step,
@@ -42,8 +45,26 @@ def _step(kind: str, t: int, name: str) -> Callable[[], None]:
         return _torchjd_step(getattr(agg, TORCHJD_AGGREGATORS[name[8:]])(), model, x, y)
     from mtlkit.weighting import WEIGHTINGS
 
-    method = WEIGHTINGS.build(name) if name == "ew" else WEIGHTINGS.build(name, jacobian="shared")
-    return mtlkit_step(method, model, x, y)
+    base, _, variant = name.partition(":")
+    method = WEIGHTINGS.build(base) if base == "ew" else WEIGHTINGS.build(base, jacobian="shared")
+    step = mtlkit_step(method, model, x, y)
+    if variant != "layerwise":
+        return step
+
+    def layerwise() -> None:
+        """The step with the engine's batched layer-wise path where it would take one pass per
+        task (``passes_pay``: convolutional encoders on CPU), as the baseline of that rule."""
+        import mtlkit.weighting._engine.gram as gram_mod
+        import mtlkit.weighting.gradient as gradient_mod
+
+        saved = gram_mod.passes_pay, gradient_mod.passes_pay
+        gram_mod.passes_pay = gradient_mod.passes_pay = lambda model, inputs: False
+        try:
+            step()
+        finally:
+            gram_mod.passes_pay, gradient_mod.passes_pay = saved
+
+    return layerwise
 
 
 def _status_mib(key: str) -> float:
@@ -75,7 +96,7 @@ def _peak_rss(kind: str, t: int, name: str, threads: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 5, 10, 40])
     parser.add_argument("--methods", nargs="+", default=["upgrad", "mgda"])
     parser.add_argument("--threads", type=int, default=1)
@@ -84,6 +105,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--no-torchjd", action="store_true")
+    parser.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="also time each method with the batched layer-wise path forced (METHOD:layerwise)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,6 +119,8 @@ def main() -> None:
         return
     apply_malloc_option(parser, args)
     names = ["ew", *args.methods]
+    if args.layerwise:
+        names += [f"{m}:layerwise" for m in args.methods]
     if not args.no_torchjd:
         try:
             import torchjd  # noqa: F401

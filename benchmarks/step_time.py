@@ -19,14 +19,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtlkit.experiments.bench import MODELS, add_malloc_option, apply_malloc_option, run_bench
+from mtlkit.experiments.bench import (
+    DEFAULT_MODELS,
+    MODELS,
+    add_malloc_option,
+    apply_malloc_option,
+    run_bench,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 5, 10, 40, 100])
     parser.add_argument("--methods", nargs="+", default=None, help="default: all registered")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=["shared", "representation"])
     parser.add_argument("--threads", type=int, default=1)
     add_malloc_option(parser)

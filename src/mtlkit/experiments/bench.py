@@ -49,7 +49,9 @@ def apply_malloc_option(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 #: mtlkit method → TorchJD aggregator class name
 TORCHJD_AGGREGATORS = {"upgrad": "UPGrad", "mgda": "MGDA", "ew": "Mean", "imtl_g": "IMTLG"}
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "resnet")
+#: the models a benchmark runs unless told otherwise
+DEFAULT_MODELS = ("mlp", "cnn")
 
 
 class _BenchHPS(nn.Module):
@@ -73,6 +75,8 @@ def build_bench_model(kind: str, tasks: int, seed: int = 0) -> tuple[nn.Module, 
 
     ``mlp``: trunk 256→512→512→512 (ReLU), batch 256. ``cnn``: conv 3→16→32 (3×3, BatchNorm,
     ReLU, the second strided), global pooling and a linear 32→64 layer, batch 64 of 3×32×32.
+    ``resnet``: mtlkit's ResNet encoder (widths 16, 32, 64; two residual blocks per stage;
+    global pooling), batch 32 of 3×32×32.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -100,6 +104,11 @@ def build_bench_model(kind: str, tasks: int, seed: int = 0) -> tuple[nn.Module, 
             nn.ReLU(),
         )
         x, width, batch = torch.randn(64, 3, 32, 32, generator=gen), 64, 64
+    elif kind == "resnet":
+        from mtlkit.nn.resnet import ResNetEncoder
+
+        enc = ResNetEncoder(3, (16, 32, 64), 2)
+        x, width, batch = torch.randn(32, 3, 32, 32, generator=gen), 64, 32
     else:
         raise ConfigError(f"bench: unknown model '{kind}'; available: {', '.join(MODELS)}")
     targets = torch.randint(0, 10, (tasks, batch), generator=gen)
@@ -191,7 +200,7 @@ def run_bench(
     tasks: Sequence[int] = (2, 5, 10),
     methods: Sequence[str] | None = None,
     *,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = DEFAULT_MODELS,
     modes: Sequence[str] = ("shared", "representation"),
     threads: int = 1,
     repeats: int = 20,
