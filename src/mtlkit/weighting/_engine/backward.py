@@ -106,7 +106,8 @@ def passes_pay(model: nn.Module | None, inputs: Sequence[Tensor]) -> bool:
     at once (42 MB per layer at T = 10), which no cache holds, and needs layout copies around
     oneDNN's convolutions; T passes at the batch's own size run the native kernels in cache:
     5–27 % less CPU time at T = 2 to 40 with freed memory kept, 30–39 % with glibc's default
-    allocator. On a GPU the batched pass is kept (one launch per operator instead of T)."""
+    allocator. On other devices the batched pass is kept: there T passes mean T kernel
+    launches per operator, and no GPU was at hand to measure the trade."""
     if model is None or not inputs or inputs[0].device.type != "cpu":
         return False
     ids = {id(p) for p in inputs}
