@@ -93,7 +93,8 @@ def write_tensors(
     tensors: Mapping[str, Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Tensors as safetensors into ``writer`` (:func:`mtlkit.files.write_safetensors`)."""
+    """Tensors as safetensors into ``writer`` (:func:`mtlkit.files.write_safetensors`): the
+    one place this module writes tensors, where the fault tests interrupt a write."""
     write_safetensors(writer, tensors, metadata)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlkit.weighting.base import WEIGHTINGS, LossWeighting, StepContext, StepRecord
+from mtlkit.weighting.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    StepContext,
+    StepRecord,
+    backward_scaled,
+)
 
 
 @WEIGHTINGS.register("ew")
@@ -22,7 +28,6 @@ class EW(LossWeighting):
     def step(self, ctx: StepContext, /) -> StepRecord:
         """Σ_i L_i, back-propagated: no weight vector, and the record's weights are known
         without reading anything back from the device."""
-        total = ctx.stacked.sum()
-        (total if ctx.loss_scale == 1.0 else total * ctx.loss_scale).backward()
+        backward_scaled(ctx.stacked.sum(), ctx.loss_scale)
         assert self.tasks is not None
         return StepRecord(weights=dict.fromkeys(self.tasks, 1.0))
