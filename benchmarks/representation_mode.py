@@ -5,7 +5,8 @@ python benchmarks/representation_mode.py 40 --repeats 12 [--methods upgrad mgda 
 The ``mlp`` model of ``step_time.py``; each method built with ``jacobian="representation"``;
 the configurations timed interleaved with EW (one step each in turn), medians; prints one JSON
 object (the run's T, load average, wall and CPU time, and per method the wall and CPU ratios to
-EW and milliseconds). It imports whichever mtlkit is on the path, so
+EW and milliseconds, and the quartiles of the per-round ratios to EW: the spread a single
+ratio hides). It imports whichever mtlkit is on the path, so
 ``PYTHONPATH=<a checkout of an older commit>/src`` measures that commit with the same script.
 """
 
@@ -22,7 +23,13 @@ from collections.abc import Callable
 import torch
 
 import mtlkit.weighting as weighting
-from mtlkit.experiments.bench import build_bench_model, mtlkit_step
+from mtlkit.experiments.bench import (
+    add_malloc_option,
+    apply_malloc_option,
+    build_bench_model,
+    interleaved,
+    mtlkit_step,
+)
 
 METHODS = [
     "upgrad",
@@ -48,6 +55,13 @@ def _step(name: str, t: int) -> Callable[[], None]:
     return mtlkit_step(method, model, x, y)
 
 
+def _paired_quartiles(times: list[float], base: list[float]) -> list[float]:
+    """The first and third quartiles of the per-round ratios time / EW's time (the steps of
+    one round run back to back): the spread behind the ratio of medians."""
+    q1, _, q3 = statistics.quantiles([t / b for t, b in zip(times, base, strict=True)], n=4)
+    return [q1, q3]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tasks", type=int)
@@ -55,19 +69,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    add_malloc_option(parser)
     args = parser.parse_args()
+    apply_malloc_option(parser, args)
     torch.set_num_threads(args.threads)
     steps = {name: _step(name, args.tasks) for name in ["ew", *args.methods]}
-    wall: dict[str, list[float]] = {n: [] for n in steps}
-    cpu: dict[str, list[float]] = {n: [] for n in steps}
     started, started_cpu = time.perf_counter(), time.process_time()
-    for r in range(args.warmup + args.repeats):
-        for name, run in steps.items():
-            w, c = time.perf_counter(), time.process_time()
-            run()
-            if r >= args.warmup:
-                wall[name].append(time.perf_counter() - w)
-                cpu[name].append(time.process_time() - c)
+    wall, cpu = interleaved(steps, args.repeats, args.warmup)
     base_wall, base_cpu = statistics.median(wall["ew"]), statistics.median(cpu["ew"])
     figures = {
         n: {
@@ -75,6 +83,7 @@ def main() -> None:
             "cpu_ms": 1e3 * statistics.median(cpu[n]),
             "wall_ratio": statistics.median(wall[n]) / base_wall,
             "cpu_ratio": statistics.median(cpu[n]) / base_cpu,
+            "cpu_ratio_quartiles": _paired_quartiles(cpu[n], cpu["ew"]),
         }
         for n in steps
     }
@@ -83,6 +92,7 @@ def main() -> None:
         "mtlkit": os.path.dirname(weighting.__file__),
         "T": args.tasks,
         "threads": args.threads,
+        "malloc": args.malloc,
         "load_average": list(os.getloadavg()),
         "wall_s": time.perf_counter() - started,
         "cpu_s": time.process_time() - started_cpu,

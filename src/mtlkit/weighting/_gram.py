@@ -48,19 +48,28 @@ class Gram:
         g = np.asarray(gram, dtype=np.float64)
         if g.ndim != 2 or g.shape[0] != g.shape[1]:
             raise ValueError(f"the Gram matrix must be square, got shape {g.shape}")
-        if not np.all(np.isfinite(g)):
+        if not np.isfinite(g).all():
             raise ValueError("the Gram matrix has NaN or inf entries")
+        return cls._prepared(g, eps)
+
+    @classmethod
+    def _prepared(cls, g: np.ndarray, eps: float) -> Gram:
+        """Steps 1-3 on a finite, square float64 ``g``. Written with array methods and
+        ufuncs rather than numpy's Python-level helpers (``np.clip``, ``np.outer``, ``np.ix_``):
+        a solve runs once per step between two backward passes, with cold caches, where each
+        helper's Python frames cost more than the T × T arithmetic."""
         g = (g + g.T) / 2
         t = g.shape[0]
-        diag = np.clip(np.diag(g), 0.0, None)
-        scale = float(np.max(diag, initial=0.0))
+        diag = np.maximum(g.diagonal(), 0.0)
+        scale = float(diag.max(initial=0.0))
         if scale > 0.0:
             g = g / scale
             diag = diag / scale
         is_live = diag > ZERO_NORM**2 if scale > 0.0 else np.zeros(t, dtype=bool)
-        live, zero = np.flatnonzero(is_live), np.flatnonzero(~is_live)
+        live, zero = is_live.nonzero()[0], (~is_live).nonzero()[0]
         d = np.sqrt(diag[live])
-        cosine = g[np.ix_(live, live)] / np.outer(d, d)
+        block = g if len(live) == t else g[live[:, None], live[None, :]]
+        cosine = block / (d[:, None] * d[None, :])
         return cls(g, scale, live, zero, d, truncated_factor(cosine, eps), eps)
 
     def rescaled(self, n: np.ndarray) -> Gram:
@@ -85,6 +94,8 @@ def truncated_factor(cosine: np.ndarray, eps: float) -> np.ndarray:
     eigenvalues, vectors = np.linalg.eigh(cosine)
     top = max(float(eigenvalues[-1]), 0.0)
     keep = eigenvalues > RANK_RTOL * n * eps * top
+    if keep.all():
+        return np.sqrt(eigenvalues)[:, None] * vectors.T
     return np.sqrt(eigenvalues[keep])[:, None] * vectors[:, keep].T
 
 
@@ -117,9 +128,11 @@ def gram_to_numpy(gram: Tensor, method: object) -> Gram:
     """G prepared for the solvers (:class:`Gram`), with the precision of ``gram``'s dtype; a
     TaskDataError naming ``method`` if it is not finite."""
     g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
-    if not np.all(np.isfinite(g)):
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"the Gram matrix must be square, got shape {g.shape}")
+    if not np.isfinite(g).all():
         raise TaskDataError(f"{method}: the task gradients contain NaN or inf")
-    return Gram.of(g, gram_eps(gram.dtype))
+    return Gram._prepared(g, gram_eps(gram.dtype))
 
 
 def weights_to_torch(weights: np.ndarray, like: Tensor) -> Tensor:

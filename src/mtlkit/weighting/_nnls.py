@@ -17,6 +17,7 @@ from mtlkit.weighting._gram import EPS64
 
 #: KKT (natural residual) tolerance of an NNLS answer, in units of (m + n) · ε64 · its scale
 KKT_RTOL = 1e3
+_TINY = float(np.finfo(np.float64).tiny)
 
 
 class SolverWarning(RuntimeWarning):
@@ -36,12 +37,13 @@ def nnls_violations(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
     """:func:`nnls_violation` of every column: ``b`` is m × K, ``x`` n × K (K problems on one
     A, checked with two matrix products)."""
     grad = a.T @ (a @ x - b)
-    residual = np.max(np.abs(np.minimum(x, grad)), axis=0, initial=0.0)
-    norm_a = float(np.linalg.norm(a))
+    residual = np.abs(np.minimum(x, grad)).max(axis=0, initial=0.0)
+    flat = a.ravel()
+    norm_a = math.sqrt(float(flat @ flat))  # ‖A‖_F, as np.linalg.norm computes it
     size = norm_a * (
-        norm_a * np.max(np.abs(x), axis=0, initial=0.0) + np.max(np.abs(b), axis=0, initial=0.0)
+        norm_a * np.abs(x).max(axis=0, initial=0.0) + np.abs(b).max(axis=0, initial=0.0)
     )
-    unit = (sum(a.shape) + 1) * EPS64 * np.maximum(size, np.finfo(np.float64).tiny)
+    unit = (sum(a.shape) + 1) * EPS64 * np.maximum(size, _TINY)
     out: np.ndarray = residual / unit
     return out
 
@@ -150,13 +152,14 @@ def batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> n
         if size == 0:
             return out
         order = np.argsort(~free, axis=0, kind="stable")[:size]  # s × K: F_k first
+        columns = np.arange(free.shape[1])[None, :]  # 1 × K
         valid = (np.arange(size)[:, None] < counts[None, :]).T.astype(np.float64)  # K × s
         index = order.T  # K × s
         systems = c[index[:, :, None], index[:, None, :]] * valid[:, :, None] * valid[:, None, :]
         systems += np.eye(size)[None, :, :] * (1.0 - valid)[:, :, None]
-        gathered = np.take_along_axis(rhs, order, axis=0).T * valid  # K × s
+        gathered = rhs[order, columns].T * valid  # K × s
         z = np.linalg.solve(systems, gathered[:, :, None])[:, :, 0] * valid
-        np.put_along_axis(out, order, z.T, axis=0)
+        out[order, columns] = z.T
         return out
 
     todo = np.arange(k)  # the columns still moving: only they are solved again
@@ -165,7 +168,7 @@ def batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> n
         lam = c @ x_todo - q[:, todo]
         was = free[:, todo]
         now = (was & (x_todo > 0)) | (~was & (lam < 0))
-        done = np.all(now == was, axis=0)
+        done = (now == was).all(axis=0)
         x[:, todo] = x_todo
         settled[todo[done]] = True
         free[:, todo] = now
@@ -196,8 +199,8 @@ def verified_nnls_many(a: np.ndarray, b: np.ndarray, what: str = "NNLS") -> np.n
             batch = batched_nnls(a, b)
         except np.linalg.LinAlgError:  # a singular free set: A is rank-deficient
             batch = np.full_like(x, np.nan)
-        finite = np.all(np.isfinite(batch), axis=0)
-        x[:, finite] = np.clip(batch[:, finite], 0.0, None)
+        finite = np.isfinite(batch).all(axis=0)
+        x[:, finite] = np.maximum(batch[:, finite], 0.0)
         solved = finite & (nnls_violations(a, b, x) <= KKT_RTOL)
     for j in np.flatnonzero(~solved).tolist():
         column = _scipy_nnls(a, b[:, j])

@@ -94,9 +94,7 @@ class MoCo(JacobianAggregator):
         else:
             beta_t = self.beta / self._iteration**self.beta_sigma
             y = self._y.to(h)
-            # a NaN entry makes the sum NaN (one read of Y, no T × P mask): only then is the
-            # mask needed
-            if bool(y.sum().isnan()):  # tasks first seen now: their rows start at H
+            if _has_new_rows(y):  # tasks first seen now: their rows start at H
                 self._y = torch.where(y.isnan(), h, y - beta_t * (y - h))
             else:  # Y ← Y + β_t (H − Y), in place: one pass over T × P, no temporaries
                 self._y = y.lerp_(h, beta_t)
@@ -128,7 +126,7 @@ class MoCo(JacobianAggregator):
             y is None
             or y.shape != (t, representation.numel())
             or not factors.blends_into(y)
-            or bool(y.sum().isnan())
+            or _has_new_rows(y)
         ):
             return self.aggregate(factors.rows()).view_as(representation)
         self._iteration += 1
@@ -144,6 +142,12 @@ class MoCo(JacobianAggregator):
             "rho": self.rho,
             **super().hyperparameters(),
         }
+
+
+def _has_new_rows(y: Tensor) -> bool:
+    """Whether Y holds the row of a task not tracked yet: the state gives such a task a row of
+    NaN (``state_fields``' fill), so its first entry tells, and Y itself (T × P) is not read."""
+    return bool(y[:, 0].isnan().any())
 
 
 #: columns of Y per float64 block of :func:`_gram64` (T × 4096 doubles stay in cache)

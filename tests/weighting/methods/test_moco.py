@@ -60,6 +60,20 @@ def test_lambda_converges_to_the_min_norm_weights() -> None:
     torch.testing.assert_close(update, 2 * (a * g1 + (1 - a) * g2), rtol=1e-4, atol=1e-6)
 
 
+def test_a_task_first_seen_later_starts_tracking_at_its_gradient() -> None:
+    """A task absent from the first steps has a NaN row in Y (the state's fill) until it is
+    present: its tracked gradient then starts at its Jacobian row, the others are tracked."""
+    first, second = random_jacobian(2, 5, seed=5), random_jacobian(3, 5, seed=6)
+    method = MoCo(beta=0.5, beta_sigma=0.0)
+    method.bind(["a", "b", "c"])
+    with method.restrict(["a", "c"]):
+        method.aggregate(first)
+    assert method._y is not None and method._y[1].isnan().all()
+    method.aggregate(second)
+    want = torch.stack([0.5 * (first[0] + second[0]), second[1], 0.5 * (first[1] + second[2])])
+    torch.testing.assert_close(method._y, want)
+
+
 def test_shape_change_is_an_error() -> None:
     method = MoCo()
     method.aggregate(random_jacobian(2, 5))

@@ -154,7 +154,9 @@ def head_passes(
     buffer across steps, since allocating T × |r| afresh each step costs as much as filling it.
     """
     readers = _readers_by_task(losses, representation)
-    total = torch.stack(list(losses)).sum() * scale
+    total = torch.stack(list(losses)).sum()
+    if scale != 1.0:
+        total = total * scale
     if readers is None:
         rows = head_gradients(losses, representation)
         grads: list[Tensor | None] = (
@@ -371,7 +373,7 @@ def head_factors(
         mat2 = getattr(node, "_saved_mat2", None)
         if not isinstance(mat2, Tensor) or mat2.dim() != 2:
             return None
-        maps.append(mat2.T)  # o × d
+        maps.append(mat2.T.detach())  # o × d; detached: G and the seed need no graph
     deltas: list[Tensor | None] = [None] * len(readers)
 
     def keep(k: int) -> Callable[[tuple[Tensor | None, ...]], None]:
@@ -381,7 +383,9 @@ def head_factors(
         return hook
 
     handles = [node.register_prehook(keep(k)) for k, (node, _, _) in enumerate(readers)]
-    total = torch.stack(list(losses)).sum() * scale
+    total = torch.stack(list(losses)).sum()
+    if scale != 1.0:
+        total = total * scale
     try:
         grads: list[Tensor | None] = list(
             torch.autograd.grad(total, list(params), retain_graph=True, allow_unused=True)

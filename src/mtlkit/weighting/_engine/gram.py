@@ -447,10 +447,10 @@ def gram_statistics(
     with numpy: a T × T matrix is a few microseconds there, where each torch call costs
     more than the arithmetic)."""
     g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
-    norms = np.sqrt(np.clip(np.diagonal(g), 0.0, None))
-    denom = np.outer(norms, norms)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(denom > 0, g / np.maximum(denom, 1e-300), 0.0)
+    norms = np.sqrt(np.maximum(g.diagonal(), 0.0))
+    denom = norms[:, None] * norms[None, :]
+    positive = denom > 0
+    cos = np.where(positive, g / np.where(positive, denom, 1.0), 0.0)
     return dict(zip(tasks, norms.tolist(), strict=True)), cos.tolist()
 
 
