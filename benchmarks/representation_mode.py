@@ -29,6 +29,7 @@ from mtlkit.experiments.bench import (
     build_bench_model,
     interleaved,
     mtlkit_step,
+    paired_quartiles,
 )
 
 METHODS = [
@@ -55,13 +56,6 @@ def _step(name: str, t: int) -> Callable[[], None]:
     return mtlkit_step(method, model, x, y)
 
 
-def _paired_quartiles(times: list[float], base: list[float]) -> list[float]:
-    """The first and third quartiles of the per-round ratios time / EW's time (the steps of
-    one round run back to back): the spread behind the ratio of medians."""
-    q1, _, q3 = statistics.quantiles([t / b for t, b in zip(times, base, strict=True)], n=4)
-    return [q1, q3]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tasks", type=int)
@@ -83,7 +77,7 @@ def main() -> None:
             "cpu_ms": 1e3 * statistics.median(cpu[n]),
             "wall_ratio": statistics.median(wall[n]) / base_wall,
             "cpu_ratio": statistics.median(cpu[n]) / base_cpu,
-            "cpu_ratio_quartiles": _paired_quartiles(cpu[n], cpu["ew"]),
+            "cpu_ratio_quartiles": paired_quartiles(cpu[n], cpu["ew"]),
         }
         for n in steps
     }

@@ -276,6 +276,16 @@ def interleaved(
     return wall, cpu
 
 
+def paired_quartiles(times: Sequence[float], base: Sequence[float]) -> list[float]:
+    """The first and third quartiles of the per-round ratios times[r] / base[r] (the steps of
+    round r of :func:`interleaved` run back to back): the spread behind a ratio of medians."""
+    ratios = [t / b for t, b in zip(times, base, strict=True) if b > 0]
+    if len(ratios) < 2:
+        return [float("nan"), float("nan")]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return [q1, q3]
+
+
 def _bench_cell(
     kind: str,
     t: int,
@@ -313,6 +323,7 @@ def _bench_cell(
             "ratio": ms / base,
             "cpu_ms": 1e3 * cpu_ms,
             "cpu_ratio": cpu_ms / base_cpu if base_cpu > 0 else float("nan"),
+            "cpu_ratio_quartiles": paired_quartiles(cpu[(name, mode)], cpu[("ew", "loss")]),
             "load_average": load,
         }
         if memory:
@@ -326,18 +337,23 @@ def print_rows(rows: Sequence[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="step time (forward + method.backward), median; ratio to EW")
-    columns = ["model", "T", "method", "mode", "ms", "ratio", "cpu_ratio"]
+    table = Table(
+        title="step time (forward + method.backward), median; ratio to EW "
+        "(cpu_iqr: quartiles of the per-round CPU ratios)"
+    )
+    columns = ["model", "T", "method", "mode", "ms", "ratio", "cpu_ratio", "cpu_iqr"]
     if rows and "peak_mib" in rows[0]:
         columns.append("peak_mib")
     for c in columns:
-        numeric = ("T", "ms", "ratio", "cpu_ratio", "peak_mib")
+        numeric = ("T", "ms", "ratio", "cpu_ratio", "cpu_iqr", "peak_mib")
         table.add_column(c, justify="right" if c in numeric else "left")
     for row in rows:
-        table.add_row(
-            *[
-                f"{row[c]:.2f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
-                for c in columns
-            ]
-        )
+        cells = {
+            c: f"{row[c]:.2f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+            for c in columns
+        }
+        if "cpu_ratio_quartiles" in row:
+            q1, q3 = row["cpu_ratio_quartiles"]
+            cells["cpu_iqr"] = f"{q1:.2f}–{q3:.2f}" if q1 == q1 else "–"  # NaN: one round
+        table.add_row(*[cells[c] for c in columns])
     Console().print(table)
