@@ -33,12 +33,12 @@ from torch import Tensor
 
 from mtlkit.experiments.bench import (
     TORCHJD_AGGREGATORS,
-    _torchjd_step,
     add_malloc_option,
     apply_malloc_option,
     build_bench_model,
     interleaved,
     mtlkit_step,
+    torchjd_step,
 )
 
 
@@ -153,7 +153,7 @@ def main() -> None:
         if agg is not None:
             model, x, y = build_bench_model("cnn", t)
             aggregator = getattr(agg, TORCHJD_AGGREGATORS["upgrad"])()
-            runs["TorchJD UPGrad"] = _torchjd_step(aggregator, model, x, y)
+            runs["TorchJD UPGrad"] = torchjd_step(aggregator, model, x, y)
         wall, cpu = interleaved(runs, args.repeats, args.warmup)
         med = {k: 1e3 * statistics.median(v) for k, v in wall.items()}
         med_cpu = {k: 1e3 * statistics.median(v) for k, v in cpu.items()}

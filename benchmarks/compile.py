@@ -12,6 +12,11 @@ run. Compilation (the first steps) is timed apart. A compiled model is not hooke
 Gramian engine: its Gramian comes from the explicit Jacobian (docs/weighting.md); and the
 per-task backward cannot batch inductor's compiled backward, so it runs one pass per task there.
 
+``--torchjd`` also times TorchJD's step (``mtl_backward`` + ``jac_to_grad``) with the same
+aggregator on an eager copy of the model, in the same rounds, and reports mtlkit's compiled
+step in each mode against it: what a user who compiles the encoder gets over TorchJD run as
+its documentation shows.
+
 Donated buffers are turned off (``torch._functorch.config.donated_buffer = False``): a gradient
 method back-propagates through one graph more than once, which a backward compiled with donated
 buffers refuses.
@@ -31,7 +36,14 @@ from typing import Any
 import torch
 import torch._functorch.config
 
-from mtlkit.experiments.bench import build_bench_model, mtlkit_step
+from mtlkit.experiments.bench import (
+    TORCHJD_AGGREGATORS,
+    add_malloc_option,
+    apply_malloc_option,
+    build_bench_model,
+    mtlkit_step,
+    torchjd_step,
+)
 from mtlkit.weighting import get
 
 
@@ -55,6 +67,15 @@ def _cell(args: argparse.Namespace, kind: str, tasks: int) -> list[dict[str, Any
             started = time.perf_counter()
             steps[key]()  # compiles on the compiled side's first step
             first[key] = time.perf_counter() - started
+    if args.torchjd:
+        from torchjd import aggregation
+
+        reference = copy.deepcopy(eager)
+        for name in dict.fromkeys(["ew", *args.methods]):
+            if name in TORCHJD_AGGREGATORS:
+                aggregator = getattr(aggregation, TORCHJD_AGGREGATORS[name])()
+                steps[(name, "torchjd", "eager")] = torchjd_step(aggregator, reference, x, y)
+                steps[(name, "torchjd", "eager")]()
     for _ in range(args.warmup):
         for run in steps.values():
             run()
@@ -90,6 +111,23 @@ def _cell(args: argparse.Namespace, kind: str, tasks: int) -> list[dict[str, Any
                 "first_compiled_step_s": first[c],
             }
         )
+    for name, _ in configs:
+        j = (name, "torchjd", "eager")
+        if j not in steps:
+            continue
+        row: dict[str, Any] = {
+            "model": kind,
+            "tasks": tasks,
+            "method": name,
+            "mode": "torchjd",
+            "eager_ms": 1e3 * med[j],
+            "eager_cpu_ms": 1e3 * med_cpu[j],
+            "eager_over_ew_cpu": med_cpu[j] / med_cpu[("ew", "shared", "eager")],
+        }
+        for mode in ["shared"] if name == "ew" else args.modes:
+            compiled = med_cpu[(name, mode, "compiled")]
+            row[f"torchjd_over_compiled_{mode}_cpu"] = med_cpu[j] / compiled
+        rows.append(row)
     return rows
 
 
@@ -109,7 +147,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--torchjd", action="store_true", help="time TorchJD beside (pip install 'mtlkit[bench]')"
+    )
+    add_malloc_option(parser)
     args = parser.parse_args()
+    apply_malloc_option(parser, args)
+    if args.torchjd:
+        try:
+            import torchjd  # noqa: F401
+        except ImportError:
+            parser.error("--torchjd needs TorchJD: pip install 'mtlkit[bench]'")
     torch.set_num_threads(args.threads)
     torch._functorch.config.donated_buffer = False  # see the module docstring
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -118,6 +166,7 @@ def main() -> None:
     header = {
         "backend": args.compile,
         "threads": args.threads,
+        "malloc": args.malloc,
         "repeats": args.repeats,
         "load_average": [round(v, 2) for v in load],
         "wall_s": round(time.perf_counter() - wall0, 1),
@@ -133,6 +182,18 @@ def main() -> None:
         "compiled/eager (cpu)  eager/EW (cpu)  compiled/EW (cpu)  first compiled step s"
     )
     for r in rows:
+        if r["mode"] == "torchjd":
+            against = ", ".join(
+                f"{k[len('torchjd_over_compiled_') : -len('_cpu')]} {v:.2f}"
+                for k, v in r.items()
+                if k.startswith("torchjd_over_compiled_")
+            )
+            print(
+                f"{r['model']:<5} {r['tasks']:>2}  {r['method']:<7} torchjd (eager)  "
+                f"{r['eager_ms']:7.2f} ({r['eager_cpu_ms']:7.2f})  eager/EW cpu "
+                f"{r['eager_over_ew_cpu']:5.2f}; TorchJD / mtlkit compiled, cpu: {against}"
+            )
+            continue
         print(
             f"{r['model']:<5} {r['tasks']:>2}  {r['method']:<7} {r['mode']:<15} "
             f"{r['eager_ms']:7.2f} ({r['eager_cpu_ms']:7.2f})  "

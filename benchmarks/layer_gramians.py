@@ -28,12 +28,12 @@ from mtlkit.experiments.bench import (
     DEFAULT_MODELS,
     MODELS,
     TORCHJD_AGGREGATORS,
-    _torchjd_step,
     add_malloc_option,
     apply_malloc_option,
     build_bench_model,
     interleaved,
     mtlkit_step,
+    torchjd_step,
 )
 
 
@@ -42,7 +42,7 @@ def _step(kind: str, t: int, name: str) -> Callable[[], None]:
     if name.startswith("torchjd:"):
         import torchjd.aggregation as agg
 
-        return _torchjd_step(getattr(agg, TORCHJD_AGGREGATORS[name[8:]])(), model, x, y)
+        return torchjd_step(getattr(agg, TORCHJD_AGGREGATORS[name[8:]])(), model, x, y)
     from mtlkit.weighting import WEIGHTINGS
 
     base, _, variant = name.partition(":")

@@ -128,7 +128,9 @@ def mtlkit_step(method: Any, model: nn.Module, x: Tensor, y: Tensor) -> Callable
     return run
 
 
-def _torchjd_step(aggregator: Any, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
+def torchjd_step(aggregator: Any, model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
+    """One training step of TorchJD (``mtl_backward`` on the representation, then
+    ``jac_to_grad`` with ``aggregator``) on a bench model, as a closure to time."""
     from torchjd.autojac import jac_to_grad, mtl_backward
 
     shared = model.shared_parameters()  # type: ignore[operator]
@@ -304,7 +306,7 @@ def _bench_cell(
         except Exception as err:  # a method that cannot run here is reported, not fatal
             print(f"bench: skipping {name} ({mode}): {err}")
             continue
-        make = _torchjd_step if mode == "torchjd" else mtlkit_step
+        make = torchjd_step if mode == "torchjd" else mtlkit_step
         steps.append((name, mode, make(method, model, x, y)))
     times, cpu = interleaved({(n, m): run for n, m, run in steps}, repeats, warmup)
     base = statistics.median(times[("ew", "loss")])
