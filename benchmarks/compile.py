@@ -41,6 +41,7 @@ from mtlkit.experiments.bench import (
     add_malloc_option,
     apply_malloc_option,
     build_bench_model,
+    interleaved,
     mtlkit_step,
     torchjd_step,
 )
@@ -76,17 +77,7 @@ def _cell(args: argparse.Namespace, kind: str, tasks: int) -> list[dict[str, Any
                 aggregator = getattr(aggregation, TORCHJD_AGGREGATORS[name])()
                 steps[(name, "torchjd", "eager")] = torchjd_step(aggregator, reference, x, y)
                 steps[(name, "torchjd", "eager")]()
-    for _ in range(args.warmup):
-        for run in steps.values():
-            run()
-    wall: dict[tuple[str, str, str], list[float]] = {k: [] for k in steps}
-    cpu: dict[tuple[str, str, str], list[float]] = {k: [] for k in steps}
-    for _ in range(args.repeats):
-        for key, run in steps.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            run()
-            wall[key].append(time.perf_counter() - w0)
-            cpu[key].append(time.process_time() - c0)
+    wall, cpu = interleaved(steps, args.repeats, args.warmup)
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     rows = []

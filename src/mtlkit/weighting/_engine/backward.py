@@ -117,6 +117,12 @@ def passes_pay(model: nn.Module | None, inputs: Sequence[Tensor]) -> bool:
     )
 
 
+def _scaled_total(losses: Sequence[Tensor], scale: float) -> Tensor:
+    """``scale`` · Σ_i L_i, without the multiplication (a graph node more) at scale 1."""
+    total = torch.stack(list(losses)).sum()
+    return total if scale == 1.0 else total * scale
+
+
 def head_gradients(losses: Tensor | Sequence[Tensor], representation: Tensor) -> Tensor:
     """The T rows ∂L_i/∂r, each back-propagated through its own head only.
 
@@ -154,9 +160,7 @@ def head_passes(
     buffer across steps, since allocating T × |r| afresh each step costs as much as filling it.
     """
     readers = _readers_by_task(losses, representation)
-    total = torch.stack(list(losses)).sum()
-    if scale != 1.0:
-        total = total * scale
+    total = _scaled_total(losses, scale)
     if readers is None:
         rows = head_gradients(losses, representation)
         grads: list[Tensor | None] = (
@@ -383,9 +387,7 @@ def head_factors(
         return hook
 
     handles = [node.register_prehook(keep(k)) for k, (node, _, _) in enumerate(readers)]
-    total = torch.stack(list(losses)).sum()
-    if scale != 1.0:
-        total = total * scale
+    total = _scaled_total(losses, scale)
     try:
         grads: list[Tensor | None] = list(
             torch.autograd.grad(total, list(params), retain_graph=True, allow_unused=True)
